@@ -1,0 +1,19 @@
+"""Scheduler backends: submit a pilot, tell its state, cancel it."""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..errors import ConfigError
+from ..transport import Transport
+from .base import Backend, PilotSpec, PilotState, PilotStatus, pilot_spec
+
+__all__ = ["Backend", "PilotSpec", "PilotState", "PilotStatus", "make_backend", "pilot_spec"]
+
+
+def make_backend(cfg: Config, transport: Transport) -> Backend:
+    """The backend named by ``[scheduler] backend``."""
+    if cfg.backend == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(cfg)
+    raise ConfigError("scheduler backend %r is not available" % cfg.backend)

@@ -1,0 +1,216 @@
+"""Job descriptions (``NAME.job``): parse, validate, render, and write results.
+
+Every check that can fail is done here, on the submitting side, before the
+job is staged, so a bad description costs no queue wait.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpc_worker import protocol as p
+
+from .config import RESERVED_VARS, Config, parse_duration
+from .errors import JobError
+from .templates import render, template_path
+
+try:  # the C loader is ten times faster; fall back where libyaml is missing
+    from yaml import CSafeDumper as _Dumper
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+SUFFIX = ".job"
+FINISHED_SUFFIX = ".job.finished"
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOP_KEYS = {"script", "args", "input_map", "output_map", "walltime", "meta"}  # meta: free-form
+
+
+@dataclass
+class Job:
+    """A valid description, ready to stage."""
+
+    name: str
+    doc: dict[str, Any]
+    script: str
+    args: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    rendered: str
+    walltime: float | None = None
+    basenames: dict[str, str] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        """What the pilot needs to know (W/jobs/KEY/job.json)."""
+        return {"key": self.name, "script": self.script, "walltime": self.walltime,
+                "inputs": sorted(os.path.basename(v) for v in self.inputs.values()),
+                "outputs": sorted(os.path.basename(v) for v in self.outputs.values())}
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class _ResultDumper(_Dumper):  # type: ignore[misc, valid-type]
+    """Multi-line strings (stdout, stderr) as readable literal blocks."""
+
+
+def _str_representer(dumper: Any, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    node: yaml.Node = dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+    return node
+
+
+_ResultDumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_ResultDumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=1 << 16)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """The description as a mapping; JobError when it is not valid YAML or not a mapping."""
+    try:
+        doc = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise JobError("description is not valid YAML: %s" % str(exc).replace("\n", " ")) from exc
+    if not isinstance(doc, dict):
+        raise JobError("description must be a YAML mapping, not %s" % type(doc).__name__)
+    return doc
+
+
+def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise JobError("%s must be a mapping of name: value" % key)
+    for name in value:
+        if not isinstance(name, str) or not IDENT.match(name):
+            raise JobError("%s key %r is not a valid name (letters, digits, '_')" % (key, name))
+    return value
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _check_input(key: str, value: Any, cfg: Config) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise JobError("input %s: %r is not an absolute path" % (key, value))
+    real = Path(os.path.realpath(value))
+    if not _under(real, cfg.allowed_input_roots):
+        raise JobError("input %s: %s is outside the allowed input roots (%s)" % (
+            key, value, " ".join(map(str, cfg.allowed_input_roots))))
+    if not real.is_file():
+        raise JobError("input %s: %s does not exist or is not a regular file" % (key, value))
+    return str(real)
+
+
+def _check_output(key: str, value: Any, cfg: Config) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value) or value.endswith("/"):
+        raise JobError("output %s: %r is not an absolute file path" % (key, value))
+    parent = Path(os.path.realpath(os.path.dirname(value)))
+    target = parent / os.path.basename(value)
+    if not _under(target, cfg.allowed_output_roots):
+        raise JobError("output %s: %s is outside the allowed output roots (%s)" % (
+            key, value, " ".join(map(str, cfg.allowed_output_roots))))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise JobError("output %s: directory %s does not exist or is not writable" % (key, parent))
+    return str(target)
+
+
+def _basenames(inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
+    """file key -> basename; two files with one basename would overwrite each other."""
+    seen: dict[str, str] = {}
+    result = {}
+    for key, path in list(inputs.items()) + list(outputs.items()):
+        base = os.path.basename(path)
+        if base in seen:
+            raise JobError("files %s and %s share the basename %r" % (seen[base], key, base))
+        if base in (p.SCRIPT, p.META, p.RUNS, p.RESULT, p.STDOUT, p.STDERR) or base[0] == ".":
+            raise JobError("file %s: basename %r is reserved" % (key, base))
+        seen[base] = key
+        result[key] = base
+    return result
+
+
+def _check_names(args: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
+                 cfg: Config) -> None:
+    reserved = set(RESERVED_VARS) | set(cfg.hpc_env)
+    for name in args:
+        if name in reserved:
+            raise JobError("arg %r would override the reserved variable <<%s>>" % (name, name))
+    for name in inputs:
+        if name in outputs:
+            raise JobError("file key %r is both an input and an output" % name)
+    for name in list(inputs) + list(outputs):
+        if name in reserved or name in args:
+            raise JobError("file key %r clashes with an arg or a reserved variable" % name)
+
+
+def _walltime(doc: dict[str, Any], cfg: Config) -> float | None:
+    if doc.get("walltime") is None:
+        return None
+    try:
+        seconds = parse_duration(doc["walltime"])
+    except ValueError as exc:
+        raise JobError("walltime: %s" % exc) from exc
+    if seconds > cfg.pilot.walltime:
+        raise JobError("walltime %ss exceeds the pilot walltime of %ss: no pilot could run it"
+                       % (seconds, cfg.pilot.walltime))
+    return seconds
+
+
+def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
+    """Every check before staging; raises JobError with a message for the result file."""
+    if not p.valid_key(name):
+        raise JobError("job name %r: use letters, digits, '.', '_', '-', '+' (up to 200)" % name)
+    if "job" in doc:
+        raise JobError("the top-level key 'job' is reserved for the result")
+    unknown = sorted(set(map(str, doc)) - TOP_KEYS)
+    if unknown:
+        raise JobError("unknown top-level key(s): %s" % ", ".join(unknown))
+    path = template_path(cfg.templates, doc.get("script"))
+    args = _mapping(doc, "args")
+    raw_in, raw_out = _mapping(doc, "input_map"), _mapping(doc, "output_map")
+    _check_names(args, raw_in, raw_out, cfg)
+    inputs = {k: _check_input(k, v, cfg) for k, v in raw_in.items()}
+    outputs = {k: _check_output(k, v, cfg) for k, v in raw_out.items()}
+    job = Job(name=name, doc=doc, script=doc["script"], args=args, inputs=inputs,
+              outputs=outputs, rendered="", walltime=_walltime(doc, cfg),
+              basenames=_basenames(inputs, outputs))
+    job_workspace = os.path.join(cfg.workspace, p.JOBS, name)
+    job.rendered = render(path.read_text(encoding="utf-8"),
+                          template_values(job, cfg, job_workspace), "template %r" % job.script)
+    return job
+
+
+def template_values(job: Job, cfg: Config, job_workspace: str) -> dict[str, object]:
+    values: dict[str, object] = dict(cfg.hpc_env)
+    values.update(job.args)
+    values.update(job.basenames)
+    values["workspace"] = job_workspace
+    return values
+
+
+def result_document(doc: dict[str, Any] | None, job_node: dict[str, Any]) -> str:
+    """``NAME.job.finished``: the description plus the ``job`` node (alone if unparseable)."""
+    out = dict(doc) if doc else {}
+    out["job"] = job_node
+    return dump_yaml(out)
+
+
+def job_node(status: str, message: str, stdout: str = "", stderr: str = "",
+             rc: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The seed's ``job`` keys first, then ours (start, end, attempts, pilot, host)."""
+    node: dict[str, Any] = {"status": status, "message": message, "stderr": stderr,
+                            "stdout": stdout, "rc": rc}
+    node.update({k: v for k, v in extra.items() if v is not None})
+    return node

@@ -1,0 +1,32 @@
+"""Pilot policy: how many pilots to submit for a backlog.
+
+Kept free of I/O so the submitter and the simulator (``hpc-batch simulate``)
+decide with the very same code.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def pilots_wanted(backlog: int, max_pilots: int = 1, backlog_per_pilot: int = 0) -> int:
+    """Pilots the backlog deserves: one, or one per ``backlog_per_pilot`` jobs up to the max."""
+    if backlog <= 0:
+        return 0
+    if backlog_per_pilot <= 0:
+        return 1
+    return max(1, min(max_pilots, math.ceil(backlog / backlog_per_pilot)))
+
+
+def pilots_to_submit(backlog: int, active: int, unknown: int, max_pilots: int = 1,
+                     backlog_per_pilot: int = 0) -> int:
+    """New pilots to submit now.
+
+    ``backlog`` counts staged jobs no pilot has claimed; ``active`` counts pilots
+    queued or running; ``unknown`` counts pilots whose state the scheduler could
+    not tell. While any state is unknown nothing is submitted: a second pilot
+    for one backlog costs a queue slot, a wrong guess costs nothing but time.
+    """
+    if unknown:
+        return 0
+    return max(0, pilots_wanted(backlog, max_pilots, backlog_per_pilot) - active)

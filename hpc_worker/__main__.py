@@ -1,0 +1,49 @@
+"""``hpc-worker`` / ``python3 -m hpc_worker``: run one pilot."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from . import protocol as p
+from .pilot import Pilot, PilotSettings
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="hpc-worker", description=__doc__)
+    ap.add_argument("--workspace", required=True, help="the HPC workspace root")
+    ap.add_argument("--pilot-id", required=True, help="unique name given by the submitter")
+    ap.add_argument("--slots", type=int, default=1, help="jobs run at once, one GPU each")
+    ap.add_argument("--idle-timeout", type=float, default=300.0,
+                    help="stop after this many seconds with nothing to do")
+    ap.add_argument("--walltime", type=float, default=None,
+                    help="seconds this pilot may run; longer jobs are left for the next one")
+    ap.add_argument("--poll", type=float, default=0.5, help="seconds between queue scans")
+    ap.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    ap.add_argument("--grace", type=float, default=10.0,
+                    help="seconds between SIGTERM and SIGKILL when a job is stopped")
+    ap.add_argument("--log", default=None, help="log file (default W/pilots/PILOT.log)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if not p.valid_key(args.pilot_id):
+        print("hpc-worker: invalid --pilot-id %r" % args.pilot_id, file=sys.stderr)
+        return 2
+    root = os.path.abspath(args.workspace)
+    p.ensure_layout(root)
+    log_path = args.log or os.path.join(root, p.PILOTS, args.pilot_id + ".log")
+    logging.basicConfig(filename=log_path, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = PilotSettings(root, args.pilot_id, slots=args.slots,
+                             idle_timeout=args.idle_timeout, walltime=args.walltime,
+                             poll=args.poll, heartbeat=args.heartbeat, grace=args.grace)
+    return Pilot(settings).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
