@@ -116,6 +116,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir), args.jobs)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import main as simulate_main
+
+    return simulate_main(args.rest)
+
+
 def _config_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--config", "-c", required=True, help="the INI configuration file")
 
@@ -156,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "run a burst of jobs on the local backend", config=False)
     sp.add_argument("--dir", default="demo-run", help="where the demo's files go")
     sp.add_argument("--jobs", type=int, default=20)
+    sp = add("simulate", cmd_simulate, "simulate queue waits and pilot policies at site scale",
+             config=False)
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="see hpc-batch simulate --help")
     return ap
 
 
