@@ -145,7 +145,10 @@ class Spool:
         p.append_jsonl(str(self.events), entry)
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in p.read_jsonl(str(self.events)) if e.get("job") == name]
+        return [e for e in self.history_all() if e.get("job") == name]
+
+    def history_all(self) -> list[dict[str, Any]]:
+        return p.read_jsonl(str(self.events))
 
     def _save(self, rec: JobRecord) -> None:
         p.write_json(str(self.jobs / (rec.name + ".json")), asdict(rec))

@@ -1,0 +1,32 @@
+"""Shared fixtures: a temp site for the pipeline tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sitekit import Site
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make_site(tmp_path: Path) -> Iterator[object]:
+    """A site with config overrides: make_site(pilot={"slots": "2"})."""
+    made: list[Site] = []
+
+    def factory(**sections: dict[str, str]) -> Site:
+        s = Site(tmp_path, **sections)
+        made.append(s)
+        return s
+
+    yield factory
+    for s in made:
+        s.close()

@@ -1,0 +1,157 @@
+"""A whole site in a temp directory: dropbox, media, results, HPC workspace, config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from galaxy_hpc_runner.config import Config, load_config
+from galaxy_hpc_runner.spool import Spool
+from galaxy_hpc_runner.submitter import Submitter
+
+TEST_TEMPLATES = Path(__file__).resolve().parent / "templates"
+PROJECT = Path(__file__).resolve().parent.parent
+
+BASE_CONFIG: dict[str, dict[str, str]] = {
+    "dropbox": {"settle": "0"},
+    "scheduler": {"backend": "local"},
+    "submitter": {"interval": "0.1", "lock_timeout": "30"},
+    "pilot": {"slots": "1", "idle_timeout": "3", "walltime": "1h", "poll": "0.05",
+              "heartbeat": "0.5", "grace": "2", "max_attempts": "3"},
+}
+
+
+class Site:
+    def __init__(self, root: Path, **sections: dict[str, str]) -> None:
+        self.root = root
+        for sub in ("dropbox", "media", "results", "hpc/workspace", "hpc/scripts",
+                    "hpc/containers"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.ledger = root / "ledger.txt"
+        self.ledger.touch()
+        self.config_path = root / "site.ini"
+        self.write_config(**sections)
+        self._submitters: list[Submitter] = []
+
+    def write_config(self, **sections: dict[str, str]) -> None:
+        merged: dict[str, dict[str, str]] = {
+            "dropbox": {"path": str(self.root / "dropbox"),
+                        "allowed_input_roots": str(self.root / "media"),
+                        "allowed_output_roots": str(self.root / "results")},
+            "templates": {"path": str(TEST_TEMPLATES)},
+            "hpc_env": {"workspace": str(self.root / "hpc/workspace"),
+                        "scripts": str(self.root / "hpc/scripts"),
+                        "containers": str(self.root / "hpc/containers"),
+                        "ledger": str(self.ledger)},
+        }
+        for source in (BASE_CONFIG, sections):
+            for section, values in source.items():
+                merged.setdefault(section, {}).update(values)
+        text = "".join("[%s]\n%s\n" % (sec, "".join("%s = %s\n" % kv for kv in vals.items()))
+                       for sec, vals in merged.items())
+        self.config_path.write_text(text)
+
+    @property
+    def cfg(self) -> Config:
+        return load_config(self.config_path)
+
+    @property
+    def spool(self) -> Spool:
+        return Spool(self.cfg.spool)
+
+    def submitter(self) -> Submitter:
+        sub = Submitter(self.cfg)
+        self._submitters.append(sub)
+        return sub
+
+    def media(self, name: str, text: str = "hello world\n") -> Path:
+        path = self.root / "media" / name
+        path.write_text(text)
+        return path
+
+    def out(self, name: str) -> Path:
+        return self.root / "results" / name
+
+    def drop(self, name: str, doc: Any = None, text: str | None = None) -> Path:
+        path = self.root / "dropbox" / (name + ".job")
+        tmp = path.with_name("." + path.name + ".tmp")
+        tmp.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
+        tmp.rename(path)
+        return path
+
+    def upper_job(self, name: str, text: str = "hello world\n") -> dict[str, Any]:
+        return {"script": "upper", "input_map": {"input": str(self.media(name + ".txt", text))},
+                "output_map": {"output": str(self.out(name + ".upper"))}}
+
+    def sleepy_job(self, name: str, seconds: float, **extra: Any) -> dict[str, Any]:
+        doc = {"script": "sleepy", "args": {"seconds": seconds},
+               "output_map": {"output": str(self.out(name + ".out"))}}
+        doc.update(extra)
+        return doc
+
+    def result_path(self, name: str) -> Path:
+        return self.root / "dropbox" / (name + ".job.finished")
+
+    def result(self, name: str) -> dict[str, Any]:
+        data = yaml.safe_load(self.result_path(name).read_text())
+        assert isinstance(data, dict)
+        return data
+
+    def ledger_lines(self) -> list[str]:
+        return self.ledger.read_text().splitlines()
+
+    def drain(self, names: list[str], timeout: float = 60.0,
+              sub: Submitter | None = None) -> Submitter:
+        """Run passes until every named job has its result file."""
+        sub = sub or self.submitter()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sub.run_pass()
+            if all(self.result_path(n).exists() for n in names):
+                return sub
+            time.sleep(0.05)
+        missing = [n for n in names if not self.result_path(n).exists()]
+        raise AssertionError("no result within %ss for %s" % (timeout, missing[:10]))
+
+    def pass_until(self, predicate: Callable[[], bool], timeout: float = 30.0,
+                   sub: Submitter | None = None) -> Submitter:
+        sub = sub or self.submitter()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sub.run_pass()
+            if predicate():
+                return sub
+            time.sleep(0.05)
+        raise AssertionError("condition not reached within %ss" % timeout)
+
+    def state(self, name: str) -> str:
+        rec = self.spool.get(name)
+        return rec.state if rec else ""
+
+    def pilot_pids(self) -> list[int]:
+        return [int(p.scheduler_id) for p in self.spool.pilots()]
+
+    def kill_pilots(self, sig: int = signal.SIGKILL) -> None:
+        for pid in self.pilot_pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=PROJECT,
+                              env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+
+    def close(self) -> None:
+        self.kill_pilots()
+        for sub in self._submitters:
+            sub.transport.close()

@@ -1,0 +1,157 @@
+"""The whole pipeline on the local backend: dropbox -> spool -> one pilot -> results."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.sitekit import PROJECT, Site
+
+
+def test_burst_of_50_runs_under_one_pilot_with_correct_outputs(make_site: Any) -> None:
+    site = make_site(pilot={"slots": "2"})
+    names = ["burst%02d" % i for i in range(50)]
+    for i, name in enumerate(names):
+        site.drop(name, site.upper_job(name, "item %d of the burst\n" % i))
+    site.drain(names, timeout=120)
+    assert len(site.spool.pilots()) == 1
+    for i, name in enumerate(names):
+        job = site.result(name)["job"]
+        assert job["status"] == "ok", job
+        assert job["rc"] == 0 and job["attempts"] == 1
+        assert job["pilot"] == site.spool.pilots()[0].scheduler_id
+        assert site.out(name + ".upper").read_text() == "ITEM %d OF THE BURST\n" % i
+    assert sorted(site.ledger_lines()) == sorted("run " + n for n in names)
+    gpus = {site.result(n)["job"]["stdout"].split()[-1] for n in names}
+    assert gpus == {"0", "1"}  # two slots, each on its own GPU
+
+
+def test_result_of_a_failing_tool_carries_its_stderr_and_rc(site: Site) -> None:
+    site.drop("bad", {"script": "fail", "args": {"code": 3}})
+    site.drain(["bad"])
+    job = site.result("bad")["job"]
+    assert job["status"] == "error"
+    assert job["rc"] == 3
+    assert job["message"] == "Remote command failed with return code 3"
+    assert job["stderr"].strip() == "ERROR: Input file is the wrong format"
+
+
+def test_missing_output_is_an_error_and_no_file_appears(site: Site) -> None:
+    site.drop("lazy", {"script": "no_output", "output_map": {"output": str(site.out("x"))}})
+    site.drain(["lazy"])
+    job = site.result("lazy")["job"]
+    assert job["status"] == "error" and "did not produce: x" in job["message"]
+    assert not site.out("x").exists()
+
+
+def test_late_arrival_is_drained_by_the_running_pilot(site: Site) -> None:
+    site.drop("first", site.sleepy_job("first", 1))
+    sub = site.pass_until(lambda: site.state("first") == "claimed")
+    site.drop("late", site.upper_job("late"))
+    site.drain(["first", "late"], sub=sub)
+    assert len(site.spool.pilots()) == 1
+    assert site.result("late")["job"]["pilot"] == site.result("first")["job"]["pilot"]
+
+
+def test_concurrent_submitter_passes_never_double_submit(site: Site) -> None:
+    names = ["c%02d" % i for i in range(20)]
+    for name in names:
+        site.drop(name, site.upper_job(name))
+    argv = [sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter", "--once",
+            "--config", str(site.config_path)]
+    procs = [subprocess.Popen(argv, cwd=PROJECT, stderr=subprocess.PIPE) for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    assert len(site.spool.pilots()) == 1
+    site.drain(names)
+    assert len(site.spool.pilots()) == 1
+    received = [e for e in site.spool.history_all() if e["to"] == "received"]
+    assert sorted(e["job"] for e in received) == names  # each received exactly once
+    assert sorted(site.ledger_lines()) == sorted("run " + n for n in names)
+
+
+def test_sigkilled_pilot_job_reruns_once_and_ends_ok(site: Site) -> None:
+    site.drop("victim", site.sleepy_job("victim", 1.5))
+    sub = site.pass_until(lambda: site.state("victim") == "claimed")
+    time.sleep(0.3)
+    site.kill_pilots(signal.SIGKILL)
+    site.drain(["victim"], sub=sub)
+    job = site.result("victim")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2
+    assert site.ledger_lines().count("completed victim") == 1
+    assert len(site.spool.pilots()) == 2
+    assert site.spool.get("victim").lost == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_warning_signal_releases_the_running_job_for_the_next_pilot(
+        site: Site, sig: signal.Signals) -> None:
+    site.drop("warned", site.sleepy_job("warned", 2))
+    sub = site.pass_until(lambda: site.state("warned") == "claimed")
+    time.sleep(0.3)
+    site.kill_pilots(sig)
+    site.drain(["warned"], sub=sub)
+    job = site.result("warned")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2
+    assert site.ledger_lines().count("completed warned") == 1
+    assert site.spool.get("warned").lost == 0  # type: ignore[union-attr]
+    released = [e for e in site.spool.history("warned") if "released" in e.get("message", "")]
+    assert released
+
+
+def test_job_longer_than_the_pilots_remaining_time_waits_for_a_fresh_pilot(
+        make_site: Any) -> None:
+    site = make_site(pilot={"walltime": "6", "idle_timeout": "1"})
+    site.drop("a_first", site.sleepy_job("a_first", 2.5, walltime=4))
+    site.drop("b_long", site.sleepy_job("b_long", 0.1, walltime=5))
+    site.drain(["a_first", "b_long"], timeout=60)
+    first, second = site.result("a_first")["job"], site.result("b_long")["job"]
+    assert first["status"] == second["status"] == "ok"
+    assert first["pilot"] != second["pilot"]
+    assert second["attempts"] == 1
+    log = (site.root / "hpc/workspace/pilots").glob("*.log")
+    assert any("(b_long) walltime 5.0s exceeds" in f.read_text() for f in log)
+
+
+def test_job_that_keeps_losing_its_pilot_ends_in_error(make_site: Any) -> None:
+    site = make_site(pilot={"max_attempts": "2"})
+    site.drop("doomed", site.sleepy_job("doomed", 30))
+    sub = site.submitter()
+    for attempt in (1, 2):
+        site.pass_until(lambda a=attempt: site.state("doomed") == "claimed"  # type: ignore[misc]
+                        and len(site.spool.pilots()) == a, sub=sub)
+        site.kill_pilots(signal.SIGKILL)
+    site.drain(["doomed"], sub=sub)
+    job = site.result("doomed")["job"]
+    assert job["status"] == "error"
+    assert job["reason"] == "lost"
+    assert "lost its pilot 2 time(s)" in job["message"]
+    assert not site.out("doomed.out").exists()
+    assert site.ledger_lines().count("completed doomed") == 0
+
+
+def test_job_exceeding_its_own_walltime_is_killed(site: Site) -> None:
+    site.drop("slow", site.sleepy_job("slow", 30, walltime=1))
+    site.drain(["slow"], timeout=30)
+    job = site.result("slow")["job"]
+    assert job["status"] == "error" and job["reason"] == "walltime"
+    assert not site.out("slow.out").exists()
+
+
+def test_cancel_withdraws_a_waiting_job_and_kills_a_running_one(site: Site) -> None:
+    site.drop("running", site.sleepy_job("running", 30))
+    sub = site.pass_until(lambda: site.state("running") == "claimed")
+    site.drop("waiting", site.sleepy_job("waiting", 1))
+    sub.run_pass()
+    assert sub.cancel("waiting") == "withdrawn"
+    assert sub.cancel("running") == "cancel requested"
+    site.drain(["running", "waiting"], sub=sub)
+    assert site.result("waiting")["job"]["reason"] == "cancelled"
+    assert site.result("running")["job"]["reason"] == "cancelled"
+    assert "start waiting" not in site.ledger_lines()
+    assert not (site.root / "hpc/workspace/jobs/running").exists()
