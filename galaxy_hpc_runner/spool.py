@@ -77,6 +77,7 @@ class PilotRecord:
     state: str = "pending"
     reason: str = ""
     updated: str = ""
+    failed: bool = False  # ended without ever starting (no heartbeat)
 
 
 class Spool:

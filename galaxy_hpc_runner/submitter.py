@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,16 +16,16 @@ from typing import Any
 from hpc_worker import protocol as p
 
 from . import description as d
-from .backends import Backend, PilotState, PilotStatus, make_backend, pilot_spec
+from .backends import Backend, PilotState, PilotStatus, make_backend
 from .config import Config
 from .errors import HpcBatchError, JobError, SchedulerError, TransportError
+from .pilots import PilotManager
 from .policy import pilots_to_submit
 from .spool import CLAIMED, FINISHED, RECEIVED, STAGED, JobRecord, PilotRecord, Spool
 from .staging import QueueView, Stager
 from .transport import LocalTransport, Transport
 
 log = logging.getLogger(__name__)
-ACTIVE_PILOT_STATES = ("pending", "running", "unknown")
 
 
 @dataclass
@@ -56,6 +55,7 @@ class Submitter:
         self.transport = transport or make_transport(cfg)
         self.backend = backend or make_backend(cfg, self.transport)
         self.stager = Stager(cfg, self.transport)
+        self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
         self._layout_ready = False
 
     # -- the pass --------------------------------------------------------------------
@@ -196,25 +196,20 @@ class Submitter:
 
     # -- pilots ----------------------------------------------------------------------
     def _manage_pilots(self, view: QueueView, report: PassReport) -> None:
-        pilots = [r for r in self.spool.pilots() if r.state in ACTIVE_PILOT_STATES]
-        try:
-            states = self.backend.status([r.scheduler_id for r in pilots])
-        except SchedulerError as exc:
-            log.error("cannot ask the scheduler about pilots: %s", exc)
-            states = {r.scheduler_id: PilotStatus(PilotState.UNKNOWN) for r in pilots}
-        for pilot in pilots:
-            status = states.get(pilot.scheduler_id, PilotStatus(PilotState.UNKNOWN))
-            if status.state.value != pilot.state:
-                pilot.state, pilot.reason = status.state.value, status.reason
-                self.spool.save_pilot(pilot)
+        known = self.pilots.refresh()
+        for pilot, status in known:
             if status.state is PilotState.GONE:
                 report.requeued += self._reclaim(pilot, status, view)
-        active = sum(1 for r in pilots if r.state in ("pending", "running"))
-        unknown = sum(1 for r in pilots if r.state == "unknown")
+        active = sum(1 for _, s in known if s.state in (PilotState.PENDING, PilotState.RUNNING))
+        unknown = sum(1 for _, s in known if s.state is PilotState.UNKNOWN)
         count = pilots_to_submit(len(view.ready), active, unknown, self.cfg.max_pilots,
                                  self.cfg.backlog_per_pilot)
+        if count and self.pilots.backoff_left() > 0:
+            report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
+                                 "status)" % self.pilots.backoff_left())
+            return
         for _ in range(count):
-            self.submit_pilot()
+            self.pilots.submit()
             report.pilots_submitted += 1
 
     def _reclaim(self, pilot: PilotRecord, status: PilotStatus, view: QueueView) -> int:
@@ -248,13 +243,7 @@ class Submitter:
         return status.timed_out or rec.lost + 1 < self.cfg.pilot.max_attempts
 
     def submit_pilot(self) -> PilotRecord:
-        pilot_id = "pilot-%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
-        scheduler_id = self.backend.submit(pilot_spec(self.cfg, pilot_id))
-        rec = PilotRecord(pilot_id=pilot_id, scheduler_id=scheduler_id,
-                          backend=self.backend.name, submitted=p.now_iso())
-        self.spool.save_pilot(rec)
-        log.info("submitted pilot %s as %s job %s", pilot_id, self.backend.name, scheduler_id)
-        return rec
+        return self.pilots.submit()
 
     # -- cancel ----------------------------------------------------------------------
     def cancel(self, name: str) -> str:

@@ -137,7 +137,7 @@ class Site:
         return rec.state if rec else ""
 
     def pilot_pids(self) -> list[int]:
-        return [int(p.scheduler_id) for p in self.spool.pilots()]
+        return [int(p.scheduler_id) for p in self.spool.pilots() if p.scheduler_id]
 
     def kill_pilots(self, sig: int = signal.SIGKILL) -> None:
         for pid in self.pilot_pids():
@@ -147,6 +147,11 @@ class Site:
                 pass
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.cli_static(*args, timeout=timeout)
+
+    @staticmethod
+    def cli_static(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``hpc-batch ARGS`` as a separate process, the way an admin runs it."""
         return subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", *args],
                               capture_output=True, text=True, timeout=timeout, cwd=PROJECT,
                               env=dict(os.environ, PYTHONPATH=str(PROJECT)))

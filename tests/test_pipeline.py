@@ -155,3 +155,21 @@ def test_cancel_withdraws_a_waiting_job_and_kills_a_running_one(site: Site) -> N
     assert site.result("running")["job"]["reason"] == "cancelled"
     assert "start waiting" not in site.ledger_lines()
     assert not (site.root / "hpc/workspace/jobs/running").exists()
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python3", "/bin/false"])
+def test_a_pilot_that_cannot_start_is_not_resubmitted_in_a_storm(
+        make_site: Any, python: str) -> None:
+    site = make_site(pilot={"python": python})
+    site.drop("stuck", site.upper_job("stuck"))
+    sub = site.submitter()
+    reports = []
+    for _ in range(20):
+        reports.append(sub.run_pass())
+        time.sleep(0.05)
+    assert len(site.spool.pilots()) == 1
+    assert site.spool.pilots()[0].failed
+    assert "pilots failed to start" in reports[-1].errors[0]
+    assert site.state("stuck") == "staged"  # kept, not lost
+    status = site.cli("status", "--config", str(site.config_path)).stdout
+    assert "FAILED: pilots failed to start" in status

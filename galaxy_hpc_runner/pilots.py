@@ -1,0 +1,99 @@
+"""Keeping track of pilots: their scheduler states, failures to start, and new submissions."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import posixpath
+import secrets
+import time
+
+from hpc_worker import protocol as p
+
+from .backends import Backend, PilotState, PilotStatus, pilot_spec
+from .config import Config
+from .errors import SchedulerError, TransportError
+from .spool import PilotRecord, Spool
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+ACTIVE_STATES = ("pending", "running", "unknown")
+BACKOFF_FIRST, BACKOFF_MAX = 30.0, 3600.0
+
+
+class PilotManager:
+    def __init__(self, cfg: Config, spool: Spool, backend: Backend, transport: Transport) -> None:
+        self.cfg, self.spool, self.backend, self.t = cfg, spool, backend, transport
+
+    def refresh(self) -> list[tuple[PilotRecord, PilotStatus]]:
+        """Ask the scheduler about every pilot not yet known gone; record what changed."""
+        pilots = [r for r in self.spool.pilots() if r.state in ACTIVE_STATES]
+        try:
+            states = self.backend.status([r.scheduler_id for r in pilots])
+        except SchedulerError as exc:
+            log.error("cannot ask the scheduler about pilots: %s", exc)
+            states = {}
+        out = []
+        for pilot in pilots:
+            status = states.get(pilot.scheduler_id, PilotStatus(PilotState.UNKNOWN))
+            if status.state.value != pilot.state:
+                self._changed(pilot, status)
+            out.append((pilot, status))
+        return out
+
+    def _changed(self, pilot: PilotRecord, status: PilotStatus) -> None:
+        pilot.state, pilot.reason = status.state.value, status.reason
+        if status.state is PilotState.GONE and not self._ever_started(pilot):
+            pilot.failed = True
+            log.error("pilot %s (%s job %s) ended without ever starting (%s); its output:\n%s",
+                      pilot.pilot_id, pilot.backend, pilot.scheduler_id, status.reason,
+                      self.output_tail(pilot))
+        self.spool.save_pilot(pilot)
+
+    def _ever_started(self, pilot: PilotRecord) -> bool:
+        try:
+            return self.t.exists(posixpath.join(self.cfg.workspace, p.PILOTS,
+                                                pilot.pilot_id + ".hb"))
+        except TransportError:
+            return True  # cannot tell: do not hold back new pilots for it
+
+    def output_tail(self, pilot: PilotRecord, limit: int = 2000) -> str:
+        try:
+            return self.t.read_text(posixpath.join(self.cfg.workspace, p.PILOTS,
+                                                   pilot.pilot_id + ".out"), limit=limit)
+        except TransportError:
+            return "(no output)"
+
+    def backoff_left(self) -> float:
+        """Seconds to wait before the next pilot, after pilots that failed to start.
+
+        Each failure in a row doubles the wait (30 s up to an hour), so a broken
+        pilot command does not become a stream of scheduler submissions.
+        """
+        failures = 0
+        last: PilotRecord | None = None
+        for pilot in reversed(self.spool.pilots()):
+            if pilot.state in ACTIVE_STATES or not pilot.failed:
+                break
+            failures += 1
+            last = last or pilot
+        if last is None:
+            return 0.0
+        wait = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        ended = datetime.datetime.fromisoformat(last.updated).timestamp()
+        return max(0.0, ended + wait - time.time())
+
+    def submit(self) -> PilotRecord:
+        """Submit one pilot; a refused submission is recorded as a failed pilot and raised."""
+        pilot_id = "pilot-%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
+        rec = PilotRecord(pilot_id=pilot_id, scheduler_id="", backend=self.backend.name,
+                          submitted=p.now_iso())
+        try:
+            rec.scheduler_id = self.backend.submit(pilot_spec(self.cfg, pilot_id))
+        except SchedulerError as exc:
+            rec.state, rec.reason, rec.failed = "gone", "submission failed: %s" % exc, True
+            self.spool.save_pilot(rec)
+            raise
+        self.spool.save_pilot(rec)
+        log.info("submitted pilot %s as %s job %s", pilot_id, self.backend.name, rec.scheduler_id)
+        return rec

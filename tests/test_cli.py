@@ -1,0 +1,123 @@
+"""The admin CLI as an admin uses it: check, status, show, logs, submit --wait."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.sitekit import PROJECT, Site
+
+
+def test_check_accepts_the_shipped_example_config(tmp_path: Path) -> None:
+    text = (PROJECT / "examples" / "hpc-batch.ini").read_text()
+    for sub in ("dropbox", "media", "results", "ws"):
+        (tmp_path / sub).mkdir()
+    text = (text.replace("/srv/amp/dropbox", str(tmp_path / "dropbox"))
+            .replace("/srv/amp/media", str(tmp_path / "media"))
+            .replace("/srv/amp/results", str(tmp_path / "results")))
+    config = tmp_path / "site.ini"
+    config.write_text(text)
+    proc = Site.cli_static("check", "--config", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK" in proc.stdout
+
+
+def test_check_says_exactly_what_is_wrong(tmp_path: Path) -> None:
+    config = tmp_path / "bad.ini"
+    config.write_text("[dropbox]\npath = %s/nowhere\n[hpc_env]\nworkspace = relative/ws\n"
+                      "scripts = /s\n[pilot]\nslots = two\nidle_timout = 5\n"
+                      "[scheduler]\nbackend = pbs\n" % tmp_path)
+    proc = Site.cli_static("check", "--config", str(config))
+    assert proc.returncode == 1
+    for expected in ("[dropbox] path %s/nowhere is not an existing directory" % tmp_path,
+                     "[hpc_env] containers is required",
+                     "[hpc_env] workspace = 'relative/ws' must be an absolute path",
+                     "[pilot] slots = 'two' is not a valid whole number",
+                     "[pilot] unknown key 'idle_timout'",
+                     "[scheduler] backend = 'pbs': choose one of local, slurm, drmaa"):
+        assert expected in proc.stdout, proc.stdout
+
+
+def test_status_show_and_logs_tell_the_story_of_a_job(site: Site) -> None:
+    site.drop("told", site.upper_job("told", "story\n"))
+    site.drain(["told"])
+    cfg = str(site.config_path)
+    status = json.loads(site.cli("status", "--config", cfg, "--json").stdout)
+    assert status["counts"]["finished"] == 1 and status["oldest_waiting"] is None
+    assert status["pilots"][0]["backend"] == "local"
+    show = json.loads(site.cli("show", "told", "--config", cfg, "--json").stdout)
+    assert [e["to"] for e in show["history"]] == ["received", "staged", "claimed", "finished"] \
+        or [e["to"] for e in show["history"]] == ["received", "staged", "finished"]
+    assert show["rc"] == 0 and show["host"] and show["pilot"]
+    assert show["paths"]["result"].endswith("told.job.finished")
+    text = site.cli("show", "told", "--config", cfg).stdout
+    assert "job told: finished (ok: processed OK)" in text
+    logs = site.cli("logs", "told", "--config", cfg).stdout
+    assert "upper done on gpu 0" in logs
+    assert "(told) started on slot 0" in logs and "(told) finished: ok" in logs
+
+
+def test_status_shows_waiting_jobs_and_the_pilot(site: Site) -> None:
+    site.drop("waiting", site.sleepy_job("waiting", 5))
+    site.pass_until(lambda: site.state("waiting") == "claimed")
+    out = site.cli("status", "--config", str(site.config_path)).stdout
+    assert "claimed 1" in out
+    assert "oldest waiting: waiting (claimed" in out
+    assert "running waiting" in out or "heartbeat" in out
+
+
+def test_submit_wait_prints_state_changes_and_exits_with_the_rc(site: Site) -> None:
+    job = site.root / "mine.job"
+    job.write_text(yaml.safe_dump(site.upper_job("mine", "waited for\n")))
+    proc = subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", "submit", str(job),
+                           "--config", str(site.config_path), "--wait", "--drive",
+                           "--timeout", "60"], capture_output=True, text=True, cwd=PROJECT,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    name = lines[0]
+    assert name.startswith("mine-") and name.endswith(tuple("0123456789abcdef"))
+    assert any(line.endswith(": staged") for line in lines)
+    assert lines[-1] == "%s: ok: processed OK" % name
+    assert site.out("mine.upper").read_text() == "WAITED FOR\n"
+
+
+def test_submit_wait_exits_with_the_tools_return_code(site: Site) -> None:
+    job = site.root / "failing.job"
+    job.write_text(yaml.safe_dump({"script": "fail", "args": {"code": 7}}))
+    proc = site.cli("submit", str(job), "--config", str(site.config_path), "--wait", "--drive",
+                    "--timeout", "60")
+    assert proc.returncode == 7
+    assert "error: Remote command failed with return code 7" in proc.stdout
+
+
+def test_submit_wait_times_out_cleanly(site: Site) -> None:
+    job = site.root / "never.job"
+    job.write_text(yaml.safe_dump(site.upper_job("never")))
+    proc = site.cli("submit", str(job), "--config", str(site.config_path), "--wait",
+                    "--timeout", "1")
+    assert proc.returncode == 124
+    assert "no result within 1.0s" in proc.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = Site.cli_static("demo", "--dir", str(tmp_path / "demo"), "--jobs", "6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6/6 ok" in proc.stdout
+    assert (tmp_path / "demo/results/item005.upper.txt").read_text().startswith("MEDIA ITEM 5")
+    _stop_demo_pilots(tmp_path / "demo")
+
+
+def _stop_demo_pilots(root: Path) -> None:
+    from galaxy_hpc_runner.config import load_config
+    from galaxy_hpc_runner.submitter import Submitter
+
+    sub = Submitter(load_config(root / "demo.ini"))
+    for pilot in sub.spool.pilots():
+        sub.backend.cancel(pilot.scheduler_id)
+    shutil.rmtree(root / "hpc", ignore_errors=True)
