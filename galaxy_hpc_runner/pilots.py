@@ -79,7 +79,7 @@ class PilotManager:
             last = last or pilot
         if last is None:
             return 0.0
-        wait = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        wait = min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
         ended = datetime.datetime.fromisoformat(last.updated).timestamp()
         return max(0.0, ended + wait - time.time())
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
+import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,8 @@ class Stager:
         self.cfg = cfg
         self.t = transport
         self.root = cfg.workspace
+        self.tag = hashlib.sha1(str(cfg.spool).encode()).hexdigest()[:8]
+        self.begin_pass([])
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -46,6 +51,30 @@ class Stager:
         view = self.queue_view()
         return key in view.ready or key in view.claimed or key in view.done
 
+    def begin_pass(self, records: list[JobRecord]) -> None:
+        """Count input uses: a file several jobs share is uploaded once and hard-linked."""
+        self._uses = Counter(src for rec in records for src in rec.meta["inputs"].values())
+        self._shared: dict[str, str] = {}
+        self._pass_dir = self.path(p.INPUTS, "%s-%s" % (self.tag, secrets.token_hex(4)))
+
+    def end_pass(self) -> None:
+        if self._shared:
+            self.t.remove(self._pass_dir)  # the jobs' hard links keep the data
+        self._shared = {}
+
+    def _put_input(self, local: str, remote: str) -> None:
+        if self._uses.get(local, 0) < 2:
+            self.t.put(local, remote)
+            return
+        if local not in self._shared:
+            if not self._shared:
+                self.t.makedirs(self._pass_dir)
+            shared = posixpath.join(self._pass_dir, "%d-%s" % (
+                len(self._shared), os.path.basename(local)))
+            self.t.put(local, shared)
+            self._shared[local] = shared
+        self.t.link(self._shared[local], remote)
+
     def stage(self, rec: JobRecord) -> None:
         """Job directory, inputs, script and job.json first; the ready marker last."""
         key, meta = rec.name, rec.meta
@@ -53,7 +82,7 @@ class Stager:
         self.t.remove(directory)  # what an interrupted earlier attempt left
         self.t.makedirs(directory)
         for base, local in meta["inputs"].items():
-            self.t.put(local, posixpath.join(directory, base))
+            self._put_input(local, posixpath.join(directory, base))
         self.t.write_text(posixpath.join(directory, p.SCRIPT), meta["script_text"])
         self.t.write_text(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
         self.t.write_text(self.path(p.READY, key), "")

@@ -78,9 +78,13 @@ class Submitter:
             self.stager.ensure_layout()
             self._layout_ready = True
         records = self.spool.active()
-        for rec in records:
-            if rec.state == RECEIVED:
+        to_stage = [rec for rec in records if rec.state == RECEIVED]
+        self.stager.begin_pass(to_stage)
+        try:
+            for rec in to_stage:
                 self._stage(rec, report)
+        finally:
+            self.stager.end_pass()
         view = self.stager.queue_view()
         for rec in records:
             if rec.state in (STAGED, CLAIMED):

@@ -61,6 +61,10 @@ class Transport(abc.ABC):
             stdin: str | None = None) -> Completed:
         """Run a command where the scheduler's client tools are."""
 
+    @abc.abstractmethod
+    def link(self, src: str, dst: str) -> None:
+        """Hard-link ``src`` to ``dst`` on the HPC side (shared inputs)."""
+
     def read_text(self, remote: str, limit: int | None = None) -> str:
         return self.read_bytes(remote, limit).decode("utf-8", "replace")
 
@@ -108,6 +112,14 @@ class LocalTransport(Transport):
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def link(self, src: str, dst: str) -> None:
+        try:
+            if os.path.exists(dst):
+                os.unlink(dst)
+            os.link(src, dst)
+        except OSError:  # another file system: a copy does as well
+            self._copy(src, dst)
 
     def run(self, argv: list[str], timeout: float = 60.0, check: bool = True,
             stdin: str | None = None) -> Completed:

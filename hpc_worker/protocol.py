@@ -64,8 +64,8 @@ REASON_LOST = "lost"
 
 
 def now_iso() -> str:
-    """The current time, ISO 8601 with the local time zone."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    """The current time, ISO 8601 with milliseconds and the local time zone."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 def valid_key(key: str) -> bool:

@@ -1,0 +1,285 @@
+"""The ``ssh`` transport: the HPC head node over SSH (paramiko), host keys verified.
+
+One connection (and one SFTP session) is reused across a pass and reopened,
+with backoff, when it drops. Uploads go through SFTP to a temp name, are
+checked by size and renamed into place; downloads stream through ``cat`` on an
+exec channel (paramiko's prefetching ``get()`` can stall) into a local temp
+file, are checked by size and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import secrets
+import shlex
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import paramiko
+
+from .config import Config
+from .errors import CommandError, CommandTimeout, TransportError
+from .runcmd import Completed
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK = 1 << 20
+RETRY_DELAYS = (0.5, 2.0)
+
+
+def _passphrase(options: dict[str, str]) -> str | None:
+    """From an environment variable or a file: never from the INI itself."""
+    if options.get("passphrase_env"):
+        value = os.environ.get(options["passphrase_env"])
+        if value is None:
+            raise TransportError("[transport] passphrase_env %s is not set"
+                                 % options["passphrase_env"])
+        return value
+    if options.get("passphrase_file"):
+        with open(os.path.expanduser(options["passphrase_file"]), encoding="utf-8") as handle:
+            return handle.read().strip()
+    return None
+
+
+class SshTransport(Transport):
+    def __init__(self, host: str, port: int = 22, user: str | None = None,
+                 key_file: str | None = None, passphrase: str | None = None,
+                 known_hosts: str | None = None, timeout: float = 20.0) -> None:
+        self.host, self.port, self.user = host, port, user
+        self.key_file, self.passphrase = key_file, passphrase
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+        self.timeout = timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SshTransport:
+        o = cfg.transport
+        if not o.get("host"):
+            raise TransportError("[transport] host is required for type = ssh")
+        return cls(host=o["host"], port=int(o.get("port", "22")), user=o.get("user"),
+                   key_file=os.path.expanduser(o["key_file"]) if o.get("key_file") else None,
+                   passphrase=_passphrase(o), known_hosts=o.get("known_hosts"),
+                   timeout=float(o.get("timeout", "20")))
+
+    # -- connection ------------------------------------------------------------------
+    def _connect(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if not os.path.exists(self.known_hosts):
+            raise TransportError("known_hosts file %s does not exist" % self.known_hosts)
+        client.load_host_keys(self.known_hosts)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(self.host, port=self.port, username=self.user,
+                           key_filename=self.key_file, passphrase=self.passphrase,
+                           timeout=self.timeout, banner_timeout=self.timeout,
+                           auth_timeout=self.timeout, allow_agent=False,
+                           look_for_keys=self.key_file is None)
+        except paramiko.BadHostKeyException as exc:
+            raise TransportError("host key of %s:%d CHANGED (not the one in %s): refusing to "
+                                 "connect" % (self.host, self.port, self.known_hosts)) from exc
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise TransportError("host key of %s:%d is unknown (not in %s): refusing to "
+                                     "connect; add it with ssh-keyscan after checking it"
+                                     % (self.host, self.port, self.known_hosts)) from exc
+            raise TransportError("ssh to %s:%d failed: %s" % (self.host, self.port, exc)) from exc
+        except OSError as exc:
+            raise TransportError("cannot reach %s:%d: %s" % (self.host, self.port, exc)) from exc
+        return client
+
+    def _ssh(self) -> paramiko.SSHClient:
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            self.close()
+            self._client = self._connect()
+            log.info("connected to %s:%d", self.host, self.port)
+        assert self._client is not None
+        return self._client
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        client = self._ssh()
+        if self._sftp is None:
+            self._sftp = client.open_sftp()
+        return self._sftp
+
+    def close(self) -> None:
+        for thing in (self._sftp, self._client):
+            if thing is not None:
+                with contextlib.suppress(OSError, paramiko.SSHException):
+                    thing.close()
+        self._sftp = self._client = None
+
+    def _retry(self, what: str, op: Callable[[], T]) -> T:
+        """Run ``op``; on a dropped connection reconnect with backoff and try again."""
+        delays = list(RETRY_DELAYS)
+        while True:
+            try:
+                return op()
+            except (TimeoutError, TransportError, paramiko.SSHException, EOFError,
+                    ConnectionError) as exc:
+                if isinstance(exc, TransportError) and "refusing" in str(exc):
+                    raise  # a host key problem does not heal by retrying
+                if not delays:
+                    if isinstance(exc, TransportError):
+                        raise
+                    raise TransportError("%s on %s failed: %s" % (what, self.host, exc)) from exc
+                delay = delays.pop(0)
+                log.warning("%s on %s failed (%s); reconnecting in %ss", what, self.host, exc,
+                            delay)
+                self.close()
+                time.sleep(delay)
+
+    # -- files -----------------------------------------------------------------------
+    def listdir(self, path: str) -> list[str]:
+        def op() -> list[str]:
+            try:
+                names = self._sftp_client().listdir(path)
+            except FileNotFoundError:
+                return []
+            return sorted(n for n in names if not n.startswith("."))
+        return self._retry("listdir", op)
+
+    def exists(self, path: str) -> bool:
+        def op() -> bool:
+            try:
+                self._sftp_client().stat(path)
+            except FileNotFoundError:
+                return False
+            return True
+        return self._retry("stat", op)
+
+    def makedirs(self, path: str) -> None:
+        self.run(["mkdir", "-p", "--", path])
+
+    def _tmp_name(self, remote: str) -> str:
+        return posixpath.join(posixpath.dirname(remote),
+                              ".tmp-%s-%s" % (posixpath.basename(remote), secrets.token_hex(4)))
+
+    def put(self, local: str, remote: str) -> None:
+        size = os.path.getsize(local)
+
+        def op() -> None:
+            sftp, tmp = self._sftp_client(), self._tmp_name(remote)
+            try:
+                with open(local, "rb") as src, sftp.open(tmp, "wb") as dst:
+                    dst.set_pipelined(True)
+                    while block := src.read(CHUNK):
+                        dst.write(block)
+                got = sftp.stat(tmp).st_size
+                if got != size:
+                    raise TransportError("upload of %s is %s bytes, expected %d" % (
+                        local, got, size))
+                sftp.posix_rename(tmp, remote)
+            except BaseException:
+                self._remove_quietly(tmp)
+                raise
+        self._retry("upload", op)
+
+    def get(self, remote: str, local: str) -> None:
+        def op() -> None:
+            size = self._sftp_client().stat(remote).st_size
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(local) or ".")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    rc = self._stream(["cat", "--", remote], out)
+                got = os.path.getsize(tmp)
+                if rc != 0 or got != size:
+                    raise TransportError("download of %s: %d of %s bytes (cat rc %d)" % (
+                        remote, got, size, rc))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, local)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        self._retry("download", op)
+
+    def _stream(self, argv: list[str], out: object) -> int:
+        channel = self._ssh().get_transport().open_session(timeout=self.timeout)  # type: ignore[union-attr]
+        channel.exec_command(shlex.join(argv))
+        while True:
+            block = channel.recv(CHUNK)
+            if not block:
+                break
+            out.write(block)  # type: ignore[attr-defined]
+        return int(channel.recv_exit_status())
+
+    def write_text(self, remote: str, text: str) -> None:
+        data = text.encode("utf-8")
+
+        def op() -> None:
+            sftp, tmp = self._sftp_client(), self._tmp_name(remote)
+            with sftp.open(tmp, "wb") as dst:
+                dst.write(data)
+            sftp.posix_rename(tmp, remote)
+        self._retry("write", op)
+
+    def read_bytes(self, remote: str, limit: int | None = None) -> bytes:
+        def op() -> bytes:
+            with self._sftp_client().open(remote, "rb") as src:
+                if limit is not None:
+                    size = src.stat().st_size
+                    src.seek(max(0, size - limit))
+                src.prefetch()
+                return bytes(src.read())
+        try:
+            return self._retry("read", op)
+        except OSError as exc:
+            raise TransportError("cannot read %s: %s" % (remote, exc)) from exc
+
+    def rename(self, src: str, dst: str) -> bool:
+        def op() -> bool:
+            try:
+                self._sftp_client().posix_rename(src, dst)
+            except FileNotFoundError:
+                return False
+            return True
+        return self._retry("rename", op)
+
+    def remove(self, path: str) -> None:
+        self.run(["rm", "-rf", "--", path])
+
+    def link(self, src: str, dst: str) -> None:
+        self.run(["ln", "-f", "--", src, dst])
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(self._sftp_client().stat(path).st_mode or 0)
+        except FileNotFoundError:
+            return False
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.remove(path)
+        except (OSError, paramiko.SSHException):
+            pass
+
+    # -- commands --------------------------------------------------------------------
+    def run(self, argv: list[str], timeout: float = 60.0, check: bool = True,
+            stdin: str | None = None) -> Completed:
+        """Run ``argv`` on the head node: every word quoted, never a config-built string."""
+        def op() -> Completed:
+            client = self._ssh()
+            chan_in, chan_out, chan_err = client.exec_command(shlex.join(argv), timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin)
+            chan_in.channel.shutdown_write()
+            try:
+                out = chan_out.read().decode("utf-8", "replace")
+                err = chan_err.read().decode("utf-8", "replace")
+            except TimeoutError as exc:
+                raise CommandTimeout("%s on %s did not finish within %ss" % (
+                    argv[0], self.host, timeout)) from exc
+            return Completed(argv, chan_out.channel.recv_exit_status(), out, err)
+        done = self._retry("command %s" % argv[0], op)
+        if check and done.rc != 0:
+            raise CommandError(argv, done.rc, done.stdout, done.stderr)
+        return done
