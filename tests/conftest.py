@@ -30,3 +30,12 @@ def make_site(tmp_path: Path) -> Iterator[object]:
     yield factory
     for s in made:
         s.close()
+
+
+# Real services (munge + Slurm, sshd, Grid Engine), session-scoped.
+from tests.services.fixtures import (  # noqa: E402, F401
+    gridengine,
+    services_installed,
+    slurm_cluster,
+    ssh_server,
+)
