@@ -162,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "run a burst of jobs on the local backend", config=False)
     sp.add_argument("--dir", default="demo-run", help="where the demo's files go")
     sp.add_argument("--jobs", type=int, default=20)
-    sp = add("simulate", cmd_simulate, "simulate queue waits and pilot policies at site scale",
-             config=False)
+    helptext = "simulate queue waits and pilot policies at site scale"
+    # Everything after "simulate" goes, untouched, to its own parser (--help included):
+    # no option prefix here, or argparse would take "--days" for an unknown option.
+    sp = sub.add_parser("simulate", help=helptext, description=helptext, add_help=False,
+                        prefix_chars="\0")
+    sp.set_defaults(func=cmd_simulate)
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="see hpc-batch simulate --help")
     return ap
 

@@ -30,3 +30,21 @@ def pilots_to_submit(backlog: int, active: int, unknown: int, max_pilots: int = 
     if unknown:
         return 0
     return max(0, pilots_wanted(backlog, max_pilots, backlog_per_pilot) - active)
+
+
+def resubmit_ahead(backlog: int, remaining: list[float], pending: int, lead: float,
+                   max_pilots: int = 1, backlog_per_pilot: int = 0) -> int:
+    """Replacement pilots to submit now, ahead of running pilots' walltimes.
+
+    ``remaining`` holds the seconds each running pilot has left before its
+    walltime; one within ``lead`` of the end is expiring. While backlog remains,
+    each expiring pilot the backlog still deserves gets a replacement, so the
+    next queue wait overlaps the tail of the current pilot instead of following
+    it. Pilots already ``pending`` (queued, not yet started) count as
+    replacements. ``lead <= 0`` turns this off.
+    """
+    if lead <= 0 or backlog <= 0:
+        return 0
+    expiring = sum(1 for left in remaining if left <= lead)
+    wanted = min(expiring, pilots_wanted(backlog, max_pilots, backlog_per_pilot))
+    return max(0, wanted - pending)
