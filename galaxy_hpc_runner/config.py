@@ -27,7 +27,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
               "grace", "python", "code_dir"},
     "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres", "time",
                   "mem", "cpus", "account", "qos", "extra_args", "signal", "native_spec",
-                  "command_timeout", "drmaa_library_path"},
+                  "command_timeout", "failure_backoff"},
     "transport": {"type", "host", "port", "user", "key_file", "passphrase_env",
                   "passphrase_file", "known_hosts", "timeout"},
 }
@@ -92,6 +92,7 @@ class Config:
     backend: str = "local"
     max_pilots: int = 1
     backlog_per_pilot: int = 0
+    failure_backoff: float = 30.0
     scheduler: dict[str, str] = field(default_factory=dict)
     transport: dict[str, str] = field(default_factory=dict)
     settle: float = 2.0
@@ -216,6 +217,7 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
         backend=r.get("scheduler", "backend", "local") or "local",
         max_pilots=int(r.number("scheduler", "max_pilots", 1, int, 1)),
         backlog_per_pilot=int(r.number("scheduler", "backlog_per_pilot", 0, int, 0)),
+        failure_backoff=r.number("scheduler", "failure_backoff", 30.0),
         scheduler=dict(r.cp.items("scheduler")) if r.cp.has_section("scheduler") else {},
         transport=dict(r.cp.items("transport")) if r.cp.has_section("transport") else {},
         settle=r.number("dropbox", "settle", 2.0),

@@ -18,7 +18,7 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 ACTIVE_STATES = ("pending", "running", "unknown")
-BACKOFF_FIRST, BACKOFF_MAX = 30.0, 3600.0
+BACKOFF_MAX = 3600.0
 
 
 class PilotManager:
@@ -67,7 +67,8 @@ class PilotManager:
     def backoff_left(self) -> float:
         """Seconds to wait before the next pilot, after pilots that failed to start.
 
-        Each failure in a row doubles the wait (30 s up to an hour), so a broken
+        Each failure in a row doubles the wait (``[scheduler] failure_backoff``, 30 s
+        by default, up to an hour), so a broken
         pilot command does not become a stream of scheduler submissions.
         """
         failures = 0
@@ -79,7 +80,7 @@ class PilotManager:
             last = last or pilot
         if last is None:
             return 0.0
-        wait = min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
+        wait = min(self.cfg.failure_backoff * 2.0 ** (failures - 1), BACKOFF_MAX)
         ended = datetime.datetime.fromisoformat(last.updated).timestamp()
         return max(0.0, ended + wait - time.time())
 

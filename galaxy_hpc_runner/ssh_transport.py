@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED
 
 from .config import Config
 from .errors import CommandError, CommandTimeout, TransportError
@@ -31,6 +32,7 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 1 << 20
+SMALL = 4 << 20  # files up to this size are read over SFTP, larger ones streamed by cat
 RETRY_DELAYS = (0.5, 2.0)
 
 
@@ -157,7 +159,26 @@ class SshTransport(Transport):
         return self._retry("stat", op)
 
     def makedirs(self, path: str) -> None:
-        self.run(["mkdir", "-p", "--", path])
+        def op() -> None:
+            sftp, missing = self._sftp_client(), []
+            current = path.rstrip("/")
+            while current and not self._is_dir(sftp, current):
+                missing.append(current)
+                current = posixpath.dirname(current)
+            for directory in reversed(missing):
+                try:
+                    sftp.mkdir(directory)
+                except OSError:
+                    if not self._is_dir(sftp, directory):  # not made by somebody else
+                        raise
+        self._retry("mkdir", op)
+
+    @staticmethod
+    def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(sftp.stat(path).st_mode or 0)
+        except FileNotFoundError:
+            return False
 
     def _tmp_name(self, remote: str) -> str:
         return posixpath.join(posixpath.dirname(remote),
@@ -185,11 +206,15 @@ class SshTransport(Transport):
 
     def get(self, remote: str, local: str) -> None:
         def op() -> None:
-            size = self._sftp_client().stat(remote).st_size
+            size = self._sftp_client().stat(remote).st_size or 0
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(local) or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    rc = self._stream(["cat", "--", remote], out)
+                    if size <= SMALL:  # one SFTP read beats starting a remote process
+                        out.write(self.read_bytes(remote))
+                        rc = 0
+                    else:
+                        rc = self._stream(["cat", "--", remote], out)
                 got = os.path.getsize(tmp)
                 if rc != 0 or got != size:
                     raise TransportError("download of %s: %d of %s bytes (cat rc %d)" % (
@@ -244,23 +269,47 @@ class SshTransport(Transport):
         return self._retry("rename", op)
 
     def remove(self, path: str) -> None:
-        self.run(["rm", "-rf", "--", path])
+        def op() -> None:
+            sftp = self._sftp_client()
+            try:
+                mode = sftp.lstat(path).st_mode or 0
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(mode):
+                sftp.remove(path)
+            elif len(sftp.listdir(path)) > 100:  # big trees: one rm beats many requests
+                self.run(["rm", "-rf", "--", path])
+            else:
+                self._remove_tree(sftp, path)
+        self._retry("remove", op)
+
+    def _remove_tree(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        for entry in sftp.listdir_attr(path):
+            child = posixpath.join(path, entry.filename)
+            if stat.S_ISDIR(entry.st_mode or 0):
+                self._remove_tree(sftp, child)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    sftp.remove(child)
+        with contextlib.suppress(FileNotFoundError):
+            sftp.rmdir(path)
 
     def link(self, src: str, dst: str) -> None:
-        self.run(["ln", "-f", "--", src, dst])
-
-    def is_dir(self, path: str) -> bool:
-        try:
-            return stat.S_ISDIR(self._sftp_client().stat(path).st_mode or 0)
-        except FileNotFoundError:
-            return False
+        """Hard link through OpenSSH's SFTP extension; ``ln`` where it is missing."""
+        def op() -> None:
+            sftp = self._sftp_client()
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(dst)
+            try:
+                sftp._request(CMD_EXTENDED, "hardlink@openssh.com", src, dst)
+            except OSError:
+                self.run(["ln", "-f", "--", src, dst])
+        self._retry("link", op)
 
     def _remove_quietly(self, path: str) -> None:
-        try:
+        with contextlib.suppress(OSError, paramiko.SSHException):
             if self._sftp is not None:
                 self._sftp.remove(path)
-        except (OSError, paramiko.SSHException):
-            pass
 
     # -- commands --------------------------------------------------------------------
     def run(self, argv: list[str], timeout: float = 60.0, check: bool = True,

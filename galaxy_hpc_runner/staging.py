@@ -31,6 +31,9 @@ class QueueView:
     claimed: dict[str, str] = field(default_factory=dict)  # key -> pilot
     done: set[str] = field(default_factory=set)
 
+    def has(self, key: str) -> bool:
+        return key in self.ready or key in self.claimed or key in self.done
+
 
 class Stager:
     def __init__(self, cfg: Config, transport: Transport) -> None:
@@ -48,8 +51,7 @@ class Stager:
             self.t.makedirs(self.path(sub))
 
     def marker_exists(self, key: str) -> bool:
-        view = self.queue_view()
-        return key in view.ready or key in view.claimed or key in view.done
+        return self.queue_view().has(key)
 
     def begin_pass(self, records: list[JobRecord]) -> None:
         """Count input uses: a file several jobs share is uploaded once and hard-linked."""

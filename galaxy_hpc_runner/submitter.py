@@ -78,20 +78,20 @@ class Submitter:
             self.stager.ensure_layout()
             self._layout_ready = True
         records = self.spool.active()
+        view = self.stager.queue_view()
         to_stage = [rec for rec in records if rec.state == RECEIVED]
         self.stager.begin_pass(to_stage)
         try:
             for rec in to_stage:
-                self._stage(rec, report)
+                self._stage(rec, view, report)
         finally:
             self.stager.end_pass()
-        view = self.stager.queue_view()
         for rec in records:
             if rec.state in (STAGED, CLAIMED):
                 self._follow(rec, view, report)
             elif rec.state == FINISHED:  # a pass that died before its cleanup
                 self._cleanup(rec)
-        self._manage_pilots(view, report)
+        self._manage_pilots(report)
 
     def loop(self, stop: threading.Event, interval: float | None = None) -> None:
         """Passes until ``stop`` is set (the cron-less mode and the Galaxy batcher)."""
@@ -153,14 +153,15 @@ class Submitter:
             return True
 
     # -- stage and follow ------------------------------------------------------------
-    def _stage(self, rec: JobRecord, report: PassReport) -> None:
-        if not self.stager.marker_exists(rec.name):  # staged before a crash: keep it
+    def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
+        if not view.has(rec.name):  # else it was staged before a crash: keep it
             missing = [src for src in rec.meta["inputs"].values() if not os.path.isfile(src)]
             if missing:
                 self._finish(rec, d.job_node("error", "Input vanished before staging: %s"
                                              % ", ".join(missing), reason="invalid"))
                 return
             self.stager.stage(rec)
+            view.ready.add(rec.name)
         self.spool.transition(rec, STAGED)
         report.staged += 1
 
@@ -199,8 +200,9 @@ class Submitter:
         self.spool.archive(rec)
 
     # -- pilots ----------------------------------------------------------------------
-    def _manage_pilots(self, view: QueueView, report: PassReport) -> None:
+    def _manage_pilots(self, report: PassReport) -> None:
         known = self.pilots.refresh()
+        view = self.stager.queue_view()  # fresh: collecting may have taken a while
         for pilot, status in known:
             if status.state is PilotState.GONE:
                 report.requeued += self._reclaim(pilot, status, view)

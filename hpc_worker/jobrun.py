@@ -122,6 +122,9 @@ class JobRun:
         if self.kill_reason == p.REASON_WALLTIME:
             return _error(rc, p.REASON_WALLTIME,
                           "Killed after exceeding its walltime of %ss" % self.walltime())
+        if rc < 0:
+            return _error(rc, p.REASON_KILLED, "Remote command was killed by signal %s"
+                          % _signal_name(-rc))
         if rc != 0:
             return _error(rc, p.REASON_FAILED, "Remote command failed with return code %d" % rc)
         missing = self.missing_outputs()
@@ -137,6 +140,13 @@ class JobRun:
 
 def _error(rc: int, reason: str, message: str) -> Dict[str, Any]:
     return {"status": "error", "message": message, "rc": rc, "reason": reason}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _killpg(pgid: int, sig: int) -> None:

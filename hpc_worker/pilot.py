@@ -104,7 +104,7 @@ class Pilot:
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
@@ -113,7 +113,8 @@ class Pilot:
     # -- jobs --------------------------------------------------------------------------
     def _reap(self) -> None:
         for slot, job in list(self.running.items()):
-            if job.poll() is not None:
+            rc = job.poll()
+            if rc is not None and not (self.stopping and rc < 0 and not job.kill_reason):
                 job.finish(self.s.scheduler_id)
                 del self.running[slot]
                 self.done_count += 1
@@ -192,7 +193,9 @@ class Pilot:
             "done": self.done_count, "slots": self.s.slots})
 
     def _shutdown(self) -> None:
-        self._reap()  # a job that ended just before the signal is reported, not rerun
+        # A job that ended before the signal is reported, not rerun; one killed by a
+        # signal while we stop (Slurm signals the whole job) is released with the rest.
+        self._reap()
         if self.stopping:
             log.info("%s received: releasing %d running job(s)", self.stopping, len(self.running))
         for job in self.running.values():

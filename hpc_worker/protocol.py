@@ -61,6 +61,7 @@ REASON_CANCELLED = "cancelled"
 REASON_MISSING_OUTPUT = "missing_output"
 REASON_FAILED = "failed"
 REASON_LOST = "lost"
+REASON_KILLED = "killed"  # by a signal nobody in this system sent (OOM killer, admin)
 
 
 def now_iso() -> str:

@@ -16,4 +16,12 @@ def make_backend(cfg: Config, transport: Transport) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend(cfg)
+    if cfg.backend == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend(cfg, transport)
+    if cfg.backend == "drmaa":
+        from .drmaa_backend import DrmaaBackend
+
+        return DrmaaBackend(cfg)
     raise ConfigError("scheduler backend %r is not available" % cfg.backend)

@@ -1,0 +1,212 @@
+"""Real HPC: the pilot on a real Slurm, reached through a real sshd with the ssh transport."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from galaxy_hpc_runner.backends.slurm import SlurmBackend
+from tests.services.cluster import SlurmCluster, SshServer
+from tests.sitekit import PROJECT, Site
+
+pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
+
+
+@pytest.fixture(scope="module")
+def hpc(tmp_path_factory: pytest.TempPathFactory,
+        services_installed: None) -> Iterator[tuple[SlurmCluster, SshServer]]:
+    """Our own cluster (short MessageTimeout for the outage test) behind our own sshd."""
+    with SlurmCluster(tmp_path_factory.mktemp("slurm"),
+                      extra_conf={"MessageTimeout": "2"}) as cluster, \
+            SshServer(tmp_path_factory.mktemp("sshd"), env=cluster.env) as server:
+        yield cluster, server
+
+
+def hpc_sections(server: SshServer, **overrides: dict[str, str]) -> dict[str, dict[str, str]]:
+    sections = {
+        "transport": {"type": "ssh", "host": server.host, "port": str(server.port),
+                      "user": server.user, "key_file": str(server.client_key_path),
+                      "known_hosts": str(server.known_hosts_path), "timeout": "5"},
+        "scheduler": {"backend": "slurm", "gres": "gpu:1", "partition": "debug",
+                      "failure_backoff": "2", "command_timeout": "20"},
+        "pilot": {"python": sys.executable, "code_dir": str(PROJECT), "idle_timeout": "3"},
+    }
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return sections
+
+
+class SlurmSite(Site):
+    def close(self) -> None:
+        sub = self.submitter()
+        for pilot in self.spool.pilots():
+            if pilot.scheduler_id and pilot.state != "gone":
+                try:
+                    sub.backend.cancel(pilot.scheduler_id)
+                except Exception:  # noqa: BLE001 - best effort at teardown
+                    pass
+        super().close()
+
+
+@pytest.fixture
+def slurm_site(tmp_path: Path, hpc: tuple[SlurmCluster, SshServer]) -> Iterator[Any]:
+    made: list[Site] = []
+
+    def factory(**overrides: dict[str, str]) -> Site:
+        site = SlurmSite(tmp_path, **hpc_sections(hpc[1], **overrides))
+        made.append(site)
+        return site
+
+    yield factory
+    for site in made:
+        site.close()
+
+
+def squeue_ids(cluster: SlurmCluster) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %j"], capture_output=True,
+                         text=True, env=dict(__import__("os").environ, **cluster.env)).stdout
+    return [line.split()[0] for line in out.splitlines() if "hpc-batch-pilot" in line]
+
+
+def test_burst_of_50_through_ssh_and_slurm_with_one_sbatch(
+        slurm_site: Any, hpc: tuple[SlurmCluster, SshServer]) -> None:
+    site = slurm_site(pilot={"slots": "2"})
+    before = set(squeue_ids(hpc[0]))
+    names = ["s%02d" % i for i in range(50)]
+    shared = site.media("shared.txt", "one media file, many tools\n")
+    for i, name in enumerate(names):
+        doc = site.upper_job(name, "slurm item %d\n" % i)
+        if i % 10 == 0:  # the common case: one media file through several tools
+            doc["input_map"]["input"] = str(shared)
+        site.drop(name, doc)
+    site.drain(names, timeout=180)
+    pilots = site.spool.pilots()
+    assert len(pilots) == 1
+    assert set(squeue_ids(hpc[0])) - before == {pilots[0].scheduler_id}
+    for i, name in enumerate(names):
+        job = site.result(name)["job"]
+        assert job["status"] == "ok" and job["pilot"] == pilots[0].scheduler_id, job
+        expected = "ONE MEDIA FILE, MANY TOOLS\n" if i % 10 == 0 else "SLURM ITEM %d\n" % i
+        assert site.out(name + ".upper").read_text() == expected
+    assert sorted(site.ledger_lines()) == sorted("run " + n for n in names)
+
+
+def test_late_arrival_is_drained_by_the_same_slurm_pilot(slurm_site: Any) -> None:
+    site = slurm_site()
+    site.drop("early", site.sleepy_job("early", 2))
+    sub = site.pass_until(lambda: site.state("early") == "claimed", timeout=60)
+    site.drop("late", site.upper_job("late"))
+    site.drain(["early", "late"], sub=sub, timeout=60)
+    assert len(site.spool.pilots()) == 1
+    assert site.result("late")["job"]["pilot"] == site.result("early")["job"]["pilot"]
+
+
+def test_scancel_mid_job_reruns_it_in_the_next_pilot_exactly_once(slurm_site: Any) -> None:
+    site = slurm_site()
+    site.drop("cancelled", site.sleepy_job("cancelled", 3))
+    sub = site.pass_until(lambda: site.state("cancelled") == "claimed", timeout=60)
+    first = site.spool.pilots()[0].scheduler_id
+    subprocess.run(["scancel", first], check=True, env=_slurm_env(site))
+    site.drain(["cancelled"], sub=sub, timeout=90)
+    job = site.result("cancelled")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2
+    assert job["pilot"] != first
+    assert site.ledger_lines().count("completed cancelled") == 1
+
+
+def _slurm_env(site: Site) -> dict[str, str]:
+    import os
+
+    conf = site.submitter().transport.run(["printenv", "SLURM_CONF"]).stdout.strip()
+    return dict(os.environ, SLURM_CONF=conf)
+
+
+def test_pilot_warned_before_its_time_limit_releases_the_job(
+        slurm_site: Any, tmp_path: Path) -> None:
+    site = slurm_site(pilot={"walltime": "60", "idle_timeout": "5"},
+                      scheduler={"signal": "B:USR1@55"})
+    flag = tmp_path / "first-attempt"
+    site.drop("limited", {"script": "first_slow", "args": {"flag": str(flag)},
+                          "output_map": {"output": str(site.out("limited.out"))}})
+    site.drain(["limited"], timeout=150)
+    job = site.result("limited")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2
+    assert site.spool.get("limited").lost == 0  # type: ignore[union-attr]
+    log = "\n".join(f.read_text() for f in (tmp_path / "hpc/workspace/pilots").glob("*.log"))
+    assert "SIGUSR1 received: releasing 1 running job(s)" in log
+
+
+def test_pass_without_sshd_fails_cleanly_and_the_next_completes(
+        slurm_site: Any, hpc: tuple[SlurmCluster, SshServer]) -> None:
+    site = slurm_site()
+    names = ["o%d" % i for i in range(5)]
+    for name in names:
+        site.drop(name, site.upper_job(name))
+    hpc[1].stop()
+    try:
+        sub = site.submitter()
+        report = sub.run_pass()
+        assert report.errors and "cannot reach" in report.errors[0]
+        assert report.received == 5 and report.staged == 0
+        status = site.cli("status", "--config", str(site.config_path)).stdout
+        assert "last pass" in status and "FAILED" in status and "cannot reach" in status
+    finally:
+        hpc[1].start()
+    site.drain(names, sub=sub, timeout=90)
+    assert all(site.result(n)["job"]["status"] == "ok" for n in names)
+    assert len(site.spool.pilots()) == 1
+
+
+def test_controller_down_never_yields_a_second_pilot(
+        slurm_site: Any, hpc: tuple[SlurmCluster, SshServer]) -> None:
+    site = slurm_site()
+    site.drop("c0", site.sleepy_job("c0", 4))
+    sub = site.pass_until(lambda: site.state("c0") == "claimed", timeout=60)
+    hpc[0].stop_controller()
+    try:
+        for i in range(1, 4):
+            site.drop("c%d" % i, site.upper_job("c%d" % i))
+        for _ in range(3):
+            sub.run_pass()
+        assert len(site.spool.pilots()) == 1
+        assert site.spool.pilots()[0].state == "unknown"
+    finally:
+        hpc[0].start_controller()
+    site.drain(["c0", "c1", "c2", "c3"], sub=sub, timeout=90)
+    assert all(site.result("c%d" % i)["job"]["status"] == "ok" for i in range(4))
+    assert len({p.scheduler_id for p in site.spool.pilots()}) == len(site.spool.pilots())
+    assert site.ledger_lines().count("completed c0") == 1
+
+
+def test_unknown_host_key_is_refused(slurm_site: Any, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    site = slurm_site(transport={"known_hosts": str(empty)})
+    site.drop("k", site.upper_job("k"))
+    report = site.submitter().run_pass()
+    assert "unknown" in report.errors[0] and "refusing" in report.errors[0]
+    assert site.state("k") == "received" and site.spool.pilots() == []
+
+
+def test_pilot_dry_run_prints_the_sbatch_command_and_script(slurm_site: Any) -> None:
+    site = slurm_site()
+    proc = site.cli("pilot", "--dry-run", "--config", str(site.config_path))
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("sbatch --parsable --job-name=hpc-batch-pilot")
+    assert "--gres=gpu:1" in first and "--signal=B:USR1@120" in first
+    assert "-m hpc_worker --workspace" in proc.stdout
+    assert site.spool.pilots() == []
+
+
+def test_squeue_states_parse() -> None:
+    text = "12|PENDING|Resources\n13|RUNNING|None\n14|TIMEOUT|TimeLimit\n"
+    states = SlurmBackend._parse_squeue(text)
+    assert states["12"].state.value == "pending" and states["12"].reason == "Resources"
+    assert states["13"].state.value == "running"
+    assert states["14"].state.value == "gone" and states["14"].timed_out
