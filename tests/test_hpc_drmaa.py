@@ -1,0 +1,61 @@
+"""The drmaa backend against a real DRMAA library: Grid Engine's libdrmaa."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.services.cluster import GridEngine
+from tests.sitekit import PROJECT, Site
+
+pytestmark = pytest.mark.drmaa
+
+
+def test_burst_through_drmaa_on_grid_engine_ends_ok_with_one_pilot(
+        tmp_path: Path, gridengine: GridEngine) -> None:
+    site = Site(tmp_path, scheduler={"backend": "drmaa", "failure_backoff": "2"},
+                pilot={"python": sys.executable, "code_dir": str(PROJECT), "slots": "2"})
+    names = ["g%02d" % i for i in range(20)]
+    for i, name in enumerate(names):
+        site.drop(name, site.upper_job(name, "grid engine item %d\n" % i))
+    env = dict(os.environ, **gridengine.env, PYTHONPATH=str(PROJECT))
+    # The submitter loop as a cron-less daemon would run it: the drmaa module must
+    # be loaded by a process that starts with GLIBC_TUNABLES (see README).
+    loop = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter",
+                             "--config", str(site.config_path)], cwd=PROJECT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                site.result_path(n).exists() for n in names):
+            assert loop.poll() is None, loop.stderr.read() if loop.stderr else ""
+            time.sleep(0.2)
+    finally:
+        loop.terminate()
+        _, err = loop.communicate(timeout=30)
+        for pilot in site.spool.pilots():
+            subprocess.run(["qdel", pilot.scheduler_id], env=env, capture_output=True)
+    assert all(site.result_path(n).exists() for n in names), err[-3000:]
+    pilots = site.spool.pilots()
+    assert len(pilots) == 1 and pilots[0].backend == "drmaa"
+    for i, name in enumerate(names):
+        job = site.result(name)["job"]
+        assert job["status"] == "ok" and job["pilot"] == pilots[0].scheduler_id, job
+        assert site.out(name + ".upper").read_text() == "GRID ENGINE ITEM %d\n" % i
+    assert "submitted pilot" in err and "as drmaa job" in err
+
+
+def test_drmaa_backend_without_its_library_says_how_to_fix_it(tmp_path: Path) -> None:
+    site = Site(tmp_path, scheduler={"backend": "drmaa"})
+    site.drop("x", site.upper_job("x"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DRMAA_LIBRARY_PATH", "SGE_ROOT")}
+    proc = subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter", "--once",
+                           "--config", str(site.config_path)], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "drmaa backend needs" in proc.stderr and "DRMAA_LIBRARY_PATH" in proc.stderr
