@@ -27,8 +27,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from galaxy_hpc_runner.config import load_config  # noqa: E402
-from galaxy_hpc_runner.submitter import Submitter  # noqa: E402
+from galaxy_hpc_runner.config import load_config
+from galaxy_hpc_runner.submitter import Submitter
 
 NOOP = "#!/bin/bash\n: > <<output>>\n"
 CONFIG = """\

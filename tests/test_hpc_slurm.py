@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,10 +47,8 @@ class SlurmSite(Site):
         sub = self.submitter()
         for pilot in self.spool.pilots():
             if pilot.scheduler_id and pilot.state != "gone":
-                try:
+                with contextlib.suppress(Exception):
                     sub.backend.cancel(pilot.scheduler_id)
-                except Exception:  # noqa: BLE001 - best effort at teardown
-                    pass
         super().close()
 
 
