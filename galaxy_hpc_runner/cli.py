@@ -122,13 +122,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate_main(args.rest)
 
 
-def _config_arg(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--config", "-c", required=True, help="the INI configuration file")
+def _config_arg(ap: argparse.ArgumentParser, top: bool = False) -> None:
+    """--config before or after the subcommand: ``hpc-batch --config F status``."""
+    ap.add_argument("--config", "-c", help="the INI configuration file",
+                    default=None if top else argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hpc-batch", description=__doc__)
     ap.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    _config_arg(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], helptext: str,
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext, description=helptext)
         if config:
             _config_arg(sp)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, needs_config=config)
         return sp
 
     add("check", cmd_check, "validate a config file and say exactly what is wrong")
@@ -167,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     # no option prefix here, or argparse would take "--days" for an unknown option.
     sp = sub.add_parser("simulate", help=helptext, description=helptext, add_help=False,
                         prefix_chars="\0")
-    sp.set_defaults(func=cmd_simulate)
+    sp.set_defaults(func=cmd_simulate, needs_config=False)
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="see hpc-batch simulate --help")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.needs_config and not args.config:
+        parser.error("%s needs --config FILE" % args.command)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

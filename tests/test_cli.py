@@ -47,7 +47,7 @@ def test_status_show_and_logs_tell_the_story_of_a_job(site: Site) -> None:
     site.drop("told", site.upper_job("told", "story\n"))
     site.drain(["told"])
     cfg = str(site.config_path)
-    status = json.loads(site.cli("status", "--config", cfg, "--json").stdout)
+    status = json.loads(site.cli("--config", cfg, "status", "--json").stdout)
     assert status["counts"]["finished"] == 1 and status["oldest_waiting"] is None
     assert status["pilots"][0]["backend"] == "local"
     show = json.loads(site.cli("show", "told", "--config", cfg, "--json").stdout)
@@ -57,7 +57,7 @@ def test_status_show_and_logs_tell_the_story_of_a_job(site: Site) -> None:
     assert show["paths"]["result"].endswith("told.job.finished")
     text = site.cli("show", "told", "--config", cfg).stdout
     assert "job told: finished (ok: processed OK)" in text
-    logs = site.cli("logs", "told", "--config", cfg).stdout
+    logs = site.cli("--config", cfg, "logs", "told").stdout
     assert "upper done on gpu 0" in logs
     assert "(told) started on slot 0" in logs and "(told) finished: ok" in logs
 
@@ -94,6 +94,11 @@ def test_submit_wait_exits_with_the_tools_return_code(site: Site) -> None:
                     "--timeout", "60")
     assert proc.returncode == 7
     assert "error: Remote command failed with return code 7" in proc.stdout
+
+
+def test_a_command_without_config_says_so() -> None:
+    proc = Site.cli_static("status")
+    assert proc.returncode == 2 and "status needs --config FILE" in proc.stderr
 
 
 def test_submit_wait_times_out_cleanly(site: Site) -> None:
