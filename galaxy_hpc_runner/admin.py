@@ -139,11 +139,19 @@ def logs_text(cfg: Config, transport: Transport, name: str) -> str:
             except TransportError:
                 text = "(not there yet)"
             out += ["== %s" % stream, text]
-    for pilot in dict.fromkeys(e["pilot"] for e in data["history"] if e.get("pilot")):
+    for pilot in _pilot_ids(cfg, data):
         out.append("== pilot %s log" % pilot)
         out += [line for line in _pilot_log(cfg, transport, pilot).splitlines()
                 if "(%s)" % name in line]
     return "\n".join(out)
+
+
+def _pilot_ids(cfg: Config, data: dict[str, Any]) -> list[str]:
+    """Pilots that held the job: from its history, and the one named in its result."""
+    ids = [e["pilot"] for e in data["history"] if e.get("pilot")]
+    final = (data["result"] or {}).get("pilot")
+    ids += [p.pilot_id for p in Spool(cfg.spool).pilots() if final and p.scheduler_id == final]
+    return list(dict.fromkeys(ids))
 
 
 def _pilot_log(cfg: Config, transport: Transport, pilot: str) -> str:
