@@ -99,6 +99,7 @@ class Config:
     interval: float = 5.0
     max_log_bytes: int = 1 << 20
     lock_timeout: float = 60.0
+    keep_finished_days: float = 30.0
 
     @property
     def workspace(self) -> str:
@@ -223,7 +224,8 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
         settle=r.number("dropbox", "settle", 2.0),
         interval=r.number("submitter", "interval", 5.0),
         max_log_bytes=int(r.number("submitter", "max_log_bytes", 1 << 20, int, 1024)),
-        lock_timeout=r.number("submitter", "lock_timeout", 60.0))
+        lock_timeout=r.number("submitter", "lock_timeout", 60.0),
+        keep_finished_days=r.number("spool", "keep_finished_days", 30.0))
     r.errors.extend(_semantic_errors(cfg))
     return cfg, r.errors
 

@@ -149,7 +149,22 @@ class Spool:
         return [e for e in self.history_all() if e.get("job") == name]
 
     def history_all(self) -> list[dict[str, Any]]:
-        return p.read_jsonl(str(self.events))
+        return p.read_jsonl(str(self.events) + ".1") + p.read_jsonl(str(self.events))
+
+    def prune(self, keep_days: float, max_event_bytes: int = 64 << 20) -> int:
+        """Forget finished jobs older than ``keep_days``; keep one old event-log generation.
+
+        Called under the pass lock, so nobody appends to the event log meanwhile.
+        """
+        cutoff = time.time() - keep_days * 86400
+        removed = 0
+        for entry in os.scandir(self.finished):
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        if self.events.exists() and self.events.stat().st_size > max_event_bytes:
+            os.replace(self.events, str(self.events) + ".1")
+        return removed
 
     def _save(self, rec: JobRecord) -> None:
         p.write_json(str(self.jobs / (rec.name + ".json")), asdict(rec))

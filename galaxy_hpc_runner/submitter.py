@@ -26,6 +26,7 @@ from .staging import QueueView, Stager
 from .transport import LocalTransport, Transport
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Submitter:
         self.stager = Stager(cfg, self.transport)
         self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
         self._layout_ready = False
+        self._last_prune = -PRUNE_EVERY
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -71,6 +73,9 @@ class Submitter:
                 report.errors.append(str(exc))
                 self.transport.close()
             self._write_pass_status(report)
+            if time.monotonic() - self._last_prune > PRUNE_EVERY:
+                self._last_prune = time.monotonic()
+                self.spool.prune(self.cfg.keep_finished_days)
         return report
 
     def _hpc_steps(self, report: PassReport) -> None:

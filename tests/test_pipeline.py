@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -173,3 +174,16 @@ def test_a_pilot_that_cannot_start_is_not_resubmitted_in_a_storm(
     assert site.state("stuck") == "staged"  # kept, not lost
     status = site.cli("status", "--config", str(site.config_path)).stdout
     assert "FAILED: pilots failed to start" in status
+
+
+def test_old_finished_jobs_are_pruned_from_the_spool(site: Site) -> None:
+    site.drop("old", site.upper_job("old"))
+    site.drop("new", site.upper_job("new"))
+    site.drain(["old", "new"])
+    record = site.cfg.spool / "finished" / "old.json"
+    os.utime(record, (time.time() - 40 * 86400,) * 2)
+    assert site.spool.prune(keep_days=30) == 1
+    assert site.spool.get("old") is None and site.spool.get("new") is not None
+    site.submitter().run_pass()
+    assert site.result_path("old").exists()
+    assert site.ledger_lines().count("run old") == 1  # its result is there: not run again
