@@ -13,7 +13,6 @@ import pytest
 
 from tests.services.cluster import GridEngine, SlurmCluster, SshServer, free_port
 
-
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
 
