@@ -7,7 +7,7 @@ Starts a private sshd on loopback (tests/services), then measures, side by side:
 2. 200 small files up: SshTransport.put each vs one scp of all of them;
 3. one submitter pass over 10,000 staged descriptions through the ssh transport
    (target <= 2 s).
-Medians of --repeat runs.
+Medians of --repeat runs, ours and scp alternating.
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def timed(func: Callable[[], object], repeat: int) -> float:
     return statistics.median(runs)
 
 
+def side_by_side(ours: Callable[[], object], theirs: Callable[[], object],
+                 repeat: int) -> tuple[float, float]:
+    """Median seconds of each, run alternately so a load change hits both alike."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(timed(ours, 1))
+        b.append(timed(theirs, 1))
+    return statistics.median(a), statistics.median(b)
+
+
 def scp(server: SshServer, *args: str) -> None:
     subprocess.run(["scp", "-q", "-P", str(server.port), "-i", str(server.client_key_path),
                     "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=%s" % server.known_hosts_path,
@@ -60,10 +70,11 @@ def big_file(root: Path, server: SshServer, mb: int, repeat: int) -> dict[str, f
     t = transport_for(server)
     t.listdir(str(root))  # connect before timing: a pass reuses its connection
     target = "%s@%s:%s" % (server.user, server.host, remote)
-    out = {"put_s": timed(lambda: t.put(str(src), str(remote)), repeat),
-           "scp_put_s": timed(lambda: scp(server, str(src), target), repeat),
-           "get_s": timed(lambda: t.get(str(remote), str(back)), repeat),
-           "scp_get_s": timed(lambda: scp(server, target, str(back)), repeat)}
+    out: dict[str, float] = {}
+    out["put_s"], out["scp_put_s"] = side_by_side(
+        lambda: t.put(str(src), str(remote)), lambda: scp(server, str(src), target), repeat)
+    out["get_s"], out["scp_get_s"] = side_by_side(
+        lambda: t.get(str(remote), str(back)), lambda: scp(server, target, str(back)), repeat)
     t.close()
     return {k: mb / v for k, v in out.items()}  # MB/s
 
@@ -85,8 +96,9 @@ def small_files(root: Path, server: SshServer, count: int, repeat: int) -> dict[
             t.put(str(path), str(dest / path.name))
 
     target = "%s@%s:%s/" % (server.user, server.host, dest)
-    out = {"ours_s": timed(ours, repeat),
-           "scp_s": timed(lambda: scp(server, *map(str, files), target), repeat)}
+    out: dict[str, float] = {}
+    out["ours_s"], out["scp_s"] = side_by_side(
+        ours, lambda: scp(server, *map(str, files), target), repeat)
     t.close()
     return {k: count / v for k, v in out.items()}  # files/s
 
