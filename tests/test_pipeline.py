@@ -187,3 +187,16 @@ def test_old_finished_jobs_are_pruned_from_the_spool(site: Site) -> None:
     site.submitter().run_pass()
     assert site.result_path("old").exists()
     assert site.ledger_lines().count("run old") == 1  # its result is there: not run again
+
+
+def test_slots_take_the_gpus_the_scheduler_gave_the_pilot(
+        make_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # what Slurm set for the pilot
+    site = make_site(pilot={"slots": "2"})
+    names = ["gpu%d" % i for i in range(8)]
+    for name in names:
+        site.drop(name, site.sleepy_job(name, 0.3))
+    site.drain(names)
+    runs = [line for line in (site.root / "hpc/workspace/pilots").glob("*.log")
+            for line in line.read_text().splitlines() if "started on slot" in line]
+    assert {line.split("(gpu ")[1].split(")")[0] for line in runs} == {"3", "5"}
