@@ -197,6 +197,6 @@ def test_slots_take_the_gpus_the_scheduler_gave_the_pilot(
     for name in names:
         site.drop(name, site.sleepy_job(name, 0.3))
     site.drain(names)
-    runs = [line for line in (site.root / "hpc/workspace/pilots").glob("*.log")
-            for line in line.read_text().splitlines() if "started on slot" in line]
+    runs = [line for log in (site.root / "hpc/workspace/pilots").glob("*.log")
+            for line in log.read_text().splitlines() if "started on slot" in line]
     assert {line.split("(gpu ")[1].split(")")[0] for line in runs} == {"3", "5"}
