@@ -128,6 +128,44 @@ def _config_arg(ap: argparse.ArgumentParser, top: bool = False) -> None:
                     default=None if top else argparse.SUPPRESS)
 
 
+Adder = Callable[..., argparse.ArgumentParser]
+
+
+def _admin_commands(add: Adder) -> None:
+    add("check", cmd_check, "validate a config file and say exactly what is wrong")
+    add("render", cmd_render, "print the script a description would run").add_argument("job")
+    add("submitter", cmd_submitter, "run submitter passes (cron: --once)").add_argument(
+        "--once", action="store_true", help="one pass, then exit")
+    add("status", cmd_status, "counts, pilots, oldest waiting job").add_argument(
+        "--json", action="store_true")
+    sp = add("show", cmd_show, "one job: description, history, pilot")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    add("logs", cmd_logs, "a job's stdout/stderr and its pilot log lines").add_argument("name")
+    add("cancel", cmd_cancel, "withdraw a waiting job or kill a running one").add_argument("name")
+    add("pilot", cmd_pilot, "submit a pilot now, or show what would be submitted").add_argument(
+        "--dry-run", action="store_true")
+
+
+def _user_commands(add: Adder, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sp = add("submit", cmd_submit, "drop a description into the dropbox under a unique name")
+    sp.add_argument("job")
+    sp.add_argument("--wait", action="store_true", help="block until the result; exit with rc")
+    sp.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
+    sp.add_argument("--drive", action="store_true",
+                    help="run submitter passes while waiting (when no cron does)")
+    sp = add("demo", cmd_demo, "run a burst of jobs on the local backend", config=False)
+    sp.add_argument("--dir", default="demo-run", help="where the demo's files go")
+    sp.add_argument("--jobs", type=int, default=20)
+    helptext = "simulate queue waits and pilot policies at site scale"
+    # Everything after "simulate" goes, untouched, to its own parser (--help included):
+    # no option prefix here, or argparse would take "--days" for an unknown option.
+    sp = sub.add_parser("simulate", help=helptext, description=helptext, add_help=False,
+                        prefix_chars="\0")
+    sp.set_defaults(func=cmd_simulate, needs_config=False)
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="see hpc-batch simulate --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hpc-batch", description=__doc__)
     ap.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
@@ -142,36 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func, needs_config=config)
         return sp
 
-    add("check", cmd_check, "validate a config file and say exactly what is wrong")
-    add("render", cmd_render, "print the script a description would run").add_argument("job")
-    add("submitter", cmd_submitter, "run submitter passes (cron: --once)").add_argument(
-        "--once", action="store_true", help="one pass, then exit")
-    for name, func, helptext in (("status", cmd_status, "counts, pilots, oldest waiting job"),
-                                 ("show", cmd_show, "one job: description, history, pilot")):
-        sp = add(name, func, helptext)
-        if name == "show":
-            sp.add_argument("name")
-        sp.add_argument("--json", action="store_true")
-    add("logs", cmd_logs, "a job's stdout/stderr and its pilot log lines").add_argument("name")
-    add("cancel", cmd_cancel, "withdraw a waiting job or kill a running one").add_argument("name")
-    sp = add("submit", cmd_submit, "drop a description into the dropbox under a unique name")
-    sp.add_argument("job")
-    sp.add_argument("--wait", action="store_true", help="block until the result; exit with rc")
-    sp.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
-    sp.add_argument("--drive", action="store_true",
-                    help="run submitter passes while waiting (when no cron does)")
-    add("pilot", cmd_pilot, "submit a pilot now, or show what would be submitted").add_argument(
-        "--dry-run", action="store_true")
-    sp = add("demo", cmd_demo, "run a burst of jobs on the local backend", config=False)
-    sp.add_argument("--dir", default="demo-run", help="where the demo's files go")
-    sp.add_argument("--jobs", type=int, default=20)
-    helptext = "simulate queue waits and pilot policies at site scale"
-    # Everything after "simulate" goes, untouched, to its own parser (--help included):
-    # no option prefix here, or argparse would take "--days" for an unknown option.
-    sp = sub.add_parser("simulate", help=helptext, description=helptext, add_help=False,
-                        prefix_chars="\0")
-    sp.set_defaults(func=cmd_simulate, needs_config=False)
-    sp.add_argument("rest", nargs=argparse.REMAINDER, help="see hpc-batch simulate --help")
+    _admin_commands(add)
+    _user_commands(add, sub)
     return ap
 
 
