@@ -1,0 +1,131 @@
+"""Galaxy-side cost of our runner, measured in a real Galaxy 26.1 server on loopback.
+
+1. Overhead per job (submit through the API -> ok) of one trivial tool
+   (``cat input > output``) on Galaxy's local runner and on ours, the two run
+   side by side in one server: sequential jobs, then a burst.
+2. State delay: the time from the pilot reporting a state (its claim marker,
+   its done marker in the HPC workspace) to Galaxy's API showing it (target <= 2 s).
+
+    .venv/bin/python bench/bench_galaxy.py [--jobs 10] [--burst 20] [--delays 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.galaxy.server import (
+    GalaxyApi,
+    GalaxySite,
+    become_subreaper,
+    install_galaxy,
+    wait_until,
+)
+
+
+def timed(func: Callable[[], object]) -> float:
+    start = time.monotonic()
+    func()
+    return time.monotonic() - start
+
+
+def sequential(api: GalaxyApi, history: str, tool: str, dataset: str, jobs: int) -> list[float]:
+    def one() -> None:
+        job, _ = api.run_tool(history, tool, {"input": {"src": "hda", "id": dataset}})
+        assert api.wait_job(job, 120)["state"] == "ok"
+    return [timed(one) for _ in range(jobs)]
+
+
+def burst(api: GalaxyApi, history: str, tool: str, dataset: str, jobs: int) -> float:
+    def run() -> None:
+        ids = [api.run_tool(history, tool, {"input": {"src": "hda", "id": dataset}})[0]
+               for _ in range(jobs)]
+        assert all(api.wait_job(job, 300)["state"] == "ok" for job in ids)
+    return timed(run)
+
+
+def first_time(predicate: Callable[[], bool], timeout: float = 60.0) -> float:
+    wait_until(predicate, timeout, "a state", interval=0.01)
+    return time.monotonic()
+
+
+def state_delays(site: GalaxySite, api: GalaxyApi, history: str, work: Path) -> tuple[float, float]:
+    """(claimed -> Galaxy running, done -> Galaxy ok) in seconds, for one job."""
+    release = work / ("release-%d" % time.monotonic_ns())
+    job, _ = api.run_tool(history, "hpc_wait", {"release": str(release), "label": "d"})
+    name = str(wait_until(lambda: api.job(job).get("external_id"), 30, "external id"))
+    queue = site.hpc / "workspace" / "queue"
+    claimed = first_time(lambda: any(queue.joinpath("claimed").glob(name + "@*")))
+    running = first_time(lambda: api.job_state(job) == "running")
+    release.touch()
+    done = first_time(lambda: queue.joinpath("done", name).exists()
+                      or not (site.hpc / "workspace" / "jobs" / name).exists())
+    ok = first_time(lambda: api.job_state(job) == "ok")
+    return running - claimed, ok - done
+
+
+def summary(values: list[float]) -> str:
+    return "mean %.2fs  median %.2fs  min %.2fs  max %.2fs" % (
+        statistics.mean(values), statistics.median(values), min(values), max(values))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    site = GalaxySite(root / "site")
+    site.write()
+    site.start()
+    try:
+        api = GalaxyApi.for_new_user(site)
+        history = api.history("bench")
+        dataset = api.upload(history, "benchmark input\n" * 10)
+        for tool in ("bench_cat_local", "bench_cat_local_inproc", "bench_cat_hpc"):
+            sequential(api, history, tool, dataset, 1)  # warm up (and start the pilot)
+        local = sequential(api, history, "bench_cat_local", dataset, args.jobs)
+        inproc = sequential(api, history, "bench_cat_local_inproc", dataset, args.jobs)
+        hpc = sequential(api, history, "bench_cat_hpc", dataset, args.jobs)
+        local_burst = burst(api, history, "bench_cat_local", dataset, args.burst)
+        hpc_burst = burst(api, history, "bench_cat_hpc", dataset, args.burst)
+        delays = [state_delays(site, api, history, root) for _ in range(args.delays)]
+    finally:
+        site.stop()
+        site.stop_pilots()
+    print("Galaxy 26.1.2, galaxy-web on loopback, SQLite, job_runner_monitor_sleep 0.5 s, "
+          "batcher interval 0.5 s, local backend (pilot kept warm)")
+    print("sequential, %d jobs each (submit -> ok):" % args.jobs)
+    print("  local runner (metadata in the job script, the default): %s" % summary(local))
+    print("  local runner (embed_metadata_in_job: false)          : %s" % summary(inproc))
+    print("  hpc runner   (metadata set in Galaxy)                 : %s" % summary(hpc))
+    print("  ratio hpc/local (mean): %.2f; hpc/local without embedded metadata: %.2f" % (
+        statistics.mean(hpc) / statistics.mean(local),
+        statistics.mean(hpc) / statistics.mean(inproc)))
+    print("burst of %d submitted at once, until all ok:" % args.burst)
+    print("  local runner : %.2fs (%.2fs/job)" % (local_burst, local_burst / args.burst))
+    print("  hpc runner   : %.2fs (%.2fs/job)" % (hpc_burst, hpc_burst / args.burst))
+    print("  ratio hpc/local: %.2f" % (hpc_burst / local_burst))
+    print("state delay, pilot -> Galaxy API, %d jobs:" % args.delays)
+    print("  claimed -> running : %s" % summary([r for r, _ in delays]))
+    print("  done    -> ok      : %s" % summary([o for _, o in delays]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=10, help="sequential jobs per runner")
+    ap.add_argument("--burst", type=int, default=20, help="jobs submitted at once per runner")
+    ap.add_argument("--delays", type=int, default=5, help="jobs for the state delay")
+    args = ap.parse_args()
+    install_galaxy()
+    become_subreaper()
+    with tempfile.TemporaryDirectory(prefix="bench-galaxy-") as tmp:
+        run(args, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

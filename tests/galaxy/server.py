@@ -1,0 +1,335 @@
+"""A real Galaxy server on loopback with our runner in job_conf.yml, and a small API client.
+
+The site (Galaxy's config and data, the hpc-batch config, dropbox, spool and
+workspace) lives in one directory; the server is a child process of the test
+run and every pilot it starts is ended at teardown (PID 1 reaps nothing here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent.parent
+GALAXY_VENV = Path(os.environ.get("GALAXY_VENV", PROJECT / ".galaxy-venv"))
+INSTALL = HERE / "install_galaxy.sh"
+ADMIN_EMAIL = "admin@example.org"
+TERMINAL = ("ok", "error", "deleted", "deleting", "failed", "skipped")
+HPC_TOOLS = ("hpc_shout", "hpc_fail", "hpc_touch", "hpc_wait", "bench_cat_hpc",
+             "ina_speech_segmenter", "whisper", "gentle_forced_alignment")
+AMP_WRAPPERS = PROJECT / "tool_wrappers"
+FAKE_BIN = HERE / "fakebin"  # a stand-in singularity for the AMP templates
+
+HPC_INI = """\
+[dropbox]
+path = {hpc}/dropbox
+settle = 0
+
+[spool]
+path = {hpc}/spool
+
+[templates]
+path = {templates}
+
+[hpc_env]
+workspace = {hpc}/workspace
+scripts = {hpc}/scripts
+containers = {hpc}/containers
+
+[scheduler]
+backend = local
+
+[submitter]
+interval = 0.5
+lock_timeout = 30
+
+[pilot]
+slots = {slots}
+idle_timeout = 30
+walltime = 1h
+poll = 0.1
+heartbeat = 1
+grace = 2
+"""
+
+
+def install_galaxy() -> None:
+    """Run the idempotent installer; any failure fails the tests (never a skip)."""
+    proc = subprocess.run([str(INSTALL), str(GALAXY_VENV)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("installing Galaxy failed (%d):\n%s%s" % (
+            proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def become_subreaper() -> None:
+    """Orphaned pilots (their Galaxy gone) become our children, so we can reap them."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class GalaxySite:
+    """Config files and directories of one test site; ``start``/``stop`` the server."""
+
+    def __init__(self, root: Path, slots: int = 4) -> None:
+        self.root = root
+        self.hpc = root / "hpc"
+        self.gx = root / "galaxy"
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.bootstrap_key = secrets.token_hex(16)
+        self.slots = slots
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "galaxy.log"
+        self.env: dict[str, str] = {}
+
+    # -- files -------------------------------------------------------------------------
+    def write(self) -> None:
+        for sub in ("dropbox", "spool", "workspace", "scripts", "containers", "markers"):
+            (self.hpc / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "files", "tmp", "jobs"):
+            (self.gx / sub).mkdir(parents=True, exist_ok=True)
+        templates = self.root / "templates"  # the project's AMP templates + the test ones
+        templates.mkdir(exist_ok=True)
+        for source in [*(PROJECT / "templates").glob("*.sh"), *(HERE / "templates").glob("*.sh")]:
+            shutil.copyfile(source, templates / source.name)
+        (self.hpc / "hpc-batch.ini").write_text(HPC_INI.format(
+            hpc=self.hpc, templates=templates, slots=self.slots))
+        (self.gx / "tool_data_table_conf.xml").write_text("<tables/>\n")
+        tools = sorted(str(p) for p in (HERE / "tools").glob("*.xml")) + sorted(
+            str(p) for p in AMP_WRAPPERS.glob("*.xml") if p.name != "macros.xml")
+        (self.gx / "tool_conf.xml").write_text(
+            '<toolbox monitor="false">\n<section id="hpc" name="HPC">\n%s</section>\n'
+            "</toolbox>\n" % "".join('  <tool file="%s"/>\n' % t for t in tools))
+        (self.gx / "job_conf.yml").write_text(yaml.safe_dump(self.job_conf(), sort_keys=False))
+        (self.gx / "galaxy.yml").write_text(yaml.safe_dump({"galaxy": self.galaxy_conf()}))
+
+    def job_conf(self) -> dict[str, Any]:
+        return {
+            "runners": {
+                "local": {"load": "galaxy.jobs.runners.local:LocalJobRunner", "workers": 2},
+                "hpc": {"load": "galaxy_hpc_runner.runner:HpcBatchJobRunner", "workers": 2,
+                        "config_file": str(self.hpc / "hpc-batch.ini"), "interval": 0.5}},
+            "execution": {"default": "local", "environments": {
+                "local": {"runner": "local"},
+                "local_inproc": {"runner": "local", "embed_metadata_in_job": False},
+                "hpc": {"runner": "hpc"},
+                "hpc_bench": {"runner": "hpc", "template": "bench_cat"}}},
+            "tools": [{"id": tool, "environment": "hpc_bench" if tool.startswith("bench")
+                       else "hpc"} for tool in HPC_TOOLS]
+            + [{"id": "bench_cat_local", "environment": "local"},
+               {"id": "bench_cat_local_inproc", "environment": "local_inproc"}],
+        }
+
+    def galaxy_conf(self) -> dict[str, Any]:
+        gx = self.gx
+        return {
+            "data_dir": str(gx / "data"), "file_path": str(gx / "files"),
+            "new_file_path": str(gx / "tmp"), "job_working_directory": str(gx / "jobs"),
+            "database_connection": "sqlite:///%s?isolation_level=IMMEDIATE" % (gx / "db.sqlite"),
+            "database_auto_migrate": True, "tool_config_file": str(gx / "tool_conf.xml"),
+            "job_config_file": str(gx / "job_conf.yml"),
+            "tool_data_table_config_path": str(gx / "tool_data_table_conf.xml"),
+            "conda_auto_init": False, "conda_auto_install": False,
+            "enable_mulled_containers": False, "involucro_auto_init": False,
+            "metadata_strategy": "directory", "enable_celery_tasks": False,
+            "job_runner_monitor_sleep": 0.5, "job_handler_monitor_sleep": 0.5,
+            "bootstrap_admin_api_key": self.bootstrap_key, "admin_users": ADMIN_EMAIL,
+            "allow_local_account_creation": True, "static_enabled": False,
+            "id_secret": secrets.token_hex(16), "cleanup_job": "onsuccess",
+            "watch_tools": "false", "allow_path_paste": True,
+        }
+
+    # -- process -----------------------------------------------------------------------
+    def start(self, timeout: float = 180.0) -> None:
+        self.env = dict(os.environ, VIRTUAL_ENV=str(GALAXY_VENV), PYTHONPATH=str(PROJECT),
+                        PATH=os.pathsep.join([str(FAKE_BIN), str(GALAXY_VENV / "bin"),
+                                              os.environ.get("PATH", "")]))
+        self.env.pop("PYTHONHOME", None)
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(GALAXY_VENV / "bin" / "galaxy-web"), "-c", str(self.gx / "galaxy.yml"),
+             "-b", "127.0.0.1:%d" % self.port], cwd=str(self.gx), env=self.env,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        wait_until(self._ready, timeout, "Galaxy at %s (log %s)" % (self.url, self.log_path), 0.5)
+
+    def _ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("Galaxy exited; log %s:\n%s" % (self.log_path, self.log_tail()))
+        try:
+            with urllib.request.urlopen(self.url + "/api/version", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def pilot_pids(self) -> list[int]:
+        pids = []
+        for path in (self.hpc / "spool").rglob("pilots/*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pids.append(int(json.loads(path.read_text())["scheduler_id"]))
+        return pids
+
+    def stop_pilots(self) -> None:
+        """End every pilot this site started and reap it (they outlive their Galaxy)."""
+        for pid in self.pilot_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for pid in self.pilot_pids():
+            while time.monotonic() < deadline and _alive(pid):
+                _reap(pid)
+                time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+
+    def log_tail(self, lines: int = 60) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+class GalaxyApi:
+    """Just the Galaxy API calls the tests and the bench make (urllib, no dependencies)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.key = key
+
+    def call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "x-api-key": self.key, "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError("%s %s: %s %s" % (method, path, exc.code, exc.read()[:2000])) \
+                from exc
+        return payload.decode() if raw else json.loads(payload or b"null")
+
+    @classmethod
+    def for_new_user(cls, site: GalaxySite) -> GalaxyApi:
+        admin = cls(site.url, site.bootstrap_key)
+        user = admin.call("POST", "/api/users", {
+            "username": "admin", "email": ADMIN_EMAIL, "password": secrets.token_hex(8)})
+        return cls(site.url, admin.call("POST", "/api/users/%s/api_key" % user["id"]))
+
+    def history(self, name: str) -> str:
+        return str(self.call("POST", "/api/histories", {"name": name})["id"])
+
+    def upload(self, history: str, content: str, name: str = "input.txt") -> str:
+        """Paste a text dataset; returns its id once it is ok."""
+        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
+            "destination": {"type": "hdas"}, "elements": [{
+                "src": "pasted", "paste_content": content, "ext": "txt", "name": name}]}]})
+        dataset = str(out["outputs"][0]["id"])
+        self.wait_dataset(dataset)
+        return dataset
+
+    def upload_path(self, history: str, path: Path, ext: str) -> str:
+        """Import a server-side file (admins, allow_path_paste); returns its id once ok."""
+        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
+            "destination": {"type": "hdas"}, "elements": [{
+                "src": "path", "path": str(path), "ext": ext, "name": path.name}]}]})
+        dataset = str(out["outputs"][0]["id"])
+        self.wait_dataset(dataset)
+        return dataset
+
+    def run_tool(self, history: str, tool: str, inputs: dict[str, Any]) -> tuple[str, str]:
+        """Start a tool; returns (job id, first output id)."""
+        out = self.call("POST", "/api/tools", {"tool_id": tool, "history_id": history,
+                                               "inputs": inputs})
+        return str(out["jobs"][0]["id"]), str(out["outputs"][0]["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.call("GET", "/api/jobs/%s?full=true" % job_id))
+
+    def job_state(self, job_id: str) -> str:
+        return str(self.call("GET", "/api/jobs/%s" % job_id)["state"])
+
+    def wait_job(self, job_id: str, timeout: float = 60.0,
+                 seen: list[str] | None = None) -> dict[str, Any]:
+        def done() -> bool:
+            state = self.job_state(job_id)
+            if seen is not None and (not seen or seen[-1] != state):
+                seen.append(state)
+            return state in TERMINAL
+        wait_until(done, timeout, "job %s to end" % job_id, 0.1)
+        return self.job(job_id)
+
+    def wait_dataset(self, dataset: str, timeout: float = 90.0) -> str:
+        def state() -> str | None:
+            value = str(self.call("GET", "/api/datasets/%s" % dataset)["state"])
+            return value if value in ("ok", "error", "failed_metadata") else None
+        return str(wait_until(state, timeout, "dataset %s" % dataset, 0.2))
+
+    def content(self, dataset: str) -> str:
+        return str(self.call("GET", "/api/datasets/%s/display?preview=false" % dataset,
+                             raw=True))
+
+    def cancel(self, job_id: str) -> None:
+        self.call("DELETE", "/api/jobs/%s" % job_id)

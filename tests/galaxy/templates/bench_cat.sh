@@ -1,0 +1,3 @@
+#!/bin/bash
+# Benchmark template: the trivial tool, copy input to output.
+cat <<input>> > <<output>>
