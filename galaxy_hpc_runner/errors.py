@@ -19,6 +19,10 @@ class TransportError(HpcBatchError):
     """The HPC side could not be reached or a file could not be moved there or back."""
 
 
+class RemoteFileMissing(TransportError):
+    """A file that should be on the HPC side is not (the side itself was reachable)."""
+
+
 class SchedulerError(HpcBatchError):
     """The scheduler did not accept or answer a request."""
 

@@ -26,7 +26,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 from .config import Config
-from .errors import CommandError, CommandTimeout, TransportError
+from .errors import CommandError, CommandTimeout, RemoteFileMissing, TransportError
 from .runcmd import Completed
 from .transport import Transport
 
@@ -289,6 +289,8 @@ class SshTransport(Transport):
                 return bytes(src.read())
         try:
             return self._retry("read", op)
+        except FileNotFoundError as exc:
+            raise RemoteFileMissing("%s does not exist on %s" % (remote, self.host)) from exc
         except OSError as exc:
             raise TransportError("cannot read %s: %s" % (remote, exc)) from exc
 

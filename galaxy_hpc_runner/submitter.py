@@ -18,7 +18,13 @@ from hpc_worker import protocol as p
 from . import description as d
 from .backends import Backend, PilotState, PilotStatus, make_backend
 from .config import Config
-from .errors import HpcBatchError, JobError, SchedulerError, TransportError
+from .errors import (
+    HpcBatchError,
+    JobError,
+    RemoteFileMissing,
+    SchedulerError,
+    TransportError,
+)
 from .pilots import PilotManager
 from .policy import pilots_to_submit
 from .spool import CLAIMED, FINISHED, RECEIVED, STAGED, JobRecord, PilotRecord, Spool
@@ -173,7 +179,7 @@ class Submitter:
     def _follow(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
         key = rec.name
         if key in view.done:
-            self._finish(rec, self.stager.collect(rec))
+            self._finish(rec, self._collect(rec))
             report.finished += 1
         elif key in view.claimed:
             if rec.state != CLAIMED or rec.pilot != view.claimed[key]:
@@ -184,6 +190,15 @@ class Submitter:
         elif not self.stager.marker_exists(key):  # look twice: markers move while we list
             log.warning("(%s) has no queue marker on the HPC side: staging it again", key)
             self.spool.transition(rec, RECEIVED, message="queue marker missing")
+
+    def _collect(self, rec: JobRecord) -> dict[str, Any]:
+        """The result node; a result that vanished or broke on the HPC side is an error."""
+        try:
+            return self.stager.collect(rec)
+        except (RemoteFileMissing, ValueError, KeyError) as exc:
+            log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
+            return d.job_node("error", "The job's result could not be read on the HPC side: "
+                              "%s" % exc, reason=p.REASON_LOST)
 
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""

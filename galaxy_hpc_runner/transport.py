@@ -15,7 +15,7 @@ import tempfile
 
 from hpc_worker import protocol as p
 
-from .errors import TransportError
+from .errors import RemoteFileMissing, TransportError
 from .runcmd import Completed, run_command
 
 
@@ -100,6 +100,8 @@ class LocalTransport(Transport):
                     size = os.fstat(handle.fileno()).st_size
                     handle.seek(max(0, size - limit))
                 return handle.read()
+        except FileNotFoundError as exc:
+            raise RemoteFileMissing("%s does not exist" % remote) from exc
         except OSError as exc:
             raise TransportError("cannot read %s: %s" % (remote, exc.strerror)) from exc
 

@@ -115,7 +115,10 @@ class Pilot:
         for slot, job in list(self.running.items()):
             rc = job.poll()
             if rc is not None and not (self.stopping and rc < 0 and not job.kill_reason):
-                job.finish(self.s.scheduler_id)
+                try:
+                    job.finish(self.s.scheduler_id)
+                except OSError as exc:  # its directory was withdrawn under us
+                    log.error("(%s) cannot report its result: %s", job.key, exc)
                 del self.running[slot]
                 self.done_count += 1
                 self.last_activity = time.time()
@@ -185,6 +188,12 @@ class Pilot:
         if not force and now - self.last_heartbeat < self.s.heartbeat:
             return
         self.last_heartbeat = now
+        try:
+            self._write_heartbeat(state, now)
+        except OSError as exc:  # a file system hiccup must not end the pilot
+            log.warning("cannot write heartbeat: %s", exc)
+
+    def _write_heartbeat(self, state: str, now: float) -> None:
         p.write_json(os.path.join(self.s.root, p.PILOTS, self.s.pilot_id + ".hb"), {
             "pilot": self.s.pilot_id, "scheduler_id": self.s.scheduler_id, "state": state,
             "host": socket.gethostname(), "pid": os.getpid(), "time": p.now_iso(),

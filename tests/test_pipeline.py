@@ -200,3 +200,25 @@ def test_slots_take_the_gpus_the_scheduler_gave_the_pilot(
     runs = [line for log in (site.root / "hpc/workspace/pilots").glob("*.log")
             for line in log.read_text().splitlines() if "started on slot" in line]
     assert {line.split("(gpu ")[1].split(")")[0] for line in runs} == {"3", "5"}
+
+
+def test_a_done_job_whose_result_vanished_ends_in_error_not_in_a_stuck_pass(
+        site: Site) -> None:
+    site.drop("vanished", site.sleepy_job("vanished", 0.5))
+    sub = site.pass_until(lambda: site.state("vanished") == "claimed")
+    site.kill_pilots(signal.SIGSTOP)  # freeze the pilot, fake its done marker without result
+    workspace = site.root / "hpc/workspace"
+    (workspace / "queue/done/vanished").touch()
+    for claim in (workspace / "queue/claimed").iterdir():
+        claim.unlink()
+    try:
+        site.drop("next", site.upper_job("next"))
+        report = sub.run_pass()
+        assert report.errors == []
+        job = site.result("vanished")["job"]
+        assert job["status"] == "error" and "could not be read" in job["message"]
+    finally:
+        site.kill_pilots(signal.SIGCONT)
+    site.drain(["next"], sub=sub)
+    assert site.result("next")["job"]["status"] == "ok"
+    assert len(site.spool.pilots()) == 1  # the pilot lived on after losing that directory
