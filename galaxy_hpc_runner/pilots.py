@@ -24,6 +24,7 @@ BACKOFF_MAX = 3600.0
 class PilotManager:
     def __init__(self, cfg: Config, spool: Spool, backend: Backend, transport: Transport) -> None:
         self.cfg, self.spool, self.backend, self.t = cfg, spool, backend, transport
+        self._preflight_done = False
 
     def refresh(self) -> list[tuple[PilotRecord, PilotStatus]]:
         """Ask the scheduler about every pilot not yet known gone; record what changed."""
@@ -84,12 +85,31 @@ class PilotManager:
         ended = datetime.datetime.fromisoformat(last.updated).timestamp()
         return max(0.0, ended + wait - time.time())
 
+    def preflight(self) -> None:
+        """Before the first pilot: can the pilot's Python import hpc_worker over there?
+
+        A wrong ``python`` or ``code_dir`` would otherwise show only after the queue wait.
+        """
+        if self._preflight_done:
+            return
+        spec = pilot_spec(self.cfg, "preflight")
+        code_dir = self.cfg.pilot.code_dir
+        probe = "import sys; sys.path.insert(0, %r); import hpc_worker.pilot" % code_dir
+        try:
+            self.t.run([spec.argv[0], "-c", probe], timeout=60)
+        except SchedulerError as exc:
+            raise SchedulerError("pilot preflight: %s -c 'import hpc_worker' with code_dir %s "
+                                 "failed on the HPC side: %s" % (spec.argv[0], code_dir, exc)
+                                 ) from exc
+        self._preflight_done = True
+
     def submit(self) -> PilotRecord:
         """Submit one pilot; a refused submission is recorded as a failed pilot and raised."""
         pilot_id = "pilot-%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
         rec = PilotRecord(pilot_id=pilot_id, scheduler_id="", backend=self.backend.name,
                           submitted=p.now_iso())
         try:
+            self.preflight()
             rec.scheduler_id = self.backend.submit(pilot_spec(self.cfg, pilot_id))
         except SchedulerError as exc:
             rec.state, rec.reason, rec.failed = "gone", "submission failed: %s" % exc, True

@@ -170,6 +170,7 @@ def test_a_pilot_that_cannot_start_is_not_resubmitted_in_a_storm(
         time.sleep(0.05)
     assert len(site.spool.pilots()) == 1
     assert site.spool.pilots()[0].failed
+    assert "pilot preflight" in reports[0].errors[0]  # found before any queue wait
     assert "pilots failed to start" in reports[-1].errors[0]
     assert site.state("stuck") == "staged"  # kept, not lost
     status = site.cli("status", "--config", str(site.config_path)).stdout
