@@ -138,6 +138,7 @@ class Site:
         return rec.state if rec else ""
 
     def pilot_pids(self) -> list[int]:
+        assert self.cfg.backend == "local", "pilot ids are process ids only for local"
         return [int(p.scheduler_id) for p in self.spool.pilots() if p.scheduler_id]
 
     def kill_pilots(self, sig: int = signal.SIGKILL) -> None:
@@ -156,6 +157,7 @@ class Site:
                               env=dict(os.environ, PYTHONPATH=str(PROJECT)))
 
     def close(self) -> None:
-        self.kill_pilots()
+        if self.cfg.backend == "local":  # scheduler ids are pids only there
+            self.kill_pilots()
         for sub in self._submitters:
             sub.transport.close()
