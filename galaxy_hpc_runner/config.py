@@ -27,7 +27,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
               "grace", "python", "code_dir"},
     "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres", "time",
                   "mem", "cpus", "account", "qos", "extra_args", "signal", "native_spec",
-                  "command_timeout", "failure_backoff"},
+                  "command_timeout", "failure_backoff", "min_pilots", "resubmit_ahead"},
     "transport": {"type", "host", "port", "user", "key_file", "passphrase_env",
                   "passphrase_file", "known_hosts", "timeout"},
 }
@@ -93,6 +93,8 @@ class Config:
     max_pilots: int = 1
     backlog_per_pilot: int = 0
     failure_backoff: float = 30.0
+    min_pilots: int = 0
+    resubmit_ahead: float = 0.0
     scheduler: dict[str, str] = field(default_factory=dict)
     transport: dict[str, str] = field(default_factory=dict)
     settle: float = 2.0
@@ -219,6 +221,8 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
         max_pilots=int(r.number("scheduler", "max_pilots", 1, int, 1)),
         backlog_per_pilot=int(r.number("scheduler", "backlog_per_pilot", 0, int, 0)),
         failure_backoff=r.number("scheduler", "failure_backoff", 30.0),
+        min_pilots=int(r.number("scheduler", "min_pilots", 0, int, 0)),
+        resubmit_ahead=r.number("scheduler", "resubmit_ahead", 0.0),
         scheduler=dict(r.cp.items("scheduler")) if r.cp.has_section("scheduler") else {},
         transport=dict(r.cp.items("transport")) if r.cp.has_section("transport") else {},
         settle=r.number("dropbox", "settle", 2.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import posixpath
 import secrets
@@ -57,6 +58,21 @@ class PilotManager:
                                                 pilot.pilot_id + ".hb"))
         except TransportError:
             return True  # cannot tell: do not hold back new pilots for it
+
+    def remaining(self, known: list[tuple[PilotRecord, PilotStatus]]) -> list[float]:
+        """Seconds each running pilot has left before its walltime (from its heartbeat)."""
+        out = []
+        for pilot, status in known:
+            if status.state is not PilotState.RUNNING:
+                continue
+            try:
+                beat = json.loads(self.t.read_text(posixpath.join(
+                    self.cfg.workspace, p.PILOTS, pilot.pilot_id + ".hb")))
+            except (TransportError, ValueError):
+                continue
+            if beat.get("deadline"):
+                out.append(float(beat["deadline"]) - time.time())
+        return out
 
     def output_tail(self, pilot: PilotRecord, limit: int = 2000) -> str:
         try:

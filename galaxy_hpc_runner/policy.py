@@ -19,17 +19,21 @@ def pilots_wanted(backlog: int, max_pilots: int = 1, backlog_per_pilot: int = 0)
 
 
 def pilots_to_submit(backlog: int, active: int, unknown: int, max_pilots: int = 1,
-                     backlog_per_pilot: int = 0) -> int:
+                     backlog_per_pilot: int = 0, min_pilots: int = 0) -> int:
     """New pilots to submit now.
 
     ``backlog`` counts staged jobs no pilot has claimed; ``active`` counts pilots
     queued or running; ``unknown`` counts pilots whose state the scheduler could
     not tell. While any state is unknown nothing is submitted: a second pilot
     for one backlog costs a queue slot, a wrong guess costs nothing but time.
+    ``min_pilots`` keeps that many queued or running even without a backlog, so
+    the first job of a stream does not pay a whole queue wait (at the price of
+    the GPU time those pilots hold idle).
     """
     if unknown:
         return 0
-    return max(0, pilots_wanted(backlog, max_pilots, backlog_per_pilot) - active)
+    wanted = max(min_pilots, pilots_wanted(backlog, max_pilots, backlog_per_pilot))
+    return max(0, wanted - active)
 
 
 def resubmit_ahead(backlog: int, remaining: list[float], pending: int, lead: float,

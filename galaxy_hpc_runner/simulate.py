@@ -22,6 +22,7 @@ from typing import Any
 from .config import parse_duration
 from .simulate_engine import Outcome, simulate_baseline, simulate_pilots
 from .simulate_model import (
+    INT_FIELDS,
     POLICY_FIELDS,
     Job,
     Policy,
@@ -118,6 +119,8 @@ def _policy_args(g: argparse._ArgumentGroup) -> None:
                    help="most pilots at once (default 1)")
     g.add_argument("--backlog-per-pilot", type=int, default=d.backlog_per_pilot,
                    help="one more pilot per this many queued runs, 0: one pilot (default 0)")
+    g.add_argument("--min-pilots", type=int, default=d.min_pilots,
+                   help="pilots kept queued or running even without work (default 0)")
     g.add_argument("--lead", type=DURATION, default=d.lead,
                    help="resubmit a replacement this long before walltime while backlog "
                         "remains, 0: off (default 0)")
@@ -151,7 +154,7 @@ def label(policy: Policy, swept: list[str]) -> str:
 
 
 def _short(name: str, value: float) -> str:
-    if name in ("slots", "max_pilots", "backlog_per_pilot"):
+    if name in INT_FIELDS:
         return str(int(value))
     if value and value % 3600 == 0:
         return "%dh" % (value // 3600)
@@ -186,7 +189,7 @@ def main(argv: list[str]) -> int:
     try:
         axes = parse_sweep(args.sweep)
         base = Policy(args.walltime, args.idle_timeout, args.slots, args.max_pilots,
-                      args.backlog_per_pilot, args.lead)
+                      args.backlog_per_pilot, args.lead, args.min_pilots)
         pols = policies(base, axes)
         for pol in pols:
             check_policy(pol)

@@ -189,7 +189,7 @@ class PilotSim:
     def _pass(self) -> None:
         pol = self.policy
         count = pilots_to_submit(len(self.backlog), len(self.live), 0, pol.max_pilots,
-                                 pol.backlog_per_pilot)
+                                 pol.backlog_per_pilot, pol.min_pilots if self.open else 0)
         for _ in range(count):
             self._submit()
         pending = sum(1 for p in self.live if p.state == "pending")

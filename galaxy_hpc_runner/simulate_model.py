@@ -147,9 +147,10 @@ class Policy:
     max_pilots: int = 1
     backlog_per_pilot: int = 0
     lead: float = 0.0  # resubmit a replacement this long before walltime; 0: off
+    min_pilots: int = 0  # pilots kept queued or running even without a backlog
 
 
-INT_FIELDS = ("slots", "max_pilots", "backlog_per_pilot")
+INT_FIELDS = ("slots", "max_pilots", "backlog_per_pilot", "min_pilots")
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 
 
@@ -157,9 +158,9 @@ def policy_value(name: str, text: str) -> float | int:
     """A Policy field's value from the command line (whole numbers or durations)."""
     if name in INT_FIELDS:
         value = int(text)
-        if value < (1 if name in ("slots", "max_pilots") else 0):
-            raise ValueError("%s must be at least %d" % (name, 1 if name != "backlog_per_pilot"
-                                                          else 0))
+        least = 1 if name in ("slots", "max_pilots") else 0
+        if value < least:
+            raise ValueError("%s must be at least %d" % (name, least))
         return value
     return parse_duration(text)
 

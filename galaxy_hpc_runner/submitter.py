@@ -26,7 +26,7 @@ from .errors import (
     TransportError,
 )
 from .pilots import PilotManager
-from .policy import pilots_to_submit
+from .policy import pilots_to_submit, resubmit_ahead
 from .spool import CLAIMED, FINISHED, RECEIVED, STAGED, JobRecord, PilotRecord, Spool
 from .staging import QueueView, Stager
 from .transport import LocalTransport, Transport
@@ -226,10 +226,7 @@ class Submitter:
         for pilot, status in known:
             if status.state is PilotState.GONE:
                 report.requeued += self._reclaim(pilot, status, view)
-        active = sum(1 for _, s in known if s.state in (PilotState.PENDING, PilotState.RUNNING))
-        unknown = sum(1 for _, s in known if s.state is PilotState.UNKNOWN)
-        count = pilots_to_submit(len(view.ready), active, unknown, self.cfg.max_pilots,
-                                 self.cfg.backlog_per_pilot)
+        count = self._pilots_wanted_now(known, len(view.ready))
         if count and self.pilots.backoff_left() > 0:
             report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
                                  "status)" % self.pilots.backoff_left())
@@ -237,6 +234,21 @@ class Submitter:
         for _ in range(count):
             self.pilots.submit()
             report.pilots_submitted += 1
+
+    def _pilots_wanted_now(self, known: list[tuple[PilotRecord, PilotStatus]],
+                           backlog: int) -> int:
+        """The shared policy: for the backlog, the minimum, and ahead of walltimes."""
+        cfg = self.cfg
+        states = [s.state for _, s in known]
+        pending = states.count(PilotState.PENDING)
+        count = pilots_to_submit(backlog, pending + states.count(PilotState.RUNNING),
+                                 states.count(PilotState.UNKNOWN), cfg.max_pilots,
+                                 cfg.backlog_per_pilot, cfg.min_pilots)
+        if cfg.resubmit_ahead > 0 and not count:
+            remaining = self.pilots.remaining(known)
+            count = resubmit_ahead(backlog, remaining, pending, cfg.resubmit_ahead,
+                                   cfg.max_pilots, cfg.backlog_per_pilot)
+        return count
 
     def _reclaim(self, pilot: PilotRecord, status: PilotStatus, view: QueueView) -> int:
         """Claims a gone pilot still holds go back to the queue (or fail after max_attempts)."""

@@ -223,3 +223,30 @@ def test_a_done_job_whose_result_vanished_ends_in_error_not_in_a_stuck_pass(
     site.drain(["next"], sub=sub)
     assert site.result("next")["job"]["status"] == "ok"
     assert len(site.spool.pilots()) == 1  # the pilot lived on after losing that directory
+
+
+def test_min_pilots_keeps_a_warm_pilot_for_the_first_job_of_a_stream(make_site: Any) -> None:
+    site = make_site(scheduler={"min_pilots": "1"}, pilot={"idle_timeout": "60"})
+    sub = site.submitter()
+    sub.run_pass()
+    assert len(site.spool.pilots()) == 1  # queued before any work arrived
+    heartbeat = site.root / "hpc/workspace/pilots" / (site.spool.pilots()[0].pilot_id + ".hb")
+    site.pass_until(heartbeat.exists, sub=sub)
+    site.drop("first", site.upper_job("first"))
+    site.drain(["first"], sub=sub)
+    assert site.result("first")["job"]["pilot"] == site.spool.pilots()[0].scheduler_id
+    assert len(site.spool.pilots()) == 1
+
+
+def test_resubmit_ahead_queues_a_replacement_before_the_walltime(make_site: Any) -> None:
+    site = make_site(scheduler={"resubmit_ahead": "6"},
+                     pilot={"walltime": "8", "idle_timeout": "1"})
+    names = ["ahead%d" % i for i in range(4)]
+    for name in names:
+        site.drop(name, site.sleepy_job(name, 2))
+    site.drain(names)
+    pilots = site.spool.pilots()
+    assert len(pilots) >= 2  # no queue wait here: a replacement starts at once
+    first_end = max(site.result(n)["job"]["end"] for n in names
+                    if site.result(n)["job"]["pilot"] == pilots[0].scheduler_id)
+    assert pilots[1].submitted < first_end  # queued while the first still worked
