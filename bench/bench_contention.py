@@ -4,10 +4,11 @@
 
 "Other users" keep K jobs pending in a strict FIFO queue (sched/builtin), so a
 new job waits about W = K x their runtime / GPUs. Into that, N AMP jobs arrive
-as a stream (one every few seconds) and as a burst (all at once), each run two
-ways: one sbatch per job (Galaxy's stock Slurm/DRMAA runners) and our
-submitter + pilot (slurm backend, gres gpu:SLOTS per pilot). Prints the table and
-the ratios; writes bench/results/contention.json and docs/contention.png.
+as a stream (one every few seconds) and as a burst (all at once), each run
+one sbatch per job (Galaxy's stock Slurm/DRMAA runners) and with our
+submitter + pilot (slurm backend, gres gpu:SLOTS per pilot); the stream also with a
+warm pilot (``min_pilots = 1``, the stream starts once it runs). Prints the table
+and the ratios; writes bench/results/contention.json and docs/contention.png.
 Needs the Slurm packages: ``bash tests/services/install.sh``.
 """
 
@@ -58,12 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-pilots", type=int, default=2)
     ap.add_argument("--backlog-per-pilot", type=int, default=10)
     ap.add_argument("--idle-timeout", type=float, default=10.0, help="pilot idle timeout")
+    ap.add_argument("--warm-idle-timeout", type=float, default=120.0,
+                    help="warm pilot idle timeout (stream only; min_pilots = 1)")
+    ap.add_argument("--ways", nargs="+", default=list(rep.WAYS), choices=rep.WAYS,
+                    help="warm runs for the stream pattern only")
     ap.add_argument("--pass-interval", type=float, default=0.2, help="submitter pass interval")
     ap.add_argument("--patterns", nargs="+", default=["stream", "burst"],
                     choices=["stream", "burst"])
     ap.add_argument("--json", type=Path, default=BENCH / "results" / "contention.json")
     ap.add_argument("--png", type=Path, default=PROJECT / "docs" / "contention.png")
-    ap.add_argument("--max-seconds", type=float, default=840.0,
+    ap.add_argument("--max-seconds", type=float, default=1000.0,
                     help="hard bound on the other-users generator")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     ap.add_argument("--replot", type=Path, metavar="JSON",
@@ -72,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- arrivals and completions ---------------------------------------------------------
-def arrive(n: int, interval: float, action: Callable[[int], None]) -> list[float]:
+def arrive(n: int, interval: float, action: Callable[[int], object]) -> list[float]:
     """Call ``action(i)`` for job i at t0 + i x interval; the time of each call."""
     t0 = time.time()
     drops = []
@@ -101,7 +106,7 @@ def wait_files(paths: list[Path], timeout: float) -> list[float]:
 def completion_timeout(args: argparse.Namespace, pattern: str) -> float:
     spacing = args.interval if pattern == "stream" else 0.0
     wait = args.other_pending * max(args.other_runtime) / args.gpus
-    return args.jobs * (spacing + args.job_seconds) + 3 * wait + 120
+    return float(args.jobs * (spacing + args.job_seconds) + 3 * wait + 120)
 
 
 # -- one sbatch per job -----------------------------------------------------------------
@@ -128,13 +133,16 @@ def run_sbatch(root: Path, pattern: str, args: argparse.Namespace) -> rep.Phase:
 
 
 # -- submitter + pilot ----------------------------------------------------------------------
-def pilot_sections(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+def pilot_sections(args: argparse.Namespace, warm: bool = False) -> dict[str, dict[str, str]]:
+    """Site config; ``warm`` keeps one pilot queued or running (min_pilots = 1)."""
+    idle = args.warm_idle_timeout if warm else args.idle_timeout
     return {
         "scheduler": {"backend": "slurm", "gres": "gpu:%d" % args.slots, "partition": "debug",
                       "max_pilots": str(args.max_pilots),
                       "backlog_per_pilot": str(args.backlog_per_pilot),
+                      "min_pilots": "1" if warm else "0",
                       "failure_backoff": "5", "command_timeout": "20"},
-        "pilot": {"slots": str(args.slots), "idle_timeout": "%g" % args.idle_timeout,
+        "pilot": {"slots": str(args.slots), "idle_timeout": "%g" % idle,
                   "walltime": "20m", "poll": "0.1", "heartbeat": "1", "grace": "2",
                   "python": sys.executable, "code_dir": str(PROJECT)},
         "submitter": {"interval": "%g" % args.pass_interval, "lock_timeout": "30"},
@@ -146,9 +154,16 @@ def gpu_job(site: Site, name: str, seconds: float) -> dict[str, Any]:
             "output_map": {"output": str(site.out(name + ".out"))}}
 
 
-def run_pilot(root: Path, pattern: str, args: argparse.Namespace) -> rep.Phase:
-    """Our way: drop descriptions; a submitter thread keeps pilots queued and collects."""
-    site = Site(root / ("pilot-" + pattern), **pilot_sections(args))
+def run_pilot(root: Path, pattern: str, args: argparse.Namespace,
+              way: str = "pilot") -> rep.Phase:
+    """Our way: drop descriptions; a submitter thread keeps pilots queued and collects.
+
+    ``way = "warm"``: min_pilots = 1, and the jobs arrive only once that pilot runs;
+    at the end the submitter stops first (or it would resubmit), then the pilot is
+    scancelled.
+    """
+    warm = way == "warm"
+    site = Site(root / ("%s-%s" % (way, pattern)), **pilot_sections(args, warm))
     sub = site.submitter()
     stop = threading.Event()
     thread = threading.Thread(target=sub.loop, args=(stop, args.pass_interval),
@@ -156,16 +171,35 @@ def run_pilot(root: Path, pattern: str, args: argparse.Namespace) -> rep.Phase:
     names = ["j%02d" % i for i in range(args.jobs)]
     thread.start()
     try:
+        if warm:
+            wait_warm(site, completion_timeout(args, "burst"))
         drops = arrive(args.jobs, args.interval if pattern == "stream" else 0.0,
                        lambda i: site.drop(names[i], gpu_job(site, names[i], args.job_seconds)))
         done = wait_files([site.result_path(n) for n in names], completion_timeout(args, pattern))
-        wait_pilots_gone(site, args.idle_timeout + 60)
+        if not warm:
+            wait_pilots_gone(site, args.idle_timeout + 60)
     finally:
         stop.set()
         thread.join(timeout=60)
         cancel_pilots(site)
         sub.transport.close()
-    return pilot_phase(site, pattern, names, drops, done)
+    cs.wait_no_jobs([cs.PILOT_NAME], timeout=60)  # a scancelled pilot writes its last beat
+    return pilot_phase(site, pattern, way, names, drops, done)
+
+
+def wait_warm(site: Site, timeout: float) -> None:
+    """Wait until the warm pilot runs: its heartbeat file exists in WORKSPACE/pilots/."""
+    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    while not list(pilots_dir(site).glob("*.hb")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no warm pilot running after %.0fs" % timeout)
+        time.sleep(0.1)
+    log.info("warm pilot running %.1fs after the submitter started", time.monotonic() - t0)
+
+
+def pilots_dir(site: Site) -> Path:
+    return site.root / "hpc" / "workspace" / "pilots"
 
 
 def wait_pilots_gone(site: Site, timeout: float) -> None:
@@ -192,26 +226,31 @@ def _epoch(iso: str) -> float:
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
-def pilot_phase(site: Site, pattern: str, names: list[str], drops: list[float],
+def pilot_phase(site: Site, pattern: str, way: str, names: list[str], drops: list[float],
                 done: list[float]) -> rep.Phase:
     """Latencies, submissions, queue waits and GPU-seconds held idle by the pilots."""
     jobs = [yaml.safe_load(site.result_path(n).read_text())["job"] for n in names]
     busy = sum(_epoch(j["end"]) - _epoch(j["start"]) for j in jobs if j.get("start"))
     beats = pilot_beats(site)
     held = sum((hb["epoch"] - hb["started"]) * hb["slots"] for hb in beats.values())
+    before = sum(max(0.0, min(hb["epoch"], min(drops)) - hb["started"]) * hb["slots"]
+                 for hb in beats.values())
+    after = sum(max(0.0, hb["epoch"] - max(hb["started"], max(done))) * hb["slots"]
+                for hb in beats.values())
     submitted = {rec.pilot_id: _epoch(rec.submitted) for rec in site.spool.pilots()}
     waits = [hb["started"] - submitted[pid] for pid, hb in beats.items() if pid in submitted]
     starts = [hb["started"] for hb in beats.values()]
-    return rep.Phase(pattern, "pilot", drops, done, submissions=len(submitted),
+    return rep.Phase(pattern, way, drops, done, submissions=len(submitted),
                      queue_waits=waits, held_gpu_s=held, busy_s=busy, idle_gpu_s=held - busy,
                      failed=sum(1 for j in jobs if j["status"] != "ok"),
-                     steady_from=min(starts) if starts else None)
+                     steady_from=min(starts) if starts else None,
+                     before_gpu_s=before, after_gpu_s=after)
 
 
 def pilot_beats(site: Site) -> dict[str, dict[str, Any]]:
     """The last heartbeat of every pilot: its start, its end (state 'stopped') and slots."""
     out = {}
-    for path in sorted((site.root / "hpc" / "workspace" / "pilots").glob("*.hb")):
+    for path in sorted(pilots_dir(site).glob("*.hb")):
         beat = yaml.safe_load(path.read_text())
         if beat.get("state") != "stopped":
             log.warning("pilot %s did not stop cleanly: its last heartbeat counts", path.stem)
@@ -223,10 +262,15 @@ def pilot_beats(site: Site) -> dict[str, dict[str, Any]]:
 def run_phases(root: Path, args: argparse.Namespace) -> list[rep.Phase]:
     phases = []
     for pattern in args.patterns:
-        for way, runner in (("sbatch", run_sbatch), ("pilot", run_pilot)):
+        for way in args.ways:
+            if way == "warm" and pattern != "stream":
+                continue
             log.info("=== %s, %s ===", pattern, way)
             t0 = time.monotonic()
-            phases.append(runner(root, pattern, args))
+            if way == "sbatch":
+                phases.append(run_sbatch(root, pattern, args))
+            else:
+                phases.append(run_pilot(root, pattern, args, way))
             cs.wait_no_jobs([cs.AMP_NAME, cs.PILOT_NAME], timeout=120)
             log.info("%s/%s took %.0fs", pattern, way, time.monotonic() - t0)
     return phases
@@ -257,6 +301,8 @@ def setup_of(args: argparse.Namespace, others: int, elapsed: float) -> dict[str,
             "scheduler": "sched/builtin (strict FIFO)", "pilot_slots": args.slots,
             "max_pilots": args.max_pilots, "backlog_per_pilot": args.backlog_per_pilot,
             "pilot_idle_timeout": args.idle_timeout, "submitter_interval": args.pass_interval,
+            "warm": {"min_pilots": 1, "idle_timeout": args.warm_idle_timeout,
+                     "patterns": ["stream"]},
             "other_jobs_submitted": others, "wall_seconds": elapsed}
 
 
@@ -265,7 +311,8 @@ def measured_wait(rows: dict[str, dict[str, Any]]) -> float | None:
     row = rows.get("stream/sbatch") or rows.get("burst/sbatch")
     if not row:
         return None
-    return row["queue_wait_mean"] if row["pattern"] == "stream" else row["queue_wait_min"]
+    wait = row["queue_wait_mean"] if row["pattern"] == "stream" else row["queue_wait_min"]
+    return None if wait is None else float(wait)
 
 
 def report(rows: dict[str, dict[str, Any]], setup: dict[str, Any],
@@ -278,7 +325,7 @@ def report(rows: dict[str, dict[str, Any]], setup: dict[str, Any],
             s = row["steady"]
             print("%s, jobs dropped once the first pilot ran (%d): mean %.1f s, p95 %.1f s"
                   % (key, s["jobs"], s["mean"], s["p95"]))
-    for line in rep.verdicts(rat):
+    for line in rep.held_lines(rows) + rep.verdicts(rat):
         print(line)
     rep.write_json(args.json, setup, rows, rat)
     rep.plot(args.png, rows, setup["measured_wait_W"])

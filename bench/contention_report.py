@@ -11,7 +11,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-WAYS = ("sbatch", "pilot")
+WAYS = ("sbatch", "pilot", "warm")
+LABELS = {"sbatch": "one sbatch per job", "pilot": "submitter + pilot",
+          "warm": "submitter + warm pilot"}
 TARGETS = {"stream": "mean and p95 latency: pilot <= 0.10 x sbatch",
            "burst": "makespan: pilot <= 1.25 x sbatch, with <= 0.20 x its submissions"}
 
@@ -31,6 +33,8 @@ class Phase:
     busy_s: float | None = None
     failed: int = 0
     steady_from: float | None = None  # first pilot start: later drops met a running pilot
+    before_gpu_s: float | None = None  # GPU-seconds pilots held before the first drop
+    after_gpu_s: float | None = None  # GPU-seconds pilots held after the last result
 
     @property
     def latencies(self) -> list[float]:
@@ -59,6 +63,7 @@ def summarize(ph: Phase) -> dict[str, Any]:
         "makespan": max(ph.done) - min(ph.drops), "latency": latency_stats(ph.latencies),
         "submissions": ph.submissions, "idle_gpu_s": ph.idle_gpu_s,
         "held_gpu_s": ph.held_gpu_s, "busy_s": ph.busy_s,
+        "before_gpu_s": ph.before_gpu_s, "after_gpu_s": ph.after_gpu_s,
         "queue_wait_mean": statistics.fmean(ph.queue_waits) if ph.queue_waits else None,
         "queue_wait_min": min(ph.queue_waits) if ph.queue_waits else None,
         "drops": ph.drops, "latencies": ph.latencies}
@@ -71,13 +76,13 @@ def summarize(ph: Phase) -> dict[str, Any]:
 
 
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """pilot / sbatch for every pattern both ways ran."""
+    """ours / sbatch, keyed "pattern/way", for every pattern run one sbatch per job."""
     out = {}
-    for pattern in ("stream", "burst"):
-        base, ours = rows.get(pattern + "/sbatch"), rows.get(pattern + "/pilot")
-        if not base or not ours:
+    for key, ours in rows.items():
+        base = rows.get(ours["pattern"] + "/sbatch")
+        if ours["way"] == "sbatch" or not base:
             continue
-        out[pattern] = {
+        out[key] = {
             "makespan": ours["makespan"] / base["makespan"],
             "mean": ours["latency"]["mean"] / base["latency"]["mean"],
             "p50": ours["latency"]["p50"] / base["latency"]["p50"],
@@ -89,16 +94,15 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def verdicts(rat: dict[str, dict[str, float]]) -> list[str]:
     lines = []
-    if "stream" in rat:
-        r = rat["stream"]
-        lines.append("stream: mean %.3f, p95 %.3f of sbatch (target <= 0.10): %s" % (
-            r["mean"], r["p95"], _ok(r["mean"] <= 0.1 and r["p95"] <= 0.1)))
-    if "burst" in rat:
-        r = rat["burst"]
-        lines.append("burst: makespan %.2fx (target <= 1.25x), submissions %.2fx "
-                     "(target <= 0.20x): %s" % (r["makespan"], r["submissions"],
-                                               _ok(r["makespan"] <= 1.25 and
-                                                   r["submissions"] <= 0.2)))
+    for key, r in rat.items():
+        if key.startswith("stream/"):
+            lines.append("%s: mean %.3f, p95 %.3f of sbatch (target <= 0.10): %s" % (
+                key, r["mean"], r["p95"], _ok(r["mean"] <= 0.1 and r["p95"] <= 0.1)))
+        else:
+            lines.append("%s: makespan %.2fx (target <= 1.25x), submissions %.2fx "
+                         "(target <= 0.20x): %s" % (key, r["makespan"], r["submissions"],
+                                                   _ok(r["makespan"] <= 1.25 and
+                                                       r["submissions"] <= 0.2)))
     return lines
 
 
@@ -121,12 +125,25 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         body += "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %d | %s |\n" % (
             row["pattern"], _way_label(row["way"]), row["makespan"], lat["mean"], lat["p50"],
             lat["p95"], lat["max"], _num(row["queue_wait_mean"]), row["submissions"],
-            _num(row["idle_gpu_s"]) if row["way"] == "pilot" else "0 (none held)")
+            _num(row["idle_gpu_s"]) if row["way"] != "sbatch" else "0 (none held)")
     return head + body
 
 
 def _way_label(way: str) -> str:
-    return "one sbatch per job" if way == "sbatch" else "submitter + pilot"
+    return LABELS.get(way, way)
+
+
+def held_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the pilots' GPU-seconds went: work, idle before the first drop, after the end."""
+    lines = []
+    for key, row in rows.items():
+        if row.get("held_gpu_s") is None:
+            continue
+        lines.append("%s: pilots held %.1f GPU-s for %.1f s of work (idle %.1f); "
+                     "before the first drop %s, after the last result %s" % (
+                         key, row["held_gpu_s"], row["busy_s"], row["idle_gpu_s"],
+                         _num(row.get("before_gpu_s")), _num(row.get("after_gpu_s"))))
+    return lines
 
 
 def write_json(path: Path, setup: dict[str, Any], rows: dict[str, dict[str, Any]],
@@ -138,7 +155,7 @@ def write_json(path: Path, setup: dict[str, Any], rows: dict[str, dict[str, Any]
 
 
 def plot(path: Path, rows: dict[str, dict[str, Any]], wait: float | None) -> None:
-    """Latency per job (arrival order), both ways, one panel per pattern."""
+    """Latency per job (arrival order), every way, one panel per pattern."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +163,7 @@ def plot(path: Path, rows: dict[str, dict[str, Any]], wait: float | None) -> Non
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, pattern in zip(axes, ("stream", "burst"), strict=True):
-        for way, style in zip(WAYS, ("o-", "s-"), strict=True):
+        for way, style in zip(WAYS, ("o-", "s-", "^-"), strict=True):
             row = rows.get("%s/%s" % (pattern, way))
             if row:
                 ax.plot(range(1, len(row["latencies"]) + 1), row["latencies"], style,
