@@ -105,7 +105,7 @@ def cmd_pilot(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(submitter.backend.dry_run(spec))
         return 0
-    rec = submitter.submit_pilot()
+    rec = submitter.pilots.submit()
     print("%s %s" % (rec.pilot_id, rec.scheduler_id))
     return 0
 

@@ -280,9 +280,6 @@ class Submitter:
     def _may_retry(self, rec: JobRecord, status: PilotStatus) -> bool:
         return status.timed_out or rec.lost + 1 < self.cfg.pilot.max_attempts
 
-    def submit_pilot(self) -> PilotRecord:
-        return self.pilots.submit()
-
     # -- cancel ----------------------------------------------------------------------
     def cancel(self, name: str) -> str:
         """Withdraw a waiting job, or ask its pilot to kill a running one."""
