@@ -31,8 +31,7 @@ from galaxy_hpc_runner.config import load_config
 from galaxy_hpc_runner.submitter import Submitter
 
 NOOP = "#!/bin/bash\n: > <<output>>\n"
-CONFIG = """\
-[dropbox]
+SITE = """[dropbox]
 path = {r}/dropbox
 allowed_input_roots = {r}/media
 allowed_output_roots = {r}/results
@@ -43,22 +42,22 @@ path = {r}/templates
 workspace = {r}/ws
 scripts = {r}/s
 containers = {r}/c
-[submitter]
-interval = {interval}
-[pilot]
-slots = 1
-idle_timeout = 60
-poll = {poll}
-heartbeat = 5
 """
 
 
-def make_site(root: Path, interval: float, poll: float) -> Submitter:
+def write_site(root: Path, extra: str = "") -> Path:
+    """A bench site under ``root`` with a no-op template; ``extra`` adds INI sections."""
     for sub in ("dropbox", "media", "results", "templates", "ws"):
         (root / sub).mkdir(parents=True)
     (root / "templates" / "noop.sh").write_text(NOOP)
-    (root / "site.ini").write_text(CONFIG.format(r=root, interval=interval, poll=poll))
-    return Submitter(load_config(root / "site.ini"))
+    (root / "site.ini").write_text(SITE.format(r=root) + extra)
+    return root / "site.ini"
+
+
+def make_site(root: Path, interval: float, poll: float) -> Submitter:
+    extra = ("[submitter]\ninterval = %s\n[pilot]\nslots = 1\nidle_timeout = 60\n"
+             "poll = %s\nheartbeat = 5\n" % (interval, poll))
+    return Submitter(load_config(write_site(root, extra)))
 
 
 def drop(root: Path, name: str) -> float:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_local import write_site
+
 from galaxy_hpc_runner.config import load_config
 from galaxy_hpc_runner.ssh_transport import SshTransport
 from galaxy_hpc_runner.submitter import Submitter
@@ -103,17 +105,7 @@ def small_files(root: Path, server: SshServer, count: int, repeat: int) -> dict[
     return {k: count / v for k, v in out.items()}  # files/s
 
 
-SITE = """[dropbox]
-path = {r}/dropbox
-allowed_input_roots = {r}/media
-allowed_output_roots = {r}/results
-[templates]
-path = {r}/templates
-[hpc_env]
-workspace = {r}/ws
-scripts = {r}/s
-containers = {r}/c
-[scheduler]
+SSH_SECTIONS = """[scheduler]
 backend = local
 [transport]
 type = ssh
@@ -127,11 +119,8 @@ known_hosts = {known}
 
 def pass_over_staged(root: Path, server: SshServer, jobs: int, repeat: int) -> float:
     """Stage JOBS descriptions (locally, to save time), then time passes over ssh."""
-    for sub in ("dropbox", "media", "results", "templates", "ws"):
-        (root / sub).mkdir(parents=True)
-    (root / "templates" / "noop.sh").write_text(": > <<output>>\n")
-    (root / "site.ini").write_text(SITE.format(
-        r=root, host=server.host, port=server.port, user=server.user,
+    write_site(root, SSH_SECTIONS.format(
+        host=server.host, port=server.port, user=server.user,
         key=server.client_key_path, known=server.known_hosts_path))
     for i in range(jobs):
         (root / "dropbox" / ("j%05d.job" % i)).write_text(
