@@ -113,15 +113,21 @@ class Pilot:
     # -- jobs --------------------------------------------------------------------------
     def _reap(self) -> None:
         for slot, job in list(self.running.items()):
-            rc = job.poll()
-            if rc is not None and not (self.stopping and rc < 0 and not job.kill_reason):
-                try:
-                    job.finish(self.s.scheduler_id)
-                except OSError as exc:  # its directory was withdrawn under us
-                    log.error("(%s) cannot report its result: %s", job.key, exc)
-                del self.running[slot]
-                self.done_count += 1
-                self.last_activity = time.time()
+            # Once a stop signal came, a job that ended may have been cut short by the
+            # same signal (Slurm signals every process of the job; a script without
+            # `set -e` then carries on and exits 0): its result is not trusted, and
+            # _shutdown releases it. Jobs we killed ourselves are reported.
+            if job.poll() is not None and (not self.stopping or job.kill_reason):
+                self._report(slot, job)
+
+    def _report(self, slot: int, job: JobRun) -> None:
+        try:
+            job.finish(self.s.scheduler_id)
+        except OSError as exc:  # its directory was withdrawn under us
+            log.error("(%s) cannot report its result: %s", job.key, exc)
+        del self.running[slot]
+        self.done_count += 1
+        self.last_activity = time.time()
 
     def _check_cancel_and_walltime(self) -> None:
         now = time.time()
@@ -202,9 +208,7 @@ class Pilot:
             "done": self.done_count, "slots": self.s.slots})
 
     def _shutdown(self) -> None:
-        # A job that ended before the signal is reported, not rerun; one killed by a
-        # signal while we stop (Slurm signals the whole job) is released with the rest.
-        self._reap()
+        self._reap()  # reports what ended before a stop signal, or that we killed
         if self.stopping:
             log.info("%s received: releasing %d running job(s)", self.stopping, len(self.running))
         for job in self.running.values():

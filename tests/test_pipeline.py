@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -250,3 +251,39 @@ def test_resubmit_ahead_queues_a_replacement_before_the_walltime(make_site: Any)
     first_end = max(site.result(n)["job"]["end"] for n in names
                     if site.result(n)["job"]["pilot"] == pilots[0].scheduler_id)
     assert pilots[1].submitted < first_end  # queued while the first still worked
+
+
+def _alive(pid: int) -> bool:
+    """True until the process has exited (a zombie counts as exited)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_job_signalled_with_its_pilot_is_rerun_not_reported_ok(site: Site) -> None:
+    """Slurm's scancel signals every process of the pilot's job, the tool's too."""
+    site.drop("hit", {"script": "tolerant", "args": {"seconds": 3},
+                      "output_map": {"output": str(site.out("hit.out"))}})
+    sub = site.pass_until(lambda: site.state("hit") == "claimed")
+    time.sleep(0.3)
+    log = next((site.root / "hpc/workspace/pilots").glob("*.log"))
+    job_pid = int(log.read_text().split("(hit) started on slot 0 (gpu 0), pid ")[1].split()[0])
+    children = subprocess.run(["pgrep", "-P", str(job_pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children  # the tool's own process, here `sleep`
+    site.kill_pilots(signal.SIGSTOP)  # make the race deterministic: the tool ends first,
+    signalled = time.time()           # the pilot sees it only after its own stop signal
+    for pid in children:
+        os.kill(int(pid), signal.SIGTERM)
+    deadline = time.time() + 10
+    while _alive(job_pid) and time.time() < deadline:
+        time.sleep(0.05)
+    site.kill_pilots(signal.SIGTERM)
+    site.kill_pilots(signal.SIGCONT)
+    site.drain(["hit"], sub=sub)
+    job = site.result("hit")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2
+    assert datetime.datetime.fromisoformat(job["start"]).timestamp() > signalled
+    assert "Terminated" not in job["stderr"]  # the cut-short first run was not reported

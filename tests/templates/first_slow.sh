@@ -1,5 +1,6 @@
 #!/bin/bash
 # Slow on its first attempt (so a pilot's time limit cuts it), quick on the next.
+set -e
 echo "start $HPC_BATCH_JOB" >> <<ledger>>
 if [ ! -e <<flag>> ]; then
     touch <<flag>>
