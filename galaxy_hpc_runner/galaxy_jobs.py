@@ -27,7 +27,7 @@ from hpc_worker import protocol as p
 
 from . import description as d
 from .config import Config, parse_duration
-from .errors import ConfigError, HpcBatchError, JobError
+from .errors import ConfigError, JobError
 from .spool import CLAIMED, FINISHED, Spool
 from .submitter import Submitter
 
@@ -292,16 +292,8 @@ class Batcher:
     def _run(self) -> None:
         log.info("batcher %s started: spool %s, every %ss", self.name, self.cfg.spool,
                  self.interval)
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self._cancels()
-                self.submitter.run_pass()
-            except HpcBatchError as exc:
-                log.error("batcher %s: pass failed: %s", self.name, exc)
-            except Exception:  # the thread must outlive any one bad pass
-                log.exception("batcher %s: unexpected error in pass", self.name)
-            self._wake.wait(self.interval)
+        self.submitter.loop(self._stop, self.interval, wake=self._wake,
+                            before_pass=self._cancels)
         log.info("batcher %s stopped", self.name)
 
     def _cancels(self) -> None:

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,14 +105,26 @@ class Submitter:
                 self._cleanup(rec)
         self._manage_pilots(report)
 
-    def loop(self, stop: threading.Event, interval: float | None = None) -> None:
-        """Passes until ``stop`` is set (the cron-less mode and the Galaxy batcher)."""
+    def loop(self, stop: threading.Event, interval: float | None = None,
+             wake: threading.Event | None = None,
+             before_pass: Callable[[], None] | None = None) -> None:
+        """Passes until ``stop`` is set: the cron-less mode and the Galaxy batcher.
+
+        ``wake`` cuts the pause short (new work, a cancel); ``before_pass`` runs first
+        in every round. The loop outlives any one bad pass.
+        """
         while not stop.is_set():
+            if wake is not None:
+                wake.clear()
             try:
+                if before_pass is not None:
+                    before_pass()
                 self.run_pass()
             except HpcBatchError as exc:
                 log.error("submitter pass failed: %s", exc)
-            stop.wait(self.cfg.interval if interval is None else interval)
+            except Exception:
+                log.exception("unexpected error in a submitter pass")
+            (wake or stop).wait(self.cfg.interval if interval is None else interval)
 
     def _write_pass_status(self, report: PassReport) -> None:
         p.write_json(str(self.spool.path / "last_pass.json"), {
