@@ -59,6 +59,7 @@ class Pilot:
         self.stopping = ""
         self.last_activity = self.started
         self.last_heartbeat = 0.0
+        self._changed = False  # a job started or ended since the last heartbeat
         self.done_count = 0
         self._wake_r, self._wake_w = os.pipe()
         self._env = dict(os.environ)
@@ -75,7 +76,7 @@ class Pilot:
                 self._reap()
                 self._check_cancel_and_walltime()
                 started = self._fill_slots()
-                self._heartbeat("running")
+                self._heartbeat("running", force=self._changed)
                 idle = self._idle_for()
                 if not started and should_stop(idle, self.s.idle_timeout, len(self.running)):
                     log.info("idle for %.0fs: stopping", idle)
@@ -128,6 +129,7 @@ class Pilot:
         del self.running[slot]
         self.done_count += 1
         self.last_activity = time.time()
+        self._changed = True
 
     def _check_cancel_and_walltime(self) -> None:
         now = time.time()
@@ -186,6 +188,7 @@ class Pilot:
             return False
         self.running[slot] = job
         self.last_activity = time.time()
+        self._changed = True
         return True
 
     # -- heartbeat and shutdown -------------------------------------------------------
@@ -193,7 +196,7 @@ class Pilot:
         now = time.time()
         if not force and now - self.last_heartbeat < self.s.heartbeat:
             return
-        self.last_heartbeat = now
+        self.last_heartbeat, self._changed = now, False
         try:
             self._write_heartbeat(state, now)
         except OSError as exc:  # a file system hiccup must not end the pilot

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,13 +44,16 @@ def test_check_says_exactly_what_is_wrong(tmp_path: Path) -> None:
         assert expected in proc.stdout, proc.stdout
 
 
-def test_status_show_and_logs_tell_the_story_of_a_job(site: Site) -> None:
+def test_status_show_and_logs_tell_the_story_of_a_job(make_site: Any) -> None:
+    site = make_site(pilot={"heartbeat": "60"})
     site.drop("told", site.upper_job("told", "story\n"))
     site.drain(["told"])
     cfg = str(site.config_path)
     status = json.loads(site.cli("--config", cfg, "status", "--json").stdout)
     assert status["counts"]["finished"] == 1 and status["oldest_waiting"] is None
     assert status["pilots"][0]["backend"] == "local"
+    assert status["pilots"][0]["heartbeat"]["running"] == []  # told at once, not 10 s later
+    assert status["pilots"][0]["heartbeat"]["done"] == 1
     show = json.loads(site.cli("show", "told", "--config", cfg, "--json").stdout)
     assert [e["to"] for e in show["history"]] == ["received", "staged", "claimed", "finished"] \
         or [e["to"] for e in show["history"]] == ["received", "staged", "finished"]
