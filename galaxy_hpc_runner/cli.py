@@ -13,7 +13,7 @@ from typing import Any
 
 from . import admin
 from . import description as d
-from .config import load_config, read_config
+from .config import Config, load_config, read_config
 from .errors import HpcBatchError
 from .submitter import Submitter, make_transport
 
@@ -33,6 +33,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print("%s: OK (dropbox %s, workspace %s, backend %s, transport %s)" % (
         cfg.path, cfg.dropbox, cfg.workspace, cfg.backend, cfg.transport_type))
+    return _check_hpc_side(cfg) if args.remote else 0
+
+
+def _check_hpc_side(cfg: Config) -> int:
+    """Reach the HPC side as a pass would: workspace, pilot command, scheduler."""
+    submitter = Submitter(cfg)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("workspace %s is writable" % cfg.workspace, submitter.stager.ensure_layout),
+        ("the pilot's Python imports hpc_worker", submitter.pilots.preflight),
+        ("the %s scheduler answers" % cfg.backend, submitter.backend.ping)]
+    for what, step in steps:
+        try:
+            step()
+        except HpcBatchError as exc:
+            print("  FAILED: %s: %s" % (what, exc))
+            return 1
+        print("  ok: %s" % what)
     return 0
 
 
@@ -132,7 +149,9 @@ Adder = Callable[..., argparse.ArgumentParser]
 
 
 def _admin_commands(add: Adder) -> None:
-    add("check", cmd_check, "validate a config file and say exactly what is wrong")
+    add("check", cmd_check, "validate a config file and say exactly what is wrong").add_argument(
+        "--remote", action="store_true",
+        help="also reach the HPC side: workspace, pilot command, scheduler")
     add("render", cmd_render, "print the script a description would run").add_argument("job")
     add("submitter", cmd_submitter, "run submitter passes (cron: --once)").add_argument(
         "--once", action="store_true", help="one pass, then exit")

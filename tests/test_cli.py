@@ -130,3 +130,12 @@ def _stop_demo_pilots(root: Path) -> None:
     for pilot in sub.spool.pilots():
         sub.backend.cancel(pilot.scheduler_id)
     shutil.rmtree(root / "hpc", ignore_errors=True)
+
+
+def test_check_remote_finds_a_broken_pilot_command(make_site: Any) -> None:
+    site = make_site(pilot={"python": "/nonexistent/python3"})
+    proc = site.cli("--config", str(site.config_path), "check", "--remote")
+    assert proc.returncode == 1
+    assert "ok: workspace" in proc.stdout
+    assert "FAILED: the pilot's Python imports hpc_worker: pilot preflight" in proc.stdout
+    assert site.spool.pilots() == []  # nothing was submitted

@@ -209,3 +209,20 @@ def test_squeue_states_parse() -> None:
     assert states["12"].state.value == "pending" and states["12"].reason == "Resources"
     assert states["13"].state.value == "running"
     assert states["14"].state.value == "gone" and states["14"].timed_out
+
+
+def test_check_remote_reaches_workspace_pilot_and_scheduler(slurm_site: Any) -> None:
+    site = slurm_site()
+    proc = site.cli("--config", str(site.config_path), "check", "--remote")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in ("ok: workspace", "ok: the pilot's Python imports hpc_worker",
+                 "ok: the slurm scheduler answers"):
+        assert line in proc.stdout
+
+
+def test_check_remote_finds_a_partition_typo_before_any_queue_wait(slurm_site: Any) -> None:
+    site = slurm_site(scheduler={"partition": "gpux"})
+    proc = site.cli("--config", str(site.config_path), "check", "--remote")
+    assert proc.returncode == 1
+    assert "FAILED: the slurm scheduler answers: partition 'gpux' is not one of debug" \
+        in proc.stdout

@@ -84,6 +84,10 @@ class Backend(abc.ABC):
     def cancel(self, scheduler_id: str) -> None:
         """Ask the scheduler to end the pilot (it gets SIGTERM and releases its jobs)."""
 
+    def ping(self) -> str:
+        """Ask the scheduler something harmless; SchedulerError when it cannot answer."""
+        return "nothing to ask"
+
     def dry_run(self, spec: PilotSpec) -> str:
         """What submit() would do, for ``hpc-batch pilot --dry-run``."""
         return spec.shell_command()

@@ -49,6 +49,10 @@ class DrmaaBackend(Backend):
             self._session = session
         return self._session
 
+    def ping(self) -> str:
+        with self._lock:
+            return "DRMAA session to %s" % self._s().contact
+
     def native_spec(self, spec: PilotSpec) -> str:
         return self.cfg.scheduler.get("native_spec", "")
 

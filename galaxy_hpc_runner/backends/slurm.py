@@ -103,6 +103,15 @@ class SlurmBackend(Backend):
         fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
         return _status(fields.get("JobState", ""), fields.get("Reason", ""))
 
+    def ping(self) -> str:
+        """The controller answers and knows the configured partition."""
+        out = self.t.run(["sinfo", "--noheader", "--format=%R"], timeout=self.timeout).stdout
+        partitions = out.split()
+        wanted = self.opts.get("partition")
+        if wanted and wanted not in partitions:
+            raise SchedulerError("partition %r is not one of %s" % (wanted, ", ".join(partitions)))
+        return "partitions %s" % ", ".join(partitions)
+
     def cancel(self, scheduler_id: str) -> None:
         self.t.run(["scancel", scheduler_id], timeout=self.timeout)
 
