@@ -59,3 +59,14 @@ def test_drmaa_backend_without_its_library_says_how_to_fix_it(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "drmaa backend needs" in proc.stderr and "DRMAA_LIBRARY_PATH" in proc.stderr
+
+
+def test_check_remote_opens_a_drmaa_session(tmp_path: Path, gridengine: GridEngine) -> None:
+    site = Site(tmp_path, scheduler={"backend": "drmaa"},
+                pilot={"python": sys.executable, "code_dir": str(PROJECT)})
+    env = dict(os.environ, **gridengine.env, PYTHONPATH=str(PROJECT))
+    proc = subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", "--config",
+                           str(site.config_path), "check", "--remote"], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok: the drmaa scheduler answers" in proc.stdout
