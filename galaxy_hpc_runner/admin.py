@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import secrets
@@ -16,6 +15,7 @@ from hpc_worker import protocol as p
 from . import description as d
 from .config import Config
 from .errors import HpcBatchError, TransportError
+from .pilots import pilot_file, read_heartbeat
 from .spool import FINISHED, STATES, Spool
 from .transport import Transport
 
@@ -25,15 +25,6 @@ def _read_json_quietly(path: Path) -> Any:
         return p.read_json(str(path))
     except (OSError, ValueError):
         return None
-
-
-def heartbeat(cfg: Config, transport: Transport, pilot_id: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(transport.read_text(
-            posixpath.join(cfg.workspace, p.PILOTS, pilot_id + ".hb")))
-    except (TransportError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def status_data(cfg: Config, transport: Transport) -> dict[str, Any]:
@@ -48,7 +39,7 @@ def status_data(cfg: Config, transport: Transport) -> dict[str, Any]:
     for pilot in spool.pilots()[-20:]:
         entry = dict(pilot.__dict__)
         if pilot.state != "gone":
-            entry["heartbeat"] = heartbeat(cfg, transport, pilot.pilot_id)
+            entry["heartbeat"] = read_heartbeat(cfg, transport, pilot.pilot_id)
         pilots.append(entry)
     return {"spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
             "counts": counts, "pilots": pilots,
@@ -156,7 +147,7 @@ def _pilot_ids(cfg: Config, data: dict[str, Any]) -> list[str]:
 
 def _pilot_log(cfg: Config, transport: Transport, pilot: str) -> str:
     try:
-        return transport.read_text(posixpath.join(cfg.workspace, p.PILOTS, pilot + ".log"))
+        return transport.read_text(pilot_file(cfg, pilot, ".log"))
     except TransportError:
         return ""
 

@@ -8,6 +8,7 @@ import logging
 import posixpath
 import secrets
 import time
+from typing import Any
 
 from hpc_worker import protocol as p
 
@@ -20,6 +21,20 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 ACTIVE_STATES = ("pending", "running", "unknown")
 BACKOFF_MAX = 3600.0
+
+
+def pilot_file(cfg: Config, pilot_id: str, suffix: str) -> str:
+    """W/pilots/PILOT.SUFFIX: .hb heartbeat, .log log, .out scheduler output."""
+    return posixpath.join(cfg.workspace, p.PILOTS, pilot_id + suffix)
+
+
+def read_heartbeat(cfg: Config, transport: Transport, pilot_id: str) -> dict[str, Any] | None:
+    """A pilot's last heartbeat, None when it has none (yet) or it cannot be read."""
+    try:
+        data = json.loads(transport.read_text(pilot_file(cfg, pilot_id, ".hb")))
+    except (TransportError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class PilotManager:
@@ -54,8 +69,7 @@ class PilotManager:
 
     def _ever_started(self, pilot: PilotRecord) -> bool:
         try:
-            return self.t.exists(posixpath.join(self.cfg.workspace, p.PILOTS,
-                                                pilot.pilot_id + ".hb"))
+            return self.t.exists(pilot_file(self.cfg, pilot.pilot_id, ".hb"))
         except TransportError:
             return True  # cannot tell: do not hold back new pilots for it
 
@@ -65,19 +79,14 @@ class PilotManager:
         for pilot, status in known:
             if status.state is not PilotState.RUNNING:
                 continue
-            try:
-                beat = json.loads(self.t.read_text(posixpath.join(
-                    self.cfg.workspace, p.PILOTS, pilot.pilot_id + ".hb")))
-            except (TransportError, ValueError):
-                continue
-            if beat.get("deadline"):
+            beat = read_heartbeat(self.cfg, self.t, pilot.pilot_id)
+            if beat and beat.get("deadline"):
                 out.append(float(beat["deadline"]) - time.time())
         return out
 
     def output_tail(self, pilot: PilotRecord, limit: int = 2000) -> str:
         try:
-            return self.t.read_text(posixpath.join(self.cfg.workspace, p.PILOTS,
-                                                   pilot.pilot_id + ".out"), limit=limit)
+            return self.t.read_text(pilot_file(self.cfg, pilot.pilot_id, ".out"), limit=limit)
         except TransportError:
             return "(no output)"
 

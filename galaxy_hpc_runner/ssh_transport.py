@@ -167,14 +167,18 @@ class SshTransport(Transport):
             return sorted(n for n in names if not n.startswith("."))
         return self._retry("listdir", op)
 
-    def exists(self, path: str) -> bool:
+    def _unless_missing(self, what: str, call: Callable[[], object]) -> bool:
+        """Run ``call``; False when the path it names does not exist."""
         def op() -> bool:
             try:
-                self._sftp_client().stat(path)
+                call()
             except FileNotFoundError:
                 return False
             return True
-        return self._retry("stat", op)
+        return self._retry(what, op)
+
+    def exists(self, path: str) -> bool:
+        return self._unless_missing("stat", lambda: self._sftp_client().stat(path))
 
     def makedirs(self, path: str) -> None:
         def op() -> None:
@@ -295,13 +299,8 @@ class SshTransport(Transport):
             raise TransportError("cannot read %s: %s" % (remote, exc)) from exc
 
     def rename(self, src: str, dst: str) -> bool:
-        def op() -> bool:
-            try:
-                self._sftp_client().posix_rename(src, dst)
-            except FileNotFoundError:
-                return False
-            return True
-        return self._retry("rename", op)
+        return self._unless_missing("rename",
+                                    lambda: self._sftp_client().posix_rename(src, dst))
 
     def remove(self, path: str) -> None:
         def op() -> None:
