@@ -38,7 +38,7 @@ sys.path.insert(0, str(BENCH))
 import contention_report as rep  # noqa: E402
 import contention_slurm as cs  # noqa: E402
 
-from galaxy_hpc_runner.templates import render  # noqa: E402
+from galaxy_hpc_runner.dropbox.templates import render  # noqa: E402
 from tests.services.slurm import SlurmCluster  # noqa: E402
 from tests.sitekit import TEST_TEMPLATES, Site  # noqa: E402
 

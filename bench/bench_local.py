@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from galaxy_hpc_runner.config import load_config
-from galaxy_hpc_runner.submitter import Submitter
+from galaxy_hpc_runner.dropbox.submitter import Submitter
 
 NOOP = "#!/bin/bash\n: > <<output>>\n"
 SITE = """[dropbox]

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_local import write_site
 
 from galaxy_hpc_runner.config import load_config
-from galaxy_hpc_runner.ssh_transport import SshTransport
-from galaxy_hpc_runner.submitter import Submitter
-from galaxy_hpc_runner.transport import LocalTransport
+from galaxy_hpc_runner.dropbox.submitter import Submitter
+from galaxy_hpc_runner.transport.base import LocalTransport
+from galaxy_hpc_runner.transport.ssh import SshTransport
 from tests.services.cluster import SshServer
 
 

@@ -1,6 +1,6 @@
 """The submitting side of galaxy-hpc-batch: spool, staging, scheduler backends, CLI.
 
-Only :mod:`galaxy_hpc_runner.runner` imports Galaxy; everything else runs in a
+Only :mod:`galaxy_hpc_runner.galaxy.runner` imports Galaxy; everything else runs in a
 cron job or the admin CLI as well as inside Galaxy.
 """
 

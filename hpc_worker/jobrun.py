@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol as p
+from .states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +118,21 @@ class JobRun:
         log.info("(%s) released for the next pilot", self.key)
 
     def _result(self, rc: int) -> Dict[str, Any]:
-        if self.kill_reason == p.REASON_CANCELLED:
-            return _error(rc, p.REASON_CANCELLED, "Cancelled while running")
-        if self.kill_reason == p.REASON_WALLTIME:
-            return _error(rc, p.REASON_WALLTIME,
+        if self.kill_reason == Reason.CANCELLED:
+            return _error(rc, Reason.CANCELLED, "Cancelled while running")
+        if self.kill_reason == Reason.WALLTIME:
+            return _error(rc, Reason.WALLTIME,
                           "Killed after exceeding its walltime of %ss" % self.walltime())
         if rc < 0:
-            return _error(rc, p.REASON_KILLED, "Remote command was killed by signal %s"
+            return _error(rc, Reason.KILLED, "Remote command was killed by signal %s"
                           % _signal_name(-rc))
         if rc != 0:
-            return _error(rc, p.REASON_FAILED, "Remote command failed with return code %d" % rc)
+            return _error(rc, Reason.FAILED, "Remote command failed with return code %d" % rc)
         missing = self.missing_outputs()
         if missing:
-            return _error(rc, p.REASON_MISSING_OUTPUT,
+            return _error(rc, Reason.MISSING_OUTPUT,
                           "Remote command succeeded but did not produce: %s" % ", ".join(missing))
-        return {"status": "ok", "message": "processed OK", "rc": 0, "reason": None}
+        return {"status": ResultStatus.OK, "message": "processed OK", "rc": 0, "reason": None}
 
     def missing_outputs(self) -> List[str]:
         return [name for name in self.meta.get("outputs", [])
@@ -139,7 +140,7 @@ class JobRun:
 
 
 def _error(rc: int, reason: str, message: str) -> Dict[str, Any]:
-    return {"status": "error", "message": message, "rc": rc, "reason": reason}
+    return {"status": ResultStatus.ERROR, "message": message, "rc": rc, "reason": reason}
 
 
 def _signal_name(number: int) -> str:

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 from . import protocol as p
 from .decisions import job_fits, should_stop
 from .jobrun import JobRun
+from .states import HeartbeatState, Reason
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Pilot:
                 self._reap()
                 self._check_cancel_and_walltime()
                 started = self._fill_slots()
-                self._heartbeat("running", force=self._changed)
+                self._heartbeat(HeartbeatState.RUNNING, force=self._changed)
                 idle = self._idle_for()
                 if not started and should_stop(idle, self.s.idle_timeout, len(self.running)):
                     log.info("idle for %.0fs: stopping", idle)
@@ -135,9 +136,9 @@ class Pilot:
         now = time.time()
         for job in self.running.values():
             if os.path.exists(p.marker(self.s.root, p.CANCEL, job.key)):
-                job.kill(p.REASON_CANCELLED, self.s.grace)
+                job.kill(Reason.CANCELLED, self.s.grace)
             elif job.overdue(now):
-                job.kill(p.REASON_WALLTIME, self.s.grace)
+                job.kill(Reason.WALLTIME, self.s.grace)
 
     def _fill_slots(self) -> int:
         free = [slot for slot in range(self.s.slots) if slot not in self.running]
@@ -192,7 +193,7 @@ class Pilot:
         return True
 
     # -- heartbeat and shutdown -------------------------------------------------------
-    def _heartbeat(self, state: str, force: bool = False) -> None:
+    def _heartbeat(self, state: HeartbeatState, force: bool = False) -> None:
         now = time.time()
         if not force and now - self.last_heartbeat < self.s.heartbeat:
             return
@@ -202,7 +203,7 @@ class Pilot:
         except OSError as exc:  # a file system hiccup must not end the pilot
             log.warning("cannot write heartbeat: %s", exc)
 
-    def _write_heartbeat(self, state: str, now: float) -> None:
+    def _write_heartbeat(self, state: HeartbeatState, now: float) -> None:
         p.write_json(os.path.join(self.s.root, p.PILOTS, self.s.pilot_id + ".hb"), {
             "pilot": self.s.pilot_id, "scheduler_id": self.s.scheduler_id, "state": state,
             "host": socket.gethostname(), "pid": os.getpid(), "time": p.now_iso(),
@@ -218,5 +219,5 @@ class Pilot:
             job.kill("pilot stopping", self.s.grace)
             job.release()
         self.running.clear()
-        self._heartbeat("stopped", force=True)
+        self._heartbeat(HeartbeatState.STOPPED, force=True)
         log.info("pilot %s stopped after %d job(s)", self.s.pilot_id, self.done_count)

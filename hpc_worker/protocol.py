@@ -55,13 +55,6 @@ STDERR = "stderr.txt"
 CLAIM_SEP = "@"
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 
-# Result reasons, shared so the Galaxy side can map them to runner states.
-REASON_WALLTIME = "walltime"
-REASON_CANCELLED = "cancelled"
-REASON_MISSING_OUTPUT = "missing_output"
-REASON_FAILED = "failed"
-REASON_LOST = "lost"
-REASON_KILLED = "killed"  # by a signal nobody in this system sent (OOM killer, admin)
 
 
 def now_iso() -> str:

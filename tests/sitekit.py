@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from galaxy_hpc_runner.config import Config, load_config
-from galaxy_hpc_runner.spool import Spool
-from galaxy_hpc_runner.submitter import Submitter
+from galaxy_hpc_runner.dropbox.spool import Spool
+from galaxy_hpc_runner.dropbox.submitter import Submitter
 
 TEST_TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROJECT = Path(__file__).resolve().parent.parent

@@ -124,7 +124,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 def _stop_demo_pilots(root: Path) -> None:
     from galaxy_hpc_runner.config import load_config
-    from galaxy_hpc_runner.submitter import Submitter
+    from galaxy_hpc_runner.dropbox.submitter import Submitter
 
     sub = Submitter(load_config(root / "demo.ini"))
     for pilot in sub.spool.pilots():

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from galaxy_hpc_runner import description as d
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.templates import render
 from galaxy_hpc_runner.errors import JobError
-from galaxy_hpc_runner.templates import render
 from tests.sitekit import TEST_TEMPLATES, Site
 
 SEED_JOB = textwrap.dedent("""\

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_hpc_runner import policy, simulate_engine
-from galaxy_hpc_runner.policy import resubmit_ahead
-from galaxy_hpc_runner.simulate import (
+from galaxy_hpc_runner.dropbox import policy
+from galaxy_hpc_runner.dropbox.policy import resubmit_ahead
+from galaxy_hpc_runner.simulate import engine as simulate_engine
+from galaxy_hpc_runner.simulate.cli import (
     label,
     main,
     parse_sweep,
     policies,
     run_study,
 )
-from galaxy_hpc_runner.simulate_engine import simulate_baseline, simulate_pilots
-from galaxy_hpc_runner.simulate_model import (
+from galaxy_hpc_runner.simulate.engine import simulate_baseline, simulate_pilots
+from galaxy_hpc_runner.simulate.model import (
     Job,
     Policy,
     Site,
@@ -30,7 +31,7 @@ from galaxy_hpc_runner.simulate_model import (
     generate,
     parse_dist,
 )
-from galaxy_hpc_runner.simulate_report import percentile, table, write_png
+from galaxy_hpc_runner.simulate.report import percentile, table, write_png
 from hpc_worker import decisions
 
 W, R, IDLE = 3600.0, 600.0, 300.0  # fixed queue wait, tool runtime, idle_timeout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_hpc_runner.errors import TransportError
-from galaxy_hpc_runner.ssh_transport import SshTransport, _passphrase
+from galaxy_hpc_runner.transport.ssh import SshTransport, _passphrase
 from tests.services.cluster import SshServer
 
 pytestmark = pytest.mark.ssh

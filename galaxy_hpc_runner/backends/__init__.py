@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import Config
-from ..errors import ConfigError
-from ..transport import Transport
-from .base import Backend, PilotSpec, PilotState, PilotStatus, pilot_spec
+from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus, pilot_spec
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import ConfigError
+from galaxy_hpc_runner.transport.base import Transport
 
 __all__ = ["Backend", "PilotSpec", "PilotState", "PilotStatus", "make_backend", "pilot_spec"]
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import abc
-import enum
 import os
 import shlex
 from dataclasses import dataclass, field
 
+from galaxy_hpc_runner.config import Config
 from hpc_worker import protocol as p
+from hpc_worker.states import PilotState
 
-from ..config import Config
-
-
-class PilotState(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    GONE = "gone"  # ended, for whatever reason: never read as success
-    UNKNOWN = "unknown"  # the scheduler could not be asked: never submit another on this
-
-    @property
-    def active(self) -> bool:
-        return self is not PilotState.GONE
+__all__ = ["Backend", "PilotSpec", "PilotState", "PilotStatus", "pilot_spec"]
 
 
 @dataclass

@@ -12,9 +12,9 @@ import shlex
 import threading
 from typing import Any
 
-from ..config import Config
-from ..errors import ConfigError, SchedulerError
-from .base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import ConfigError, SchedulerError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 
-from ..config import Config
-from ..errors import SchedulerError
-from .base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import SchedulerError
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import shlex
 
-from ..config import Config
-from ..errors import CommandError, SchedulerError
-from ..transport import Transport
-from .base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import CommandError, SchedulerError
+from galaxy_hpc_runner.transport.base import Transport
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from galaxy_hpc_runner import galaxy_jobs as gj
 from galaxy_hpc_runner.config import load_config
+from galaxy_hpc_runner.dropbox.spool import Spool
 from galaxy_hpc_runner.errors import ConfigError
-from galaxy_hpc_runner.spool import Spool
+from galaxy_hpc_runner.galaxy import tool_runs as gj
 from tests.galaxy.server import GALAXY_VENV, PROJECT, install_galaxy
 
 pytestmark = pytest.mark.galaxy

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_hpc_runner.spool import FINISHED, JobRecord, Spool
+from galaxy_hpc_runner.dropbox.spool import FINISHED, JobRecord, Spool
 from tests.galaxy.conftest import INPUT_TEXT
 from tests.galaxy.server import AMP_WRAPPERS, GalaxyApi, GalaxySite, wait_until
 

@@ -7,10 +7,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from . import admin
-from . import description as d
-from .config import PROJECT_DIR, load_config
-from .submitter import Submitter
+from galaxy_hpc_runner.cli import admin
+from galaxy_hpc_runner.config import PROJECT_DIR, load_config
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.submitter import Submitter
 
 log = logging.getLogger(__name__)
 

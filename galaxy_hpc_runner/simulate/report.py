@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .simulate_engine import Outcome
-from .simulate_model import DAY, HOUR
+from galaxy_hpc_runner.simulate.engine import Outcome
+from galaxy_hpc_runner.simulate.model import DAY, HOUR
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.config import Config, parse_duration
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.spool import CLAIMED, FINISHED, Spool
+from galaxy_hpc_runner.dropbox.submitter import Submitter
+from galaxy_hpc_runner.errors import ConfigError, JobError
 from hpc_worker import protocol as p
-
-from . import description as d
-from .config import Config, parse_duration
-from .errors import ConfigError, JobError
-from .spool import CLAIMED, FINISHED, Spool
-from .submitter import Submitter
+from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,11 @@ def outcome_from_node(node: Mapping[str, Any]) -> Outcome:
     out = Outcome("failed", message=str(node.get("message") or "HPC job failed"),
                   stdout=str(node.get("stdout") or ""), stderr=str(node.get("stderr") or ""),
                   rc=rc if isinstance(rc, int) else None, reason=reason, node=dict(node))
-    if node.get("status") == "ok" and out.rc == 0:
+    if node.get("status") == ResultStatus.OK and out.rc == 0:
         out.state = "finished"
-    elif reason == p.REASON_WALLTIME:
+    elif reason == Reason.WALLTIME:
         out.runner_state = WALLTIME_REACHED
-    elif reason == p.REASON_FAILED and out.rc is not None:
+    elif reason == Reason.FAILED and out.rc is not None:
         if memory_exhausted(out.rc, out.stderr):
             out.runner_state = MEMORY_LIMIT_REACHED
         else:
@@ -168,7 +168,8 @@ def read_result(cfg: Config, name: str) -> Outcome | None:
         return None
     node = doc.get("job") if isinstance(doc, dict) else None
     if not isinstance(node, dict):
-        return Outcome("failed", message="Unreadable result file %s" % path, reason="invalid")
+        return Outcome("failed", message="Unreadable result file %s" % path,
+                       reason=Reason.INVALID)
     return outcome_from_node(node)
 
 
@@ -184,7 +185,7 @@ def job_outcome(cfg: Config, spool: Spool, name: str) -> Outcome:
         return Outcome("queued")
     if read_result(cfg, name) is not None:  # finished between our looks
         return job_outcome(cfg, spool, name)
-    return Outcome("failed", reason=p.REASON_LOST, message=(
+    return Outcome("failed", reason=Reason.LOST, message=(
         "HPC job %s: %s in %s" % (name, "its result file is gone" if rec else
                                   "no description, spool record or result", cfg.dropbox)))
 

@@ -6,6 +6,7 @@ job is staged, so a bad description costs no queue wait.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from galaxy_hpc_runner.config import RESERVED_VARS, Config, parse_duration
+from galaxy_hpc_runner.dropbox.templates import render, template_path
+from galaxy_hpc_runner.errors import JobError
 from hpc_worker import protocol as p
-
-from .config import RESERVED_VARS, Config, parse_duration
-from .errors import JobError
-from .templates import render, template_path
+from hpc_worker.states import ResultStatus
 
 try:  # the C loader is ten times faster; fall back where libyaml is missing
     from yaml import CSafeDumper as _Dumper
@@ -207,10 +208,14 @@ def result_document(doc: dict[str, Any] | None, job_node: dict[str, Any]) -> str
     return dump_yaml(out)
 
 
-def job_node(status: str, message: str, stdout: str = "", stderr: str = "",
+def job_node(status: ResultStatus | str, message: str, stdout: str = "", stderr: str = "",
              rc: int | None = None, **extra: Any) -> dict[str, Any]:
-    """The seed's ``job`` keys first, then ours (start, end, attempts, pilot, host)."""
-    node: dict[str, Any] = {"status": status, "message": message, "stderr": stderr,
-                            "stdout": stdout, "rc": rc}
-    node.update({k: v for k, v in extra.items() if v is not None})
+    """The seed's ``job`` keys first, then ours (start, end, attempts, pilot, host).
+
+    Enum members become their plain values, so the node dumps as plain YAML.
+    """
+    node: dict[str, Any] = {"status": str(ResultStatus(status)), "message": message,
+                            "stderr": stderr, "stdout": stdout, "rc": rc}
+    node.update({k: (str(v) if isinstance(v, enum.Enum) else v)
+                 for k, v in extra.items() if v is not None})
     return node

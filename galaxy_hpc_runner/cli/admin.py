@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.pilots import pilot_file, read_heartbeat
+from galaxy_hpc_runner.dropbox.spool import FINISHED, Spool
+from galaxy_hpc_runner.errors import HpcBatchError, TransportError
+from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
-
-from . import description as d
-from .config import Config
-from .errors import HpcBatchError, TransportError
-from .pilots import pilot_file, read_heartbeat
-from .spool import FINISHED, STATES, Spool
-from .transport import Transport
+from hpc_worker.states import JobState, PilotState
 
 
 def _read_json_quietly(path: Path) -> Any:
@@ -30,15 +30,15 @@ def _read_json_quietly(path: Path) -> Any:
 def status_data(cfg: Config, transport: Transport) -> dict[str, Any]:
     spool = Spool(cfg.spool)
     active = spool.active()
-    counts = {state: 0 for state in STATES}
+    counts = {str(state): 0 for state in JobState}
     for rec in active:
         counts[rec.state] += 1
-    counts[FINISHED] += len(spool.finished_names())
+    counts[str(FINISHED)] += len(spool.finished_names())
     waiting = sorted((r for r in active if r.state != FINISHED), key=lambda r: r.received)
     pilots = []
     for pilot in spool.pilots()[-20:]:
         entry = dict(pilot.__dict__)
-        if pilot.state != "gone":
+        if pilot.state is not PilotState.GONE:
             entry["heartbeat"] = read_heartbeat(cfg, transport, pilot.pilot_id)
         pilots.append(entry)
     return {"spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,

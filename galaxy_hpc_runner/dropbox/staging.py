@@ -12,13 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox.description import job_node
+from galaxy_hpc_runner.dropbox.spool import JobRecord
+from galaxy_hpc_runner.errors import TransportError
+from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
-
-from .config import Config
-from .description import job_node
-from .errors import TransportError
-from .spool import JobRecord
-from .transport import Transport
+from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,11 @@ class Stager:
             attempts=sum(1 for run in runs if "start" in run),
             pilot=result.get("scheduler_id"), host=result.get("host"),
             reason=result.get("reason"))
-        if node["status"] == "ok":
+        if node["status"] == ResultStatus.OK:
             try:
                 self.fetch_outputs(directory, rec.meta["outputs"])
             except (TransportError, OSError) as exc:
-                node.update(status="error", reason="transfer",
+                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
                             message="Could not retrieve outputs: %s" % exc)
         return node
 

@@ -13,10 +13,9 @@ import os
 import shutil
 import tempfile
 
+from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
+from galaxy_hpc_runner.transport.runcmd import Completed, run_command
 from hpc_worker import protocol as p
-
-from .errors import RemoteFileMissing, TransportError
-from .runcmd import Completed, run_command
 
 
 class Transport(abc.ABC):

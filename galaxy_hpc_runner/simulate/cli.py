@@ -4,7 +4,7 @@ A discrete-event simulation of a week (``--days``) of tool runs arriving as bulk
 bursts and one-offs, drained either by pilots under a policy (or a ``--sweep`` of
 policies) or by one scheduler job per tool run (the baseline). Which pilots the
 submitter submits and when a pilot takes a job or stops are decided by the real
-functions in :mod:`galaxy_hpc_runner.policy` and :mod:`hpc_worker.decisions`.
+functions in :mod:`galaxy_hpc_runner.dropbox.policy` and :mod:`hpc_worker.decisions`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import parse_duration
-from .simulate_engine import Outcome, simulate_baseline, simulate_pilots
-from .simulate_model import (
+from galaxy_hpc_runner.config import parse_duration
+from galaxy_hpc_runner.simulate.engine import Outcome, simulate_baseline, simulate_pilots
+from galaxy_hpc_runner.simulate.model import (
     INT_FIELDS,
     POLICY_FIELDS,
     Job,
@@ -34,7 +34,7 @@ from .simulate_model import (
     parse_optional_dist,
     policy_value,
 )
-from .simulate_report import Row, table, write_json, write_png
+from galaxy_hpc_runner.simulate.report import Row, table, write_json, write_png
 
 log = logging.getLogger(__name__)
 

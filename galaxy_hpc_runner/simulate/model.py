@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .config import parse_duration
+from galaxy_hpc_runner.config import parse_duration
 
 HOUR = 3600.0
 DAY = 86400.0

@@ -29,14 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.errors import HpcBatchError
 from hpc_worker import protocol as p
-
-from .errors import HpcBatchError
+from hpc_worker.states import JobState, PilotState
 
 log = logging.getLogger(__name__)
 
-RECEIVED, STAGED, CLAIMED, FINISHED = "received", "staged", "claimed", "finished"
-STATES = (RECEIVED, STAGED, CLAIMED, FINISHED)
+RECEIVED, STAGED, CLAIMED, FINISHED = JobState
 TRANSITIONS = {
     RECEIVED: {STAGED, FINISHED},
     STAGED: {CLAIMED, FINISHED, RECEIVED},
@@ -52,7 +51,7 @@ class LockTimeout(HpcBatchError):
 @dataclass
 class JobRecord:
     name: str
-    state: str = RECEIVED
+    state: JobState = RECEIVED
     doc: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # validated facts for staging
     pilot: str = ""
@@ -64,7 +63,9 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        rec = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        rec.state = JobState(rec.state)
+        return rec
 
 
 @dataclass
@@ -73,7 +74,7 @@ class PilotRecord:
     scheduler_id: str
     backend: str
     submitted: str
-    state: str = "pending"
+    state: PilotState = PilotState.PENDING
     reason: str = ""
     updated: str = ""
     failed: bool = False  # ended without ever starting (no heartbeat)
@@ -113,10 +114,10 @@ class Spool:
         now = p.now_iso()
         rec = JobRecord(name=name, doc=doc, meta=meta or {}, received=now, updated=now)
         self._save(rec)
-        self.event(name, "", RECEIVED)
+        self.event(name, None, RECEIVED)
         return rec
 
-    def transition(self, rec: JobRecord, state: str, **detail: Any) -> None:
+    def transition(self, rec: JobRecord, state: JobState, **detail: Any) -> None:
         """Move ``rec`` to ``state``: record replaced atomically, then one event line."""
         if state not in TRANSITIONS[rec.state]:
             raise HpcBatchError("(%s) illegal transition %s -> %s" % (rec.name, rec.state, state))
@@ -139,7 +140,7 @@ class Spool:
         if src.exists():
             os.replace(src, self.finished / ("%s.json.%d" % (name, time.time_ns())))
 
-    def event(self, name: str, old: str, new: str, **detail: Any) -> None:
+    def event(self, name: str, old: JobState | None, new: JobState, **detail: Any) -> None:
         entry = {"time": p.now_iso(), "job": name, "from": old, "to": new}
         entry.update(detail)
         p.append_jsonl(str(self.events), entry)
@@ -183,7 +184,9 @@ class Spool:
         out = []
         for name in p.listdir(str(self.pilots_dir)):
             with contextlib.suppress(OSError, ValueError, TypeError):
-                out.append(PilotRecord(**p.read_json(str(self.pilots_dir / name))))
+                rec = PilotRecord(**p.read_json(str(self.pilots_dir / name)))
+                rec.state = PilotState(rec.state)
+                out.append(rec)
         return sorted(out, key=lambda r: r.submitted)
 
     def save_pilot(self, rec: PilotRecord) -> None:

@@ -10,16 +10,16 @@ import secrets
 import time
 from typing import Any
 
+from galaxy_hpc_runner.backends import Backend, PilotStatus, pilot_spec
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox.spool import PilotRecord, Spool
+from galaxy_hpc_runner.errors import SchedulerError, TransportError
+from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
-
-from .backends import Backend, PilotState, PilotStatus, pilot_spec
-from .config import Config
-from .errors import SchedulerError, TransportError
-from .spool import PilotRecord, Spool
-from .transport import Transport
+from hpc_worker.states import PilotState
 
 log = logging.getLogger(__name__)
-ACTIVE_STATES = ("pending", "running", "unknown")
+ACTIVE_STATES = frozenset(s for s in PilotState if s.active)
 BACKOFF_MAX = 3600.0
 
 
@@ -53,13 +53,13 @@ class PilotManager:
         out = []
         for pilot in pilots:
             status = states.get(pilot.scheduler_id, PilotStatus(PilotState.UNKNOWN))
-            if status.state.value != pilot.state:
+            if status.state is not pilot.state:
                 self._changed(pilot, status)
             out.append((pilot, status))
         return out
 
     def _changed(self, pilot: PilotRecord, status: PilotStatus) -> None:
-        pilot.state, pilot.reason = status.state.value, status.reason
+        pilot.state, pilot.reason = status.state, status.reason
         if status.state is PilotState.GONE and not self._ever_started(pilot):
             pilot.failed = True
             log.error("pilot %s (%s job %s) ended without ever starting (%s); its output:\n%s",
@@ -137,7 +137,7 @@ class PilotManager:
             self.preflight()
             rec.scheduler_id = self.backend.submit(pilot_spec(self.cfg, pilot_id))
         except SchedulerError as exc:
-            rec.state, rec.reason, rec.failed = "gone", "submission failed: %s" % exc, True
+            rec.state, rec.reason, rec.failed = PilotState.GONE, "submission failed: %s" % exc, True
             self.spool.save_pilot(rec)
             raise
         self.spool.save_pilot(rec)

@@ -1,7 +1,7 @@
 """The discrete-event core: a scheduler with queue waits and the pilot and baseline models.
 
 The decisions come from the real code: which pilots to submit from
-:mod:`galaxy_hpc_runner.policy`, which job a pilot starts and when it stops from
+:mod:`galaxy_hpc_runner.dropbox.policy`, which job a pilot starts and when it stops from
 :mod:`hpc_worker.decisions`.
 """
 
@@ -13,10 +13,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from galaxy_hpc_runner.dropbox.policy import pilots_to_submit, resubmit_ahead
+from galaxy_hpc_runner.simulate.model import DAY, Job, Policy, Site
 from hpc_worker.decisions import job_fits, should_stop
-
-from .policy import pilots_to_submit, resubmit_ahead
-from .simulate_model import DAY, Job, Policy, Site
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import admin
-from . import description as d
-from .config import Config, load_config, read_config
-from .errors import HpcBatchError
-from .submitter import Submitter, make_transport
+from galaxy_hpc_runner.cli import admin
+from galaxy_hpc_runner.config import Config, load_config, read_config
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.submitter import Submitter, make_transport
+from galaxy_hpc_runner.errors import HpcBatchError
+from hpc_worker.states import ResultStatus
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 124
     print("%s: %s: %s" % (name, node.get("status"), node.get("message")))
     rc = node.get("rc")
-    return rc if isinstance(rc, int) and node.get("status") == "ok" else (rc or 1)
+    return rc if isinstance(rc, int) and node.get("status") == ResultStatus.OK else (rc or 1)
 
 
 def cmd_pilot(args: argparse.Namespace) -> int:
-    from .backends import pilot_spec
+    from galaxy_hpc_runner.backends import pilot_spec
 
     cfg = load_config(args.config)
     submitter = Submitter(cfg)
@@ -128,13 +129,13 @@ def cmd_pilot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from galaxy_hpc_runner.cli.demo import run_demo
 
     return run_demo(Path(args.dir), args.jobs)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import main as simulate_main
+    from galaxy_hpc_runner.simulate.cli import main as simulate_main
 
     return simulate_main(args.rest)
 

@@ -25,10 +25,10 @@ from typing import BinaryIO, TypeVar
 import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
-from .config import Config
-from .errors import CommandError, CommandTimeout, RemoteFileMissing, TransportError
-from .runcmd import Completed
-from .transport import Transport
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import CommandError, CommandTimeout, RemoteFileMissing, TransportError
+from galaxy_hpc_runner.transport.base import Transport
+from galaxy_hpc_runner.transport.runcmd import Completed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

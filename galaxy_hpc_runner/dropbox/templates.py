@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from .errors import JobError
+from galaxy_hpc_runner.errors import JobError
 
 PLACEHOLDER = re.compile(r"<<([A-Za-z_][A-Za-z0-9_]*)>>")
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

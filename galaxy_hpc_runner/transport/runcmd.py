@@ -6,7 +6,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
-from .errors import CommandError, CommandTimeout, SchedulerError
+from galaxy_hpc_runner.errors import CommandError, CommandTimeout, SchedulerError
 
 log = logging.getLogger(__name__)
 

@@ -14,23 +14,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpc_worker import protocol as p
-
-from . import description as d
-from .backends import Backend, PilotState, PilotStatus, make_backend
-from .config import Config
-from .errors import (
+from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus, make_backend
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.pilots import PilotManager
+from galaxy_hpc_runner.dropbox.policy import pilots_to_submit, resubmit_ahead
+from galaxy_hpc_runner.dropbox.spool import (
+    CLAIMED,
+    FINISHED,
+    RECEIVED,
+    STAGED,
+    JobRecord,
+    PilotRecord,
+    Spool,
+)
+from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
+from galaxy_hpc_runner.errors import (
     HpcBatchError,
     JobError,
     RemoteFileMissing,
     SchedulerError,
     TransportError,
 )
-from .pilots import PilotManager
-from .policy import pilots_to_submit, resubmit_ahead
-from .spool import CLAIMED, FINISHED, RECEIVED, STAGED, JobRecord, PilotRecord, Spool
-from .staging import QueueView, Stager
-from .transport import LocalTransport, Transport
+from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from hpc_worker import protocol as p
+from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
@@ -49,7 +57,7 @@ class PassReport:
 
 def make_transport(cfg: Config) -> Transport:
     if cfg.transport_type == "ssh":
-        from .ssh_transport import SshTransport  # type: ignore[import-not-found]
+        from galaxy_hpc_runner.transport.ssh import SshTransport
 
         return SshTransport.from_config(cfg)  # type: ignore[no-any-return]
     return LocalTransport()
@@ -159,8 +167,8 @@ class Submitter:
             if self._maybe_incomplete(path):
                 return
             rec = self.spool.create(name, doc)
-            self._finish(rec, d.job_node("error", "Invalid job description: %s" % exc,
-                                         reason="invalid"))
+            self._finish(rec, d.job_node(ResultStatus.ERROR, "Invalid job description: %s" % exc,
+                                         reason=Reason.INVALID))
             report.rejected += 1
             return
         meta = {"inputs": {job.basenames[k]: v for k, v in job.inputs.items()},
@@ -181,8 +189,8 @@ class Submitter:
         if not view.has(rec.name):  # else it was staged before a crash: keep it
             missing = [src for src in rec.meta["inputs"].values() if not os.path.isfile(src)]
             if missing:
-                self._finish(rec, d.job_node("error", "Input vanished before staging: %s"
-                                             % ", ".join(missing), reason="invalid"))
+                self._finish(rec, d.job_node(ResultStatus.ERROR, "Input vanished before staging: %s"
+                                             % ", ".join(missing), reason=Reason.INVALID))
                 return
             self.stager.stage(rec)
             view.ready.add(rec.name)
@@ -210,8 +218,8 @@ class Submitter:
             return self.stager.collect(rec)
         except (RemoteFileMissing, ValueError, KeyError) as exc:
             log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
-            return d.job_node("error", "The job's result could not be read on the HPC side: "
-                              "%s" % exc, reason=p.REASON_LOST)
+            return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the "
+                              "HPC side: %s" % exc, reason=Reason.LOST)
 
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""
@@ -219,7 +227,7 @@ class Submitter:
         p.atomic_write(str(result), d.result_document(rec.doc, node))
         self.spool.transition(rec, FINISHED, status=node["status"], message=node["message"],
                               rc=node.get("rc"))
-        if node.get("reason") != "invalid":
+        if node.get("reason") != Reason.INVALID:
             self._cleanup(rec)
         else:
             self.spool.archive(rec)
@@ -284,10 +292,10 @@ class Submitter:
             else:
                 self.stager.drop_claim(key, holder)
                 self._finish(rec, d.job_node(
-                    "error", "Job lost its pilot %d time(s) (max_attempts = %d); the last one, "
-                    "%s, ended: %s" % (rec.lost + 1, self.cfg.pilot.max_attempts,
+                    ResultStatus.ERROR, "Job lost its pilot %d time(s) (max_attempts = %d); the "
+                    "last one, %s, ended: %s" % (rec.lost + 1, self.cfg.pilot.max_attempts,
                                        pilot.pilot_id, status.reason or "unknown"),
-                    reason=p.REASON_LOST))
+                    reason=Reason.LOST))
         return requeued
 
     def _may_retry(self, rec: JobRecord, status: PilotStatus) -> bool:
@@ -301,8 +309,8 @@ class Submitter:
             if rec is None or rec.state == FINISHED:
                 return "not active"
             if rec.state == RECEIVED or self.stager.withdraw(name):
-                self._finish(rec, d.job_node("error", "Cancelled before it started",
-                                             reason=p.REASON_CANCELLED))
+                self._finish(rec, d.job_node(ResultStatus.ERROR, "Cancelled before it started",
+                                             reason=Reason.CANCELLED))
                 return "withdrawn"
             self.stager.request_cancel(name)
             return "cancel requested"

@@ -1,0 +1,1 @@
+"""The submitting side: descriptions, templates, the spool, staging, pilots, the pass."""

@@ -1,0 +1,1 @@
+"""``hpc-batch simulate``: a discrete-event site simulator driven by the real policy code."""
