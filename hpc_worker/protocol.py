@@ -13,7 +13,7 @@ Everything the two sides exchange lives under the HPC workspace root ``W``
     W/queue/claimed/KEY@PILOT   claimed by PILOT (rename of the ready marker)
     W/queue/done/KEY            result.json is complete: the submitter collects
     W/queue/cancel/KEY          a cancel request for a claimed job
-    W/pilots/PILOT.json         registration, written by the submitter
+    W/pilots/PILOT.json         registry entry (records.PilotEntry), written before submission
     W/pilots/PILOT.hb           heartbeat, written by the pilot
     W/pilots/PILOT.log          the pilot's log
 
@@ -53,7 +53,10 @@ STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
 
 CLAIM_SEP = "@"
-KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+SERVER_SEP = "="  # KEY = SERVER=NAME when several submitting servers share one workspace
+KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}$")
+# the pilot files: registry entry, heartbeat, log, scheduler output
+PILOT_SUFFIXES = (".json", ".hb", ".log", ".out")
 
 
 
@@ -64,6 +67,29 @@ def now_iso() -> str:
 
 def valid_key(key: str) -> bool:
     return bool(KEY_RE.match(key)) and CLAIM_SEP not in key
+
+
+def valid_name(name: str) -> bool:
+    """A job name as dropped (NAME.job): a key without a server part."""
+    return valid_key(name) and SERVER_SEP not in name
+
+
+def hpc_key(server: str, name: str) -> str:
+    """The workspace key of job ``name`` from submitting server ``server`` (none: the name)."""
+    return server + SERVER_SEP + name if server else name
+
+
+def server_of(key: str) -> str:
+    """The submitting server a workspace key belongs to ("" for a key without one)."""
+    server, sep, _ = key.partition(SERVER_SEP)
+    return server if sep else ""
+
+
+def pilot_path(root: str, pilot_id: str, suffix: str) -> str:
+    """W/pilots/PILOT.SUFFIX, ``suffix`` one of PILOT_SUFFIXES."""
+    if suffix not in PILOT_SUFFIXES:
+        raise ValueError("unknown pilot file suffix %r" % suffix)
+    return os.path.join(root, PILOTS, pilot_id + suffix)
 
 
 def claim_name(key: str, pilot: str) -> str:

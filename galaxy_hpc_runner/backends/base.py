@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import SchedulerError
 from hpc_worker import protocol as p
 from hpc_worker.states import PilotState
 
@@ -73,6 +74,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, scheduler_id: str) -> None:
         """Ask the scheduler to end the pilot (it gets SIGTERM and releases its jobs)."""
+
+    def find_by_name(self, pilot_id: str) -> str | None:
+        """The scheduler id of a queued or running pilot submitted as ``pilot_id``, or None.
+
+        Asked after any submission whose outcome is uncertain (a killed submitter, a
+        dropped connection), so a pilot is never submitted twice. SchedulerError when
+        the scheduler cannot be asked or cannot look jobs up by name.
+        """
+        raise SchedulerError("the %s backend cannot look pilots up by name" % self.name)
 
     def ping(self) -> str:
         """Ask the scheduler something harmless; SchedulerError when it cannot answer."""

@@ -171,7 +171,7 @@ def _walltime(doc: dict[str, Any], cfg: Config) -> float | None:
 
 def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
     """Every check before staging; raises JobError with a message for the result file."""
-    if not p.valid_key(name):
+    if not p.valid_name(name):
         raise JobError("job name %r: use letters, digits, '.', '_', '-', '+' (up to 200)" % name)
     if "job" in doc:
         raise JobError("the top-level key 'job' is reserved for the result")

@@ -1,4 +1,4 @@
-"""Pilot policy: how many pilots to submit for a backlog.
+"""Pilot policy: how many pilots to submit for a backlog, and when a job is given up.
 
 Kept free of I/O so the submitter and the simulator (``hpc-batch simulate``)
 decide with the very same code.
@@ -52,3 +52,17 @@ def resubmit_ahead(backlog: int, remaining: list[float], pending: int, lead: flo
     expiring = sum(1 for left in remaining if left <= lead)
     wanted = min(expiring, pilots_wanted(backlog, max_pilots, backlog_per_pilot))
     return max(0, wanted - pending)
+
+
+def may_requeue_lost(lost: int, max_attempts: int) -> bool:
+    """A job whose pilot died under it (not at the pilot's walltime) goes back to the queue
+    while it has been lost fewer than ``max_attempts`` times, this time included."""
+    return lost < max_attempts
+
+
+def may_requeue_released(released: int, max_releases: int) -> bool:
+    """A job a stopping pilot gave back (walltime warning, scheduler stop) goes back to the
+    queue while it has been released fewer than ``max_releases`` times, this one included.
+    Past that it ends in error: it does not fit a pilot's usable time, so its description
+    should declare a ``walltime`` (or the pilot's be raised)."""
+    return released < max_releases

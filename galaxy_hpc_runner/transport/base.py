@@ -64,6 +64,14 @@ class Transport(abc.ABC):
     def link(self, src: str, dst: str) -> None:
         """Hard-link ``src`` to ``dst`` on the HPC side (shared inputs)."""
 
+    @abc.abstractmethod
+    def create_exclusive(self, remote: str, text: str) -> bool:
+        """Create ``remote`` holding ``text`` only if nothing is there (O_EXCL); False if taken.
+
+        The one primitive the HPC-side locks are built on: it works the same on a
+        local file system and over SFTP.
+        """
+
     def read_text(self, remote: str, limit: int | None = None) -> str:
         return self.read_bytes(remote, limit).decode("utf-8", "replace")
 
@@ -106,6 +114,17 @@ class LocalTransport(Transport):
 
     def rename(self, src: str, dst: str) -> bool:
         return p.try_rename(src, dst)
+
+    def create_exclusive(self, remote: str, text: str) -> bool:
+        try:
+            fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise TransportError("cannot create %s: %s" % (remote, exc.strerror)) from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return True
 
     def remove(self, path: str) -> None:
         if os.path.isdir(path) and not os.path.islink(path):

@@ -298,6 +298,27 @@ class SshTransport(Transport):
         except OSError as exc:
             raise TransportError("cannot read %s: %s" % (remote, exc)) from exc
 
+    def create_exclusive(self, remote: str, text: str) -> bool:
+        data = text.encode("utf-8")
+
+        def op() -> bool:
+            try:
+                with self._sftp_client().open(remote, "xb") as dst:
+                    dst.write(data)
+            except OSError as exc:
+                if self._exists(remote):  # SFTP servers report EEXIST as a plain failure
+                    return False
+                raise TransportError("cannot create %s: %s" % (remote, exc)) from exc
+            return True
+        return self._retry("create", op)
+
+    def _exists(self, remote: str) -> bool:
+        try:
+            self._sftp_client().lstat(remote)
+        except FileNotFoundError:
+            return False
+        return True
+
     def rename(self, src: str, dst: str) -> bool:
         return self._unless_missing("rename",
                                     lambda: self._sftp_client().posix_rename(src, dst))
