@@ -23,8 +23,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "spool": {"path", "keep_finished_days"},
     "templates": {"path"},
     "submitter": {"interval", "max_log_bytes", "lock_timeout"},
-    "pilot": {"slots", "idle_timeout", "walltime", "max_attempts", "poll", "heartbeat",
-              "grace", "python", "code_dir"},
+    "pilot": {"slots", "idle_timeout", "walltime", "max_attempts", "max_releases", "poll",
+              "heartbeat", "grace", "python", "code_dir"},
     "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres", "time",
                   "mem", "cpus", "account", "qos", "extra_args", "signal", "native_spec",
                   "command_timeout", "failure_backoff", "min_pilots", "resubmit_ahead"},
@@ -70,6 +70,7 @@ class PilotConf:
     idle_timeout: float = 300.0
     walltime: float = 86400.0
     max_attempts: int = 3
+    max_releases: int = 3  # times a stopping pilot may give a job back before it fails
     poll: float = 0.5
     heartbeat: float = 10.0
     grace: float = 10.0
@@ -186,6 +187,7 @@ def _pilot(r: _Reader) -> PilotConf:
         idle_timeout=r.number("pilot", "idle_timeout", d.idle_timeout),
         walltime=r.number("pilot", "walltime", d.walltime),
         max_attempts=int(r.number("pilot", "max_attempts", d.max_attempts, int, 1)),
+        max_releases=int(r.number("pilot", "max_releases", d.max_releases, int, 1)),
         poll=r.number("pilot", "poll", d.poll),
         heartbeat=r.number("pilot", "heartbeat", d.heartbeat),
         grace=r.number("pilot", "grace", d.grace),
