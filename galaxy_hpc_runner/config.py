@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import configparser
+import importlib.resources
+import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hpc_worker
+from galaxy_hpc_runner import config_checks as checks
 from galaxy_hpc_runner.errors import ConfigError
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATES = PROJECT_DIR / "templates"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Where this machine imports the pilot's code from (an installed wheel or a checkout):
+# right for the local backend and a shared file system; the HPC side may differ.
+WORKER_CODE_DIR = Path(hpc_worker.__file__).resolve().parent.parent
 RESERVED_VARS = ("workspace", "scripts", "containers")
 BACKENDS = ("local", "slurm", "drmaa")
 TRANSPORTS = ("local", "ssh")
@@ -22,10 +28,10 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "dropbox": {"path", "allowed_input_roots", "allowed_output_roots", "settle"},
     "spool": {"path", "keep_finished_days"},
     "templates": {"path"},
-    "submitter": {"interval", "max_log_bytes", "lock_timeout"},
+    "submitter": {"interval", "max_log_bytes", "lock_timeout", "metrics_file"},
     "pilot": {"slots", "idle_timeout", "walltime", "max_attempts", "max_releases", "poll",
-              "heartbeat", "grace", "python", "code_dir"},
-    "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres", "time",
+              "heartbeat", "grace", "python", "code_dir", "slots_per_gpu"},
+    "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres",
                   "mem", "cpus", "account", "qos", "extra_args", "signal", "native_spec",
                   "command_timeout", "failure_backoff", "min_pilots", "resubmit_ahead"},
     "transport": {"type", "host", "port", "user", "key_file", "passphrase_env",
@@ -37,11 +43,31 @@ _UNIT = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def shipped(rel: str) -> Path:
+    """A file or directory the package ships, by its path in the source tree.
+
+    ``templates``, ``examples/demo/templates``, ``examples/hpc-batch.ini``,
+    ``tool_wrappers``, ``job_conf.example.yml``: an installed wheel holds them under
+    ``galaxy_hpc_runner/shipped/`` (setup.py maps them there); a checkout or an editable
+    install reads them where they live.
+    """
+    packaged = Path(str(importlib.resources.files("galaxy_hpc_runner").joinpath("shipped", rel)))
+    if packaged.exists():
+        return packaged
+    checkout = PACKAGE_DIR.parent / rel
+    if checkout.exists() and (PACKAGE_DIR.parent / "setup.cfg").is_file():
+        return checkout
+    raise ConfigError("%s is not part of this installation (looked in %s): reinstall "
+                      "galaxy-hpc-batch" % (rel, packaged))
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``HH:MM:SS`` or ``D-HH:MM:SS``."""
     if isinstance(value, bool):
         raise ValueError("not a duration: %r" % value)
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("not a duration: %r (it must be a finite number)" % value)
         if value < 0:
             raise ValueError("duration must not be negative: %r" % value)
         return float(value)
@@ -75,7 +101,8 @@ class PilotConf:
     heartbeat: float = 10.0
     grace: float = 10.0
     python: str = sys.executable
-    code_dir: str = str(PROJECT_DIR)
+    code_dir: str = str(WORKER_CODE_DIR)
+    slots_per_gpu: int = 1  # slots sharing one GPU (check: slots <= GPUs x slots_per_gpu)
 
 
 @dataclass
@@ -103,6 +130,7 @@ class Config:
     max_log_bytes: int = 1 << 20
     lock_timeout: float = 60.0
     keep_finished_days: float = 30.0
+    metrics_file: Path | None = None  # Prometheus text file; default SPOOL/metrics.prom
 
     @property
     def workspace(self) -> str:
@@ -117,8 +145,9 @@ class Config:
 class _Reader:
     """Reads typed values from a ConfigParser and collects every problem."""
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
+    def __init__(self, parser: configparser.ConfigParser, base: Path) -> None:
         self.cp = parser
+        self.base = base  # relative paths are relative to the INI file's directory
         self.errors: list[str] = []
 
     def get(self, section: str, key: str, default: str | None = None) -> str | None:
@@ -140,9 +169,9 @@ class _Reader:
             return default
         try:
             value = parse_duration(raw) if kind is float else int(raw)
-        except ValueError:
+        except ValueError as exc:
             self.errors.append("[%s] %s = %r is not a valid %s" % (
-                section, key, raw, "duration" if kind is float else "whole number"))
+                section, key, raw, _duration_hint(exc) if kind is float else "whole number"))
             return default
         if value < minimum:
             self.errors.append("[%s] %s = %r must be at least %s" % (section, key, raw, minimum))
@@ -152,7 +181,11 @@ class _Reader:
         raw = self.get(section, key)
         if not raw:
             return default
-        return [Path(item).expanduser().resolve() for item in raw.split()]
+        return [self.path(item) for item in raw.split()]
+
+    def path(self, value: str) -> Path:
+        """``~`` expanded; a relative path is relative to the INI file, not the cwd."""
+        return (self.base / Path(value).expanduser()).resolve()
 
     def unknown_keys(self) -> None:
         for section in self.cp.sections():
@@ -160,12 +193,10 @@ class _Reader:
             if section == "hpc_env":
                 continue
             if known is None:
-                self.errors.append("unknown section [%s]" % section)
+                self.errors.append(checks.unknown_section(section, KNOWN_KEYS))
                 continue
-            for key in self.cp.options(section):
-                if key not in known:
-                    self.errors.append("[%s] unknown key %r (known: %s)" % (
-                        section, key, ", ".join(sorted(known))))
+            self.errors += [checks.unknown_key(section, key, KNOWN_KEYS)
+                            for key in self.cp.options(section) if key not in known]
 
 
 def _parser(path: Path) -> configparser.ConfigParser:
@@ -191,6 +222,7 @@ def _pilot(r: _Reader) -> PilotConf:
         poll=r.number("pilot", "poll", d.poll),
         heartbeat=r.number("pilot", "heartbeat", d.heartbeat),
         grace=r.number("pilot", "grace", d.grace),
+        slots_per_gpu=int(r.number("pilot", "slots_per_gpu", d.slots_per_gpu, int, 1)),
         python=r.get("pilot", "python") or d.python,
         code_dir=r.get("pilot", "code_dir") or d.code_dir)
 
@@ -208,16 +240,18 @@ def _hpc_env(r: _Reader) -> dict[str, str]:
 def read_config(path: str | Path) -> tuple[Config, list[str]]:
     """Parse ``path``; returns the config and every problem found (empty when valid)."""
     path = Path(path).resolve()
-    r = _Reader(_parser(path))
+    r = _Reader(_parser(path), path.parent)
     r.unknown_keys()
-    dropbox = Path(r.require("dropbox", "path") or ".").expanduser().resolve()
-    spool = r.get("spool", "path")
+    dropbox = r.path(r.require("dropbox", "path") or ".")
+    spool = r.path(r.get("spool", "path") or str(dropbox / ".hpc-batch"))
+    templates = r.get("templates", "path")
+    metrics = r.get("submitter", "metrics_file")
     cfg = Config(
         path=path, dropbox=dropbox,
         allowed_input_roots=r.paths("dropbox", "allowed_input_roots", [dropbox]),
         allowed_output_roots=r.paths("dropbox", "allowed_output_roots", [dropbox]),
-        spool=Path(spool).expanduser().resolve() if spool else dropbox / ".hpc-batch",
-        templates=Path(r.get("templates", "path") or DEFAULT_TEMPLATES).expanduser().resolve(),
+        spool=spool, metrics_file=r.path(metrics) if metrics else spool / "metrics.prom",
+        templates=r.path(templates) if templates else _default_templates(r),
         hpc_env=_hpc_env(r), pilot=_pilot(r),
         backend=r.get("scheduler", "backend", "local") or "local",
         max_pilots=int(r.number("scheduler", "max_pilots", 1, int, 1)),
@@ -225,15 +259,62 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
         failure_backoff=r.number("scheduler", "failure_backoff", 30.0),
         min_pilots=int(r.number("scheduler", "min_pilots", 0, int, 0)),
         resubmit_ahead=r.number("scheduler", "resubmit_ahead", 0.0),
-        scheduler=dict(r.cp.items("scheduler")) if r.cp.has_section("scheduler") else {},
-        transport=dict(r.cp.items("transport")) if r.cp.has_section("transport") else {},
+        scheduler=_scheduler(r), transport=_transport(r),
         settle=r.number("dropbox", "settle", 2.0),
         interval=r.number("submitter", "interval", 5.0),
         max_log_bytes=int(r.number("submitter", "max_log_bytes", 1 << 20, int, 1024)),
         lock_timeout=r.number("submitter", "lock_timeout", 60.0),
         keep_finished_days=r.number("spool", "keep_finished_days", 30.0))
     r.errors.extend(_semantic_errors(cfg))
-    return cfg, r.errors
+    r.errors.extend(checks.foreign_keys(cfg) + checks.ssh_files(cfg) + checks.contradictions(cfg))
+    index = checks.line_index(path)
+    return cfg, checks.by_line([checks.locate(path, index, error) for error in r.errors])
+
+
+def _duration_hint(exc: ValueError) -> str:
+    hint = str(exc).partition(" (")[2].rstrip(")")
+    return "duration (%s)" % hint if hint else "duration: %s" % exc
+
+
+def _default_templates(r: _Reader) -> Path:
+    try:
+        return shipped("templates")
+    except ConfigError as exc:
+        r.errors.append("[templates] path: %s; set it" % exc)
+        return Path("/nonexistent")
+
+
+def _section(r: _Reader, name: str) -> dict[str, str]:
+    return {k: v.strip() for k, v in r.cp.items(name)} if r.cp.has_section(name) else {}
+
+
+def _scheduler(r: _Reader) -> dict[str, str]:
+    """[scheduler] as the backends read it: numbers checked and given in plain seconds."""
+    opts = _section(r, "scheduler")
+    if "command_timeout" in opts:
+        timeout = r.number("scheduler", "command_timeout", 60.0)
+        if timeout <= 0:
+            r.errors.append("[scheduler] command_timeout must be more than 0 seconds")
+        opts["command_timeout"] = "%g" % timeout
+    if "cpus" in opts:
+        opts["cpus"] = "%d" % r.number("scheduler", "cpus", 1, int, 1)
+    return opts
+
+
+def _transport(r: _Reader) -> dict[str, str]:
+    """[transport] with its port and timeout checked, its files relative to the INI file."""
+    opts = _section(r, "transport")
+    if "port" in opts:
+        port = int(r.number("transport", "port", 22, int, 1))
+        if port > 65535:
+            r.errors.append("[transport] port = %d is not a TCP port (1-65535)" % port)
+        opts["port"] = str(port)
+    if "timeout" in opts:
+        opts["timeout"] = "%g" % r.number("transport", "timeout", 20.0)
+    for key in ("key_file", "known_hosts", "passphrase_file"):
+        if opts.get(key):
+            opts[key] = str(r.path(opts[key]))
+    return opts
 
 
 def _semantic_errors(cfg: Config) -> list[str]:
@@ -248,14 +329,17 @@ def _semantic_errors(cfg: Config) -> list[str]:
         errors.append("[dropbox] path %s is not an existing directory" % cfg.dropbox)
     if not cfg.templates.is_dir():
         errors.append("[templates] path %s is not an existing directory" % cfg.templates)
-    for root in cfg.allowed_input_roots + cfg.allowed_output_roots:
-        if not root.is_dir():
-            errors.append("allowed root %s is not an existing directory" % root)
+    for key, roots in (("allowed_input_roots", cfg.allowed_input_roots),
+                       ("allowed_output_roots", cfg.allowed_output_roots)):
+        errors += ["[dropbox] %s: %s is not an existing directory" % (key, root)
+                   for root in roots if not root.is_dir()]
     workspace = cfg.hpc_env.get("workspace", "")
     if workspace and not workspace.startswith("/"):
         errors.append("[hpc_env] workspace = %r must be an absolute path" % workspace)
     if cfg.pilot.idle_timeout >= cfg.pilot.walltime:
         errors.append("[pilot] idle_timeout must be shorter than walltime")
+    errors += ["[pilot] %s must be more than 0 seconds" % key for key in ("walltime", "poll",
+               "heartbeat") if getattr(cfg.pilot, key) <= 0]
     return errors
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from galaxy_hpc_runner.cli import admin
-from galaxy_hpc_runner.config import PROJECT_DIR, load_config
+from galaxy_hpc_runner.config import load_config, shipped
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.submitter import Submitter
 
@@ -49,7 +49,7 @@ def write_demo_site(root: Path, jobs: int) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     config = root / "demo.ini"
     config.write_text(DEMO_CONFIG.format(
-        root=root, templates=PROJECT_DIR / "examples" / "demo" / "templates"))
+        root=root, templates=shipped("examples/demo/templates")))
     for i in range(jobs):
         media = root / "media" / ("item%03d.txt" % i)
         media.write_text("media item %d: the quick brown fox\n" % i)
