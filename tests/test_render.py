@@ -68,12 +68,12 @@ def test_hostile_values_stay_one_literal_word(value: str, tmp_path: Path) -> Non
 
 
 def test_numbers_and_booleans_render_plainly() -> None:
-    assert render("<<a>> <<b>> <<c>>", {"a": 6, "b": 0.5, "c": True}) == "6 0.5 true"
+    assert render("echo <<a>> <<b>> <<c>>", {"a": 6, "b": 0.5, "c": True}) == "echo 6 0.5 true"
 
 
 def test_unknown_placeholders_are_all_named() -> None:
     with pytest.raises(JobError, match=r"<<nope>>, <<other>>"):
-        render("<<nope>> <<level>> <<other>>", {"level": 1})
+        render("echo <<nope>> <<level>> <<other>>", {"level": 1})
 
 
 def test_seed_result_file_keeps_the_description_and_adds_job() -> None:

@@ -7,8 +7,10 @@ job is staged, so a bad description costs no queue wait.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 import yaml
 
 from galaxy_hpc_runner.config import RESERVED_VARS, Config, parse_duration
-from galaxy_hpc_runner.dropbox.templates import render, template_path
+from galaxy_hpc_runner.dropbox import plainyaml, safefs
+from galaxy_hpc_runner.dropbox.templates import load_template, render, template_path
 from galaxy_hpc_runner.errors import JobError
 from hpc_worker import protocol as p
 from hpc_worker.states import ResultStatus
@@ -32,6 +35,8 @@ SUFFIX = ".job"
 FINISHED_SUFFIX = ".job.finished"
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_KEYS = {"script", "args", "input_map", "output_map", "walltime", "meta"}  # meta: free-form
+MAX_PATH = 4096  # bytes of one input or output path
+MAX_BASENAME = 200  # bytes of a file name in the job directory (temp names add to it)
 
 
 @dataclass
@@ -78,11 +83,12 @@ def dump_yaml(doc: Any) -> str:
 
 
 def parse(text: str) -> dict[str, Any]:
-    """The description as a mapping; JobError when it is not valid YAML or not a mapping."""
-    try:
-        doc = load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise JobError("description is not valid YAML: %s" % str(exc).replace("\n", " ")) from exc
+    """The description as a mapping of plain values; JobError when it is anything else.
+
+    Untrusted text: only plain types, a bounded number of nodes with aliases
+    expanded (see :mod:`plainyaml`).
+    """
+    doc = plainyaml.load(text)
     if not isinstance(doc, dict):
         raise JobError("description must be a YAML mapping, not %s" % type(doc).__name__)
     return doc
@@ -102,28 +108,50 @@ def _under(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def _plain_path(kind: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value) or "\0" in value \
+            or len(value.encode("utf-8", "surrogateescape")) > MAX_PATH:
+        raise JobError("%s %s: %r is not an absolute path (at most %d bytes)"
+                       % (kind, key, value, MAX_PATH))
+    return value
+
+
 def _check_input(key: str, value: Any, cfg: Config) -> str:
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise JobError("input %s: %r is not an absolute path" % (key, value))
-    real = Path(os.path.realpath(value))
+    """The real path of an input, opened once without following links to check it."""
+    real = Path(os.path.realpath(_plain_path("input", key, value)))
     if not _under(real, cfg.allowed_input_roots):
         raise JobError("input %s: %s is outside the allowed input roots (%s)" % (
             key, value, " ".join(map(str, cfg.allowed_input_roots))))
-    if not real.is_file():
-        raise JobError("input %s: %s does not exist or is not a regular file" % (key, value))
+    safefs.utf8_path(str(real), "input %s" % key)
+    try:
+        os.close(safefs.open_under(str(real), cfg.allowed_input_roots))
+    except safefs.UnsafeFile as exc:
+        raise JobError("input %s: %s does not exist or is not a regular file (%s)"
+                       % (key, value, exc)) from None
     return str(real)
 
 
 def _check_output(key: str, value: Any, cfg: Config) -> str:
-    if not isinstance(value, str) or not os.path.isabs(value) or value.endswith("/"):
+    """The real path of an output: its directory under an output root, no link at the target."""
+    if _plain_path("output", key, value).endswith("/"):
         raise JobError("output %s: %r is not an absolute file path" % (key, value))
     parent = Path(os.path.realpath(os.path.dirname(value)))
     target = parent / os.path.basename(value)
-    if not _under(target, cfg.allowed_output_roots):
+    if not _under(target, cfg.allowed_output_roots) or target in cfg.allowed_output_roots:
         raise JobError("output %s: %s is outside the allowed output roots (%s)" % (
             key, value, " ".join(map(str, cfg.allowed_output_roots))))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise JobError("output %s: directory %s does not exist or is not writable" % (key, parent))
+    safefs.utf8_path(str(target), "output %s" % key)
+    try:
+        with safefs.opened(safefs.open_dir_under(str(parent), cfg.allowed_output_roots)) as fd:
+            there = safefs.lstat_at(fd, target.name)
+    except safefs.UnsafeFile as exc:
+        raise JobError("output %s: directory %s cannot be used (%s)" % (key, parent, exc)) \
+            from None
+    if not os.access(parent, os.W_OK):
+        raise JobError("output %s: directory %s is not writable" % (key, parent))
+    if there is not None and not stat.S_ISREG(there.st_mode):
+        raise JobError("output %s: %s exists and is %s; only a regular file is replaced"
+                       % (key, target, safefs.kind(there.st_mode)))
     return str(target)
 
 
@@ -135,8 +163,10 @@ def _basenames(inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str
         base = os.path.basename(path)
         if base in seen:
             raise JobError("files %s and %s share the basename %r" % (seen[base], key, base))
-        if base in (p.SCRIPT, p.META, p.RUNS, p.RESULT, p.STDOUT, p.STDERR) or base[0] == ".":
-            raise JobError("file %s: basename %r is reserved" % (key, base))
+        if base in (p.SCRIPT, p.META, p.RUNS, p.RESULT, p.STDOUT, p.STDERR) or base[0] == "." \
+                or len(base.encode("utf-8")) > MAX_BASENAME:
+            raise JobError("file %s: basename %r is reserved or longer than %d bytes"
+                           % (key, base, MAX_BASENAME))
         seen[base] = key
         result[key] = base
     return result
@@ -161,8 +191,10 @@ def _walltime(doc: dict[str, Any], cfg: Config) -> float | None:
         return None
     try:
         seconds = parse_duration(doc["walltime"])
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise JobError("walltime: %s" % exc) from exc
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise JobError("walltime %r: must be a finite, positive duration" % (doc["walltime"],))
     if seconds > cfg.pilot.walltime:
         raise JobError("walltime %ss exceeds the pilot walltime of %ss: no pilot could run it"
                        % (seconds, cfg.pilot.walltime))
@@ -172,7 +204,8 @@ def _walltime(doc: dict[str, Any], cfg: Config) -> float | None:
 def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
     """Every check before staging; raises JobError with a message for the result file."""
     if not p.valid_name(name):
-        raise JobError("job name %r: use letters, digits, '.', '_', '-', '+' (up to 200)" % name)
+        raise JobError("job name %r: use letters, digits, '.', '_', '-', '+' (up to 200), "
+                       "starting with a letter or digit" % name)
     if "job" in doc:
         raise JobError("the top-level key 'job' is reserved for the result")
     unknown = sorted(set(map(str, doc)) - TOP_KEYS)
@@ -188,15 +221,15 @@ def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
               outputs=outputs, rendered="", walltime=_walltime(doc, cfg),
               basenames=_basenames(inputs, outputs))
     job_workspace = os.path.join(cfg.workspace, p.JOBS, name)
-    job.rendered = render(path.read_text(encoding="utf-8"),
-                          template_values(job, cfg, job_workspace), "template %r" % job.script)
+    job.rendered = render(load_template(path), template_values(job, cfg, job_workspace),
+                          str(path))
     return job
 
 
 def template_values(job: Job, cfg: Config, job_workspace: str) -> dict[str, object]:
     values: dict[str, object] = dict(cfg.hpc_env)
     values.update(job.args)
-    values.update(job.basenames)
+    values.update({k: "./" + v if v.startswith("-") else v for k, v in job.basenames.items()})
     values["workspace"] = job_workspace
     return values
 

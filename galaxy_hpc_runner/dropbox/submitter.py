@@ -1,11 +1,22 @@
 """One submitter pass: receive, stage, follow, collect, keep a pilot queued.
 
 The cron dropbox (``hpc-batch submitter``) and the Galaxy batcher thread both
-drive this class; neither has a copy of its logic.
+drive this class; neither has a copy of its logic. Every pass records its
+outcome in ``SPOOL/last_pass.json``, and :attr:`PassReport.ok` is False when
+anything went wrong (the HPC side or the scheduler could not be reached, a
+spool record is unreadable, outputs could not be fetched, an unexpected error):
+``hpc-batch submitter --once`` exits non-zero then.
+
+Retries follow :mod:`galaxy_hpc_runner.dropbox.policy`, the same functions the
+simulator uses: a job whose pilot died is requeued while
+``policy.may_requeue_lost``, one a stopping pilot gave back while
+``policy.may_requeue_released`` (releases are counted from ``runs.jsonl``), and
+failed collections are retried while ``policy.may_retry_collect``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -17,8 +28,10 @@ from typing import Any
 from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus, make_backend
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox import policy
+from galaxy_hpc_runner.dropbox.liveness import Liveness
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
-from galaxy_hpc_runner.dropbox.policy import pilots_to_submit, resubmit_ahead
+from galaxy_hpc_runner.dropbox.receive import receive_one
 from galaxy_hpc_runner.dropbox.spool import (
     CLAIMED,
     FINISHED,
@@ -27,21 +40,26 @@ from galaxy_hpc_runner.dropbox.spool import (
     JobRecord,
     PilotRecord,
     Spool,
+    is_resubmission,
+    remove_stale_output_temps,
+    set_aside_result,
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
 from galaxy_hpc_runner.errors import (
     HpcBatchError,
-    JobError,
     RemoteFileMissing,
     SchedulerError,
     TransportError,
 )
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import protocol as p
+from hpc_worker.records import MAX_RUNS_BYTES, parse_runs
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
+FETCH_TRIES = 5  # failed collections of a job's outputs before it may end in error ...
+FETCH_MAX_AGE = 3600.0  # ... and seconds since the first failure (both must be reached)
 
 
 @dataclass
@@ -53,6 +71,11 @@ class PassReport:
     requeued: int = 0
     pilots_submitted: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False when the pass met any error: ``submitter --once`` exits non-zero then."""
+        return not self.errors
 
 
 def make_transport(cfg: Config) -> Transport:
@@ -72,26 +95,37 @@ class Submitter:
         self.backend = backend or make_backend(cfg, self.transport)
         self.stager = Stager(cfg, self.transport)
         self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
+        self.liveness = Liveness(cfg, self.transport, self.backend)
         self._layout_ready = False
         self._last_prune = -PRUNE_EVERY
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
-        """One lock-protected pass; HPC-side trouble is reported, never raised."""
+        """One lock-protected pass; every problem is reported in the result, never raised."""
         report = PassReport()
         with self.spool.lock(self.cfg.lock_timeout):
-            self._receive_all(report)
-            try:
-                self._hpc_steps(report)
-            except (TransportError, SchedulerError) as exc:
-                log.error("pass stopped early, will continue next pass: %s", exc)
-                report.errors.append(str(exc))
-                self.transport.close()
+            self._guarded(report, "reading the dropbox", self._receive_all)
+            self._guarded(report, "on the HPC side", self._hpc_steps)
+            report.errors.extend(self.spool.take_problems())
             self._write_pass_status(report)
             if time.monotonic() - self._last_prune > PRUNE_EVERY:
                 self._last_prune = time.monotonic()
                 self.spool.prune(self.cfg.keep_finished_days)
         return report
+
+    def _guarded(self, report: PassReport, what: str,
+                 step: Callable[[PassReport], None]) -> None:
+        """Run one step of the pass; any error ends the step and fails the pass."""
+        try:
+            step(report)
+        except (TransportError, SchedulerError) as exc:
+            log.error("pass stopped %s, will continue next pass: %s", what, exc)
+            report.errors.append("%s: %s" % (what, exc))
+            self.transport.close()
+        except Exception as exc:  # a pass always records its outcome
+            log.exception("unexpected error %s", what)
+            report.errors.append("unexpected error %s: %s: %s" % (what, type(exc).__name__, exc))
+            self.transport.close()
 
     def _hpc_steps(self, report: PassReport) -> None:
         if not self._layout_ready:
@@ -135,9 +169,8 @@ class Submitter:
             (wake or stop).wait(self.cfg.interval if interval is None else interval)
 
     def _write_pass_status(self, report: PassReport) -> None:
-        p.write_json(str(self.spool.path / "last_pass.json"), {
-            "time": p.now_iso(), "ok": not report.errors, "errors": report.errors,
-            "report": report.__dict__})
+        p.write_json(str(self.spool.path / "last_pass.json"), dict(
+            time=p.now_iso(), ok=report.ok, errors=report.errors, report=report.__dict__))
 
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
@@ -148,41 +181,26 @@ class Submitter:
             if not fname.endswith(d.SUFFIX) or fname.startswith("."):
                 continue
             name = fname[: -len(d.SUFFIX)]
-            if name in active or name in answered:
+            if name in active:
+                continue
+            if name in answered and not self._resubmitted(name):
                 continue
             if name in finished:  # its result was taken away and the job dropped again
                 self.spool.retire(name)
             self._receive(name, report)
 
-    def _receive(self, name: str, report: PassReport) -> None:
-        path = self.cfg.dropbox / (name + d.SUFFIX)
-        doc: dict[str, Any] | None = None
-        try:
-            text = path.read_text(encoding="utf-8")
-            doc = d.parse(text)
-            job = d.validate(name, doc, self.cfg)
-        except FileNotFoundError:
-            return
-        except (JobError, UnicodeDecodeError, OSError) as exc:
-            if self._maybe_incomplete(path):
-                return
-            rec = self.spool.create(name, doc)
-            self._finish(rec, d.job_node(ResultStatus.ERROR, "Invalid job description: %s" % exc,
-                                         reason=Reason.INVALID))
-            report.rejected += 1
-            return
-        meta = {"inputs": {job.basenames[k]: v for k, v in job.inputs.items()},
-                "outputs": {job.basenames[k]: v for k, v in job.outputs.items()},
-                "script_text": job.rendered, "pilot_meta": job.meta()}
-        self.spool.create(name, doc, meta)
-        report.received += 1
+    def _resubmitted(self, name: str) -> bool:
+        """A NAME.job newer than its NAME.job.finished is a new job; the old result is kept
+        aside as NAME.job.finished.replaced-NS (README: resubmitting a name)."""
+        result = self.cfg.dropbox / (name + d.FINISHED_SUFFIX)
+        if not is_resubmission(self.cfg.dropbox / (name + d.SUFFIX), result):
+            return False
+        kept = set_aside_result(result)
+        log.info("(%s) resubmitted: a new job; the earlier result is kept as %s", name, kept)
+        return True
 
-    def _maybe_incomplete(self, path: os.PathLike[str]) -> bool:
-        """A young file that fails may still be being written: look again next pass."""
-        try:
-            return time.time() - os.stat(path).st_mtime < self.cfg.settle
-        except FileNotFoundError:
-            return True
+    def _receive(self, name: str, report: PassReport) -> None:
+        receive_one(self.cfg, self.spool, name, report, self._finish)
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
@@ -200,26 +218,92 @@ class Submitter:
     def _follow(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
         key = rec.name
         if key in view.done:
-            self._finish(rec, self._collect(rec))
-            report.finished += 1
+            self._collect_and_finish(rec, report)
         elif key in view.claimed:
             if rec.state != CLAIMED or rec.pilot != view.claimed[key]:
                 self.spool.transition(rec, CLAIMED, pilot=view.claimed[key])
         elif key in view.ready:
             if rec.state == CLAIMED:
-                self.spool.transition(rec, STAGED, message="released by pilot %s" % rec.pilot)
-        elif not self.stager.marker_exists(key):  # look twice: markers move while we list
+                self._released(rec, view, report)
+        elif self.stager.marker_exists(key):  # look twice: markers move while we list
+            return
+        elif rec.withdrawn:  # a pass withdrew it and died before its result was written
+            self._finish(rec, d.job_node(ResultStatus.ERROR, rec.message or "Withdrawn",
+                                         reason=Reason(rec.withdrawn)))
+        else:
             log.warning("(%s) has no queue marker on the HPC side: staging it again", key)
             self.spool.transition(rec, RECEIVED, message="queue marker missing")
 
-    def _collect(self, rec: JobRecord) -> dict[str, Any]:
-        """The result node; a result that vanished or broke on the HPC side is an error."""
+    def _released(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
+        """A stopping pilot gave the job back: requeued, or past max_releases an error."""
+        count, cap = self._releases(rec), self.cfg.pilot.max_releases
+        if policy.may_requeue_released(count, cap):
+            self.spool.transition(rec, STAGED, message="released by pilot %s (%d of "
+                                  "max_releases = %d)" % (rec.pilot, count, cap))
+            return
+        self._withdraw_and_fail(rec, Reason.RELEASED,
+                                policy.released_message(count, cap, rec.pilot))
+        view.ready.discard(rec.name)
+        report.finished += 1
+
+    def _withdraw_and_fail(self, rec: JobRecord, reason: Reason, message: str) -> None:
+        """Take a queued job out of the queue, then end it; safe to kill at any instant."""
+        self.spool.note(rec, withdrawn=str(reason), message=message)
+        if self.stager.withdraw(rec.name):
+            self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
+
+    def _releases(self, rec: JobRecord) -> int:
+        """Times the job was given back: the release lines of its runs.jsonl, plus pilots
+        that hit their hard walltime holding it (no line: they had no time to write one)."""
+        path = self.stager.path(p.JOBS, rec.name, p.RUNS)
         try:
-            return self.stager.collect(rec)
+            data = self.transport.read_bytes(path, limit=MAX_RUNS_BYTES)
+        except RemoteFileMissing:
+            data = b""
+        return rec.walltime_kills + sum(1 for run in parse_runs(data) if run.released)
+
+    # -- collect ---------------------------------------------------------------------
+    def _collect_and_finish(self, rec: JobRecord, report: PassReport) -> None:
+        """Result and outputs; a failed fetch keeps the HPC side and is retried (bounded)."""
+        outputs: dict[str, str] = rec.meta.get("outputs") or {}
+        for path in remove_stale_output_temps(list(outputs.values())):
+            log.info("(%s) removed %s, left by an interrupted fetch", rec.name, path)
+        node = self._collect(rec)
+        if node["status"] == ResultStatus.OK and outputs:
+            try:
+                self.stager.fetch_outputs(self.stager.path(p.JOBS, rec.name), outputs)
+            except (TransportError, OSError) as exc:
+                if self._fetch_failed(rec, outputs, exc, report):
+                    return
+                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
+                            message="Could not retrieve outputs after %d tries: %s (outputs: %s)"
+                            % (rec.fetch_failures + 1, exc, ", ".join(outputs.values())))
+        self._finish(rec, node)
+        report.finished += 1
+
+    def _collect(self, rec: JobRecord) -> dict[str, Any]:
+        """The result node (outputs not fetched); a result that vanished or broke is an error."""
+        try:
+            return self.stager.collect(dataclasses.replace(rec, meta={**rec.meta, "outputs": {}}))
         except (RemoteFileMissing, ValueError, KeyError) as exc:
             log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
             return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the "
                               "HPC side: %s" % exc, reason=Reason.LOST)
+
+    def _fetch_failed(self, rec: JobRecord, outputs: dict[str, str], exc: Exception,
+                      report: PassReport) -> bool:
+        """Note a failed fetch; True while the policy says try again on a later pass."""
+        now = time.time()
+        failures, since = rec.fetch_failures + 1, rec.fetch_since or now
+        if not policy.may_retry_collect(failures, now - since, FETCH_TRIES, FETCH_MAX_AGE):
+            return False
+        message = ("(%s) could not fetch its outputs (%s): %s; they stay on the HPC side and "
+                   "the next pass tries again (%d failure(s) so far)"
+                   % (rec.name, ", ".join(outputs.values()), exc, failures))
+        log.error("%s", message)
+        self.spool.note(rec, fetch_failures=failures, fetch_since=since, message=message)
+        report.errors.append(message)
+        return True
 
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""
@@ -234,6 +318,8 @@ class Submitter:
 
     def _cleanup(self, rec: JobRecord) -> None:
         try:
+            if rec.pilot:  # a claim a dead pilot left
+                self.stager.drop_claim(rec.name, rec.pilot)
             self.stager.cleanup(rec.name)
         except TransportError as exc:
             log.warning("(%s) cleanup postponed: %s", rec.name, exc)
@@ -243,10 +329,16 @@ class Submitter:
     # -- pilots ----------------------------------------------------------------------
     def _manage_pilots(self, report: PassReport) -> None:
         known = self.pilots.refresh()
+        if known and all(s.state is PilotState.UNKNOWN for _, s in known):
+            report.errors.append("the scheduler could not be asked about %d pilot(s); nothing "
+                                 "submitted (see the log)" % len(known))
         view = self.stager.queue_view()  # fresh: collecting may have taken a while
         for pilot, status in known:
             if status.state is PilotState.GONE:
-                report.requeued += self._reclaim(pilot, status, view)
+                report.requeued += self._reclaim(pilot.pilot_id, view, status.timed_out,
+                                                 "ended: %s" % (status.reason or "no reason"))
+        for holder, cause in self.liveness.dead_holders(view, known, self.spool).items():
+            report.requeued += self._reclaim(holder, view, False, cause)
         count = self._pilots_wanted_now(known, len(view.ready))
         if count and self.pilots.backoff_left() > 0:
             report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
@@ -262,44 +354,54 @@ class Submitter:
         cfg = self.cfg
         states = [s.state for _, s in known]
         pending = states.count(PilotState.PENDING)
-        count = pilots_to_submit(backlog, pending + states.count(PilotState.RUNNING),
-                                 states.count(PilotState.UNKNOWN), cfg.max_pilots,
-                                 cfg.backlog_per_pilot, cfg.min_pilots)
+        count = policy.pilots_to_submit(backlog, pending + states.count(PilotState.RUNNING),
+                                        states.count(PilotState.UNKNOWN), cfg.max_pilots,
+                                        cfg.backlog_per_pilot, cfg.min_pilots)
         if cfg.resubmit_ahead > 0 and not count:
             remaining = self.pilots.remaining(known)
-            count = resubmit_ahead(backlog, remaining, pending, cfg.resubmit_ahead,
-                                   cfg.max_pilots, cfg.backlog_per_pilot)
+            count = policy.resubmit_ahead(backlog, remaining, pending, cfg.resubmit_ahead,
+                                          cfg.max_pilots, cfg.backlog_per_pilot)
         return count
 
-    def _reclaim(self, pilot: PilotRecord, status: PilotStatus, view: QueueView) -> int:
-        """Claims a gone pilot still holds go back to the queue (or fail after max_attempts)."""
+    def _reclaim(self, holder: str, view: QueueView, walltime: bool, cause: str) -> int:
+        """Claims a dead pilot still holds: requeued, or failed by the policy."""
         requeued = 0
-        for key, holder in list(view.claimed.items()):
-            rec = self.spool.get(key)
-            if holder != pilot.pilot_id or rec is None or rec.state == FINISHED:
+        for key, pilot in list(view.claimed.items()):
+            rec = self.spool.get(key) if pilot == holder else None
+            if rec is None or rec.state == FINISHED:
                 continue
             del view.claimed[key]
             if self.stager.has_result(key):  # it ended; only the done marker was missing
                 if self.stager.move_claim(key, holder, p.DONE):
                     view.done.add(key)
-            elif self._may_retry(rec, status):
-                if self.stager.move_claim(key, holder, p.READY):
-                    view.ready.add(key)
-                    requeued += 1
-                    self.spool.transition(
-                        rec, STAGED, lost=rec.lost + (0 if status.timed_out else 1),
-                        message="pilot %s gone (%s): requeued" % (pilot.pilot_id, status.reason))
-            else:
-                self.stager.drop_claim(key, holder)
-                self._finish(rec, d.job_node(
-                    ResultStatus.ERROR, "Job lost its pilot %d time(s) (max_attempts = %d); the "
-                    "last one, %s, ended: %s" % (rec.lost + 1, self.cfg.pilot.max_attempts,
-                                       pilot.pilot_id, status.reason or "unknown"),
-                    reason=Reason.LOST))
+            elif self._requeue(rec, holder, walltime, cause):
+                view.ready.add(key)
+                requeued += 1
         return requeued
 
-    def _may_retry(self, rec: JobRecord, status: PilotStatus) -> bool:
-        return status.timed_out or rec.lost + 1 < self.cfg.pilot.max_attempts
+    def _requeue(self, rec: JobRecord, holder: str, walltime: bool, cause: str) -> bool:
+        """One dead pilot's claim: back to ready/ while the policy allows, else an error."""
+        pc = self.cfg.pilot
+        if walltime:  # a hard walltime kill is a release the pilot had no time to write
+            count = self._releases(rec) + 1
+            allowed = policy.may_requeue_released(count, pc.max_releases)
+            detail: dict[str, Any] = {"walltime_kills": rec.walltime_kills + 1}
+        else:
+            count = rec.lost + 1
+            allowed = policy.may_requeue_lost(count, pc.max_attempts)
+            detail = {"lost": count}
+        if allowed:
+            if not self.stager.move_claim(rec.name, holder, p.READY):
+                return False
+            self.spool.transition(rec, STAGED, message="pilot %s %s: requeued" % (holder, cause),
+                                  **detail)
+            return True
+        self.spool.note(rec, **detail)
+        message = (policy.released_message(count, pc.max_releases, holder) if walltime else
+                   policy.lost_message(count, pc.max_attempts, holder, cause))
+        self._finish(rec, d.job_node(ResultStatus.ERROR, message,
+                                     reason=Reason.RELEASED if walltime else Reason.LOST))
+        return False
 
     # -- cancel ----------------------------------------------------------------------
     def cancel(self, name: str) -> str:
@@ -308,9 +410,16 @@ class Submitter:
             rec = self.spool.get(name)
             if rec is None or rec.state == FINISHED:
                 return "not active"
-            if rec.state == RECEIVED or self.stager.withdraw(name):
-                self._finish(rec, d.job_node(ResultStatus.ERROR, "Cancelled before it started",
+            message = "Cancelled before it started"
+            if rec.state == RECEIVED:
+                self._finish(rec, d.job_node(ResultStatus.ERROR, message,
                                              reason=Reason.CANCELLED))
                 return "withdrawn"
+            self.spool.note(rec, withdrawn=str(Reason.CANCELLED), message=message)
+            if self.stager.withdraw(name):
+                self._finish(rec, d.job_node(ResultStatus.ERROR, message,
+                                             reason=Reason.CANCELLED))
+                return "withdrawn"
+            self.spool.note(rec, withdrawn="", message="")
             self.stager.request_cancel(name)
             return "cancel requested"

@@ -2,4 +2,4 @@
 # Contention benchmark's stand-in GPU tool: holds its GPU <<seconds>> s, then writes <<output>>.
 set -eu
 sleep <<seconds>>
-echo "gpu work done after <<seconds>> s" > <<output>>
+echo gpu work done after <<seconds>> s > <<output>>

@@ -3,5 +3,5 @@
 set -e
 echo "start $HPC_BATCH_JOB" >> <<ledger>>
 sleep <<seconds>>
-echo "slept <<seconds>>" > <<output>>
+echo slept <<seconds>> > <<output>>
 echo "completed $HPC_BATCH_JOB" >> <<ledger>>

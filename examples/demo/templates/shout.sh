@@ -4,4 +4,4 @@ set -euo pipefail
 echo "job running on $(hostname) with CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-none}"
 sleep <<seconds>>
 tr '[:lower:]' '[:upper:]' < <<input>> > <<output>>
-echo "wrote <<output>>" >&2
+echo wrote <<output>> >&2

@@ -1,0 +1,139 @@
+"""The receive step: one ``NAME.job`` from the dropbox becomes a spool record or an error result.
+
+Whoever may write the dropbox is not trusted with anything else. An entry is
+read through one descriptor opened without following links or blocking
+(a symlink, FIFO or directory named ``x.job`` is that entry's error result),
+capped in size, parsed as plain YAML and validated. Any exception while one
+description is handled becomes that description's error result; the pass
+goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox import safefs
+from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
+from galaxy_hpc_runner.errors import JobError
+from hpc_worker import protocol as p
+from hpc_worker.states import Reason, ResultStatus
+
+log = logging.getLogger(__name__)
+MAX_DESCRIPTION_BYTES = 1 << 20
+NAME_MAX = 255  # bytes of one file name on every file system we know
+_unanswerable: set[str] = set()  # names already logged as impossible to answer
+
+
+class Report(Protocol):
+    received: int
+    rejected: int
+
+
+Finish = Callable[[JobRecord, dict[str, Any]], None]
+
+
+def answerable(name: str) -> bool:
+    """Whether ``NAME.job.finished`` can exist at all (file names have a byte limit)."""
+    try:
+        size = len((name + d.FINISHED_SUFFIX).encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return False
+    return size <= NAME_MAX
+
+
+def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Finish) -> None:
+    """Receive ``NAME.job``: a spool record, an error result, or (still young) nothing yet."""
+    if not answerable(name):
+        if name not in _unanswerable:
+            _unanswerable.add(name)
+            log.error("(%r) cannot be answered: %s%s would be longer than %d bytes; rename or "
+                      "remove %s%s", name, name, d.FINISHED_SUFFIX, NAME_MAX, name, d.SUFFIX)
+        return
+    doc: dict[str, Any] | None = None
+    try:
+        doc = _read_description(cfg, name)
+        spool.create(name, doc, _meta(d.validate(name, doc, cfg)))
+        report.received += 1
+        return
+    except FileNotFoundError:
+        return
+    except (JobError, OSError, UnicodeError) as exc:
+        if _maybe_incomplete(cfg, name):
+            return
+        message = "Invalid job description: %s" % _text(exc)
+    except Exception as exc:  # one description never stops a pass
+        log.exception("(%r) unexpected error while reading its description", name)
+        message = "Invalid job description: it could not be handled (%s: %s)" % (
+            type(exc).__name__, _text(exc))
+    _reject(cfg, spool, name, doc, message, finish)
+    report.rejected += 1
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _read_description(cfg: Config, name: str) -> dict[str, Any]:
+    data = read_entry(cfg, name + d.SUFFIX)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError("the description is not UTF-8 text (byte %d)" % exc.start) from None
+    return d.parse(text)
+
+
+def read_entry(cfg: Config, fname: str) -> bytes:
+    """A dropbox entry's bytes: a regular file, not a link, opened without blocking, capped."""
+    with safefs.opened(safefs.open_root(cfg.dropbox)) as dir_fd:
+        try:
+            return safefs.read_at(dir_fd, fname, MAX_DESCRIPTION_BYTES, fname)
+        except safefs.UnsafeFile as exc:
+            if str(exc).endswith("does not exist"):
+                raise FileNotFoundError(fname) from None
+            raise
+
+
+def _meta(job: d.Job) -> dict[str, Any]:
+    return {"inputs": {job.basenames[k]: v for k, v in job.inputs.items()},
+            "outputs": {job.basenames[k]: v for k, v in job.outputs.items()},
+            "script_text": job.rendered, "pilot_meta": job.meta()}
+
+
+def _reject(cfg: Config, spool: Spool, name: str, doc: dict[str, Any] | None,
+            message: str, finish: Finish) -> None:
+    """The error result; a name the spool cannot hold is answered by the result file alone."""
+    node = d.job_node(ResultStatus.ERROR, message, reason=Reason.INVALID)
+    if not _utf8(name):
+        path = os.path.join(str(cfg.dropbox), name + d.FINISHED_SUFFIX)
+        p.atomic_write(path, d.result_document(None, node), mode=safefs.umask_mode(0o666))
+        return
+    try:
+        rec = spool.create(name, doc)
+    except (TypeError, ValueError):  # a document the spool cannot store as JSON
+        node["message"] += " (the description is not repeated here: it cannot be stored)"
+        rec = spool.create(name, None)
+    finish(rec, node)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _maybe_incomplete(cfg: Config, name: str) -> bool:
+    """A young regular file that fails may still be being written: look again next pass."""
+    try:
+        info = os.stat(cfg.dropbox / (name + d.SUFFIX), follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime < cfg.settle
