@@ -66,3 +66,33 @@ def may_requeue_released(released: int, max_releases: int) -> bool:
     Past that it ends in error: it does not fit a pilot's usable time, so its description
     should declare a ``walltime`` (or the pilot's be raised)."""
     return released < max_releases
+
+
+def stale_after(heartbeat: float, grace: float) -> float:
+    """Seconds after its last heartbeat a pilot counts as dead: three missed beats plus the
+    pilot's ``grace``. A claim held by a pilot silent for longer is reclaimed, so no job
+    stays ``claimed`` without a live pilot for longer than this plus one submitter pass."""
+    return 3.0 * heartbeat + grace
+
+
+def may_retry_collect(failures: int, since_first: float, max_tries: int = 5,
+                      max_age: float = 3600.0) -> bool:
+    """A finished job whose outputs could not be fetched (disk full, transfer error) keeps its
+    HPC-side files and is fetched again on later passes: while it has failed fewer than
+    ``max_tries`` times (this one included) or less than ``max_age`` seconds have passed since
+    the first failure. Past both it ends in error, naming the file."""
+    return failures < max_tries or since_first < max_age
+
+
+def released_message(count: int, max_releases: int, pilot: str) -> str:
+    """The error of a job past ``max_releases``: why, and what to declare."""
+    return ("Job was given back by a stopping pilot %d time(s) (max_releases = %d; the last "
+            "time by %s): it does not fit in the time a pilot has left. Declare its "
+            "`walltime:` in the description, so a pilot starts it only when it can finish, "
+            "or raise [pilot] walltime" % (count, max_releases, pilot))
+
+
+def lost_message(count: int, max_attempts: int, pilot: str, cause: str) -> str:
+    """The error of a job whose pilot died under it ``max_attempts`` times."""
+    return ("Job lost its pilot %d time(s) (max_attempts = %d); the last one, %s, %s"
+            % (count, max_attempts, pilot, cause))

@@ -2,15 +2,20 @@
 
 A job is ``received`` (its description was read and validated), ``staged``
 (its files and ready marker are on the HPC side), ``claimed`` (a pilot runs
-it) or ``finished`` (its result file exists). A job whose pilot dies goes back
-to ``staged``. Each job is one JSON record, replaced atomically on every
-transition, and every transition is also one line of ``events.jsonl``::
+it) or ``finished`` (its result file exists). A job whose pilot dies, or that a
+stopping pilot gives back, goes back to ``staged``. Each job is one JSON record,
+replaced atomically on every transition, and every transition is also one line
+of ``events.jsonl``::
 
     SPOOL/jobs/NAME.json        active jobs
     SPOOL/finished/NAME.json    finished jobs whose HPC files are cleaned up
     SPOOL/pilots/PILOT.json     pilots this spool submitted
     SPOOL/events.jsonl          the event log behind status/show/logs
-    SPOOL/lock                  held during a submitter pass
+    SPOOL/lock                  held during a submitter pass (mode 0600)
+
+The spool directory is private to its owner (0700). A record that cannot be
+read is never skipped silently: it is reported (by file name, with what to do)
+in every pass until an admin moves it away, and the other jobs go on.
 
 A process killed at any instant leaves every record either before or after a
 transition, and each step of a pass is safe to repeat, so nothing is lost and
@@ -20,6 +25,7 @@ nothing runs twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -42,10 +48,18 @@ TRANSITIONS = {
     CLAIMED: {STAGED, FINISHED, CLAIMED},
     FINISHED: set(),
 }
+RECORD_SUFFIX = ".json"
+# temp files the submitter writes beside a job's outputs: .BASENAME.hpc-batch-tmp-PID-RAND
+OUTPUT_TEMP_MARK = ".hpc-batch-tmp-"
+REPLACED_MARK = ".replaced-"  # NAME.job.finished.replaced-NS: the result of an earlier run
 
 
 class LockTimeout(HpcBatchError):
     """Another submitter pass holds the spool lock."""
+
+
+class SpoolError(HpcBatchError):
+    """A spool record cannot be read; the message names the file and what to do."""
 
 
 @dataclass
@@ -55,17 +69,27 @@ class JobRecord:
     doc: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # validated facts for staging
     pilot: str = ""
-    lost: int = 0
+    lost: int = 0  # times its pilot died under it (policy.may_requeue_lost)
+    walltime_kills: int = 0  # pilots that hit their hard walltime holding it (a release
+    #                          with no runs.jsonl line; policy.may_requeue_released)
+    withdrawn: str = ""  # the Reason it is being taken out of the queue for, until finished
+    fetch_failures: int = 0  # failed collections of its outputs (policy.may_retry_collect)
+    fetch_since: float = 0.0  # epoch of the first failed collection
     received: str = ""
     updated: str = ""
     status: str = ""  # ok | error once finished
     message: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+    def from_json(cls, data: Any) -> JobRecord:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError("not a job record (a JSON object with a name)")
         rec = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         rec.state = JobState(rec.state)
         return rec
+
+
+DETAIL_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord)) - {"name", "state"}
 
 
 @dataclass
@@ -80,30 +104,62 @@ class PilotRecord:
     failed: bool = False  # ended without ever starting (no heartbeat)
 
 
+def unreadable(path: Path | str, exc: BaseException) -> str:
+    """The message for a record that cannot be read: which file, why, what to do."""
+    return ("unreadable spool record %s (%s): move it out of the spool directory and look "
+            "at it; the job it describes is not followed while it is there" % (path, exc))
+
+
 class Spool:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.jobs = self.path / "jobs"
-        self.finished = self.path / "finished"
+        self.finished = self.path / str(FINISHED)
         self.pilots_dir = self.path / "pilots"
         self.events = self.path / "events.jsonl"
+        self.problems: list[str] = []  # unreadable records met since the last take_problems()
+        self._make_private()
         for d in (self.jobs, self.finished, self.pilots_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, exist_ok=True)
+
+    def _make_private(self) -> None:
+        """The spool holds every job's paths and scripts: only its owner may enter it."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(self.path, 0o700)
+
+    def take_problems(self) -> list[str]:
+        out, self.problems = self.problems, []
+        return out
 
     # -- jobs ------------------------------------------------------------------------
     def active(self) -> list[JobRecord]:
-        return [rec for name in p.listdir(str(self.jobs)) if name.endswith(".json")
-                if (rec := self._load(self.jobs / name)) is not None]
+        """Every active job; an unreadable record is logged and kept in ``problems``."""
+        out = []
+        for name in p.listdir(str(self.jobs)):
+            if name.endswith(RECORD_SUFFIX):
+                try:
+                    rec = self._load(self.jobs / name)
+                except SpoolError as exc:
+                    self._problem(str(exc))
+                    continue
+                if rec is not None:
+                    out.append(rec)
+        return out
 
     def active_names(self) -> set[str]:
-        return {n[:-5] for n in p.listdir(str(self.jobs)) if n.endswith(".json")}
+        return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.jobs))
+                if n.endswith(RECORD_SUFFIX)}
 
     def finished_names(self) -> set[str]:
-        return {n[:-5] for n in p.listdir(str(self.finished)) if n.endswith(".json")}
+        return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.finished))
+                if n.endswith(RECORD_SUFFIX)}
 
     def get(self, name: str) -> JobRecord | None:
+        """The job's record, None when the spool has none; SpoolError when it is unreadable."""
         for directory in (self.jobs, self.finished):
-            rec = self._load(directory / (name + ".json"))
+            rec = self._load(directory / (name + RECORD_SUFFIX))
             if rec is not None:
                 return rec
         return None
@@ -122,23 +178,34 @@ class Spool:
         if state not in TRANSITIONS[rec.state]:
             raise HpcBatchError("(%s) illegal transition %s -> %s" % (rec.name, rec.state, state))
         old, rec.state, rec.updated = rec.state, state, p.now_iso()
-        for key in ("pilot", "lost", "status", "message"):
-            if key in detail:
-                setattr(rec, key, detail[key])
+        self._apply(rec, detail)
         self._save(rec)
         self.event(rec.name, old, state, **detail)
         log.info("(%s) %s -> %s%s", rec.name, old, state,
                  " (%s)" % detail["message"] if detail.get("message") else "")
 
+    def note(self, rec: JobRecord, **detail: Any) -> None:
+        """Record facts about ``rec`` (counters, a message) without changing its state."""
+        rec.updated = p.now_iso()
+        self._apply(rec, detail)
+        self._save(rec)
+        self.event(rec.name, rec.state, rec.state, **detail)
+
+    @staticmethod
+    def _apply(rec: JobRecord, detail: dict[str, Any]) -> None:
+        for key in DETAIL_FIELDS.intersection(detail):
+            setattr(rec, key, detail[key])
+
     def archive(self, rec: JobRecord) -> None:
         """A finished job whose HPC files are gone leaves the active set."""
-        os.replace(self.jobs / (rec.name + ".json"), self.finished / (rec.name + ".json"))
+        os.replace(self.jobs / (rec.name + RECORD_SUFFIX),
+                   self.finished / (rec.name + RECORD_SUFFIX))
 
     def retire(self, name: str) -> None:
         """Make room for a resubmission under the same name; the old record is kept."""
-        src = self.finished / (name + ".json")
+        src = self.finished / (name + RECORD_SUFFIX)
         if src.exists():
-            os.replace(src, self.finished / ("%s.json.%d" % (name, time.time_ns())))
+            os.replace(src, self.finished / ("%s%s.%d" % (name, RECORD_SUFFIX, time.time_ns())))
 
     def event(self, name: str, old: JobState | None, new: JobState, **detail: Any) -> None:
         entry = {"time": p.now_iso(), "job": name, "from": old, "to": new}
@@ -167,7 +234,12 @@ class Spool:
         return removed
 
     def _save(self, rec: JobRecord) -> None:
-        p.write_json(str(self.jobs / (rec.name + ".json")), asdict(rec))
+        p.write_json(str(self.jobs / (rec.name + RECORD_SUFFIX)), asdict(rec))
+
+    def _problem(self, message: str) -> None:
+        log.error("%s", message)
+        if message not in self.problems:
+            self.problems.append(message)
 
     @staticmethod
     def _load(path: Path) -> JobRecord | None:
@@ -175,30 +247,40 @@ class Spool:
             return JobRecord.from_json(p.read_json(str(path)))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            log.error("unreadable spool record %s: %s", path, exc)
-            return None
+        except (OSError, ValueError, TypeError) as exc:
+            raise SpoolError(unreadable(path, exc)) from exc
 
     # -- pilots ----------------------------------------------------------------------
     def pilots(self) -> list[PilotRecord]:
+        """Every pilot this spool submitted; an unreadable record is kept in ``problems``."""
         out = []
         for name in p.listdir(str(self.pilots_dir)):
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                rec = PilotRecord(**p.read_json(str(self.pilots_dir / name)))
+            path = self.pilots_dir / name
+            try:
+                rec = PilotRecord(**p.read_json(str(path)))
                 rec.state = PilotState(rec.state)
-                out.append(rec)
+            except (OSError, ValueError, TypeError) as exc:
+                self._problem(unreadable(path, exc))
+                continue
+            out.append(rec)
         return sorted(out, key=lambda r: r.submitted)
 
     def save_pilot(self, rec: PilotRecord) -> None:
         rec.updated = p.now_iso()
-        p.write_json(str(self.pilots_dir / (rec.pilot_id + ".json")), asdict(rec))
+        p.write_json(str(self.pilots_dir / (rec.pilot_id + RECORD_SUFFIX)), asdict(rec))
 
     # -- the pass lock ---------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
-        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``.
+
+        The lock file lives in the private spool directory, is opened without following
+        links and is readable and writable by its owner only, so nobody else can take it.
+        """
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
             deadline = time.monotonic() + timeout
             while True:
                 try:
@@ -212,3 +294,57 @@ class Spool:
             yield
         finally:
             os.close(fd)
+
+
+# -- names the submitter writes in the user's directories ---------------------------------
+def output_temp(target: str) -> str:
+    """The temp name an output is fetched to, beside its target, recognisable as ours."""
+    directory, base = os.path.split(target)
+    return os.path.join(directory, ".%s%s%d-%s" % (base, OUTPUT_TEMP_MARK, os.getpid(),
+                                                   os.urandom(4).hex()))
+
+
+def remove_stale_output_temps(targets: list[str]) -> list[str]:
+    """Remove our temp files left beside ``targets`` by a pass that was killed mid-fetch.
+
+    Only names made by :func:`output_temp` for exactly these targets, only regular files.
+    Called under the spool lock, so no other pass of this spool is fetching them now.
+    """
+    removed = []
+    for target in targets:
+        directory, base = os.path.split(target)
+        prefix = ".%s%s" % (base, OUTPUT_TEMP_MARK)
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(prefix) and os.path.isfile(path) and not os.path.islink(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+    return removed
+
+
+# -- resubmission of a NAME that has a result ----------------------------------------------
+def is_resubmission(description: Path, result: Path) -> bool:
+    """``NAME.job`` changed after ``NAME.job.finished`` was written: a new job of that name.
+
+    A new description (written in place, renamed in, copied, or touched) gets a change
+    time (ctime) later than the result's; the description a result answers is older.
+    """
+    try:
+        return description.stat().st_ctime_ns > result.stat().st_ctime_ns
+    except FileNotFoundError:
+        return False
+
+
+def set_aside_result(result: Path) -> Path | None:
+    """Rename an earlier run's result to ``NAME.job.finished.replaced-NS`` (kept, never read)."""
+    target = result.with_name("%s%s%d" % (result.name, REPLACED_MARK, time.time_ns()))
+    try:
+        os.rename(result, target)
+    except FileNotFoundError:
+        return None
+    return target
