@@ -14,7 +14,7 @@ from typing import Any
 
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox.description import job_node
-from galaxy_hpc_runner.dropbox.spool import JobRecord
+from galaxy_hpc_runner.dropbox.spool import JobRecord, output_temp
 from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
@@ -158,8 +158,7 @@ class Stager:
         temps: list[tuple[str, str]] = []
         try:
             for base, target in outputs.items():
-                tmp = os.path.join(os.path.dirname(target),
-                                   ".%s.hpc-batch-%d" % (os.path.basename(target), os.getpid()))
+                tmp = output_temp(target)  # .NAME.hpc-batch-tmp-PID-RAND: stale ones are removed
                 temps.append((tmp, target))
                 self.t.get(posixpath.join(directory, base), tmp)
             for tmp, target in temps:
