@@ -23,14 +23,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from galaxy import model
+from galaxy.job_execution.output_collect import default_exit_code_file
 from galaxy.jobs.runners import AsynchronousJobRunner, AsynchronousJobState
+from galaxy.jobs.runners.util.job_script import SLOTS_STATEMENT_CLUSTER_DEFAULT
 from galaxy.util import asbool
 
 from galaxy_hpc_runner.config import Config, load_config
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.submitter import Submitter
-from galaxy_hpc_runner.errors import ConfigError, HpcBatchError
-from galaxy_hpc_runner.galaxy import tool_runs as gj
+from galaxy_hpc_runner.errors import ConfigError, HpcBatchError, JobError
+from galaxy_hpc_runner.galaxy import batcher as gb
+from galaxy_hpc_runner.galaxy import descriptions as gd
+from galaxy_hpc_runner.galaxy import galaxy_script as gs
+from galaxy_hpc_runner.galaxy import outcomes as go
+from galaxy_hpc_runner.galaxy.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,13 @@ GONE_STATES = (model.Job.states.DELETED, model.Job.states.DELETING, model.Job.st
 
 
 class HpcJobState(AsynchronousJobState):  # type: ignore[misc]
-    """A watched job: its spool name (the external id), its pool and its last outcome."""
+    """A watched job: its spool name (the external id), pool, mode and last outcome."""
 
-    def __init__(self, *, pool: str, **kwargs: Any) -> None:
+    def __init__(self, *, pool: str, mode: gd.Mode, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pool = pool
-        self.outcome: gj.Outcome | None = None
+        self.mode = mode
+        self.outcome: go.Outcome | None = None
 
 
 class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
@@ -66,7 +73,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
     def __init__(self, app: Any, nworkers: int, **kwargs: Any) -> None:
         super().__init__(app, nworkers, runner_param_specs=RUNNER_PARAM_SPECS, **kwargs)
         self._base = self._load_config()
-        self._batchers: dict[str, gj.Batcher] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
         self._stopped: set[str] = set()
 
@@ -83,27 +90,28 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             cfg = dataclasses.replace(cfg, dropbox=Path(os.path.realpath(params["dropbox"])))
         if params["allow_galaxy_paths"]:
             conf = self.app.config
-            cfg = gj.with_galaxy_roots(cfg, [str(conf.file_path), str(conf.new_file_path),
+            cfg = gb.with_galaxy_roots(cfg, [str(conf.file_path), str(conf.new_file_path),
                                              str(conf.job_working_directory)])
         return cfg
 
     def _init_batchers(self) -> None:
-        self._batcher(gj.DEFAULT_POOL, {})
+        self._batcher(gb.DEFAULT_POOL, {})
 
-    def _batcher(self, pool: str, overrides: dict[str, str]) -> gj.Batcher:
+    def _batcher(self, pool: str, overrides: dict[str, str]) -> Batcher:
         with self._lock:
             batcher = self._batchers.get(pool)
             if batcher is None:
-                cfg = gj.pool_config(self._base, pool, overrides)
+                cfg = gb.pool_config(self._base, pool, overrides)
                 interval = self.runner_params["interval"] or cfg.interval
-                batcher = gj.Batcher(Submitter(cfg), interval, pool)
+                gs.install_template(cfg)  # before the first pass may read a description
+                batcher = Batcher(Submitter(cfg), interval, pool)
                 if self.runner_params["batcher"]:
                     batcher.start()
                 self._batchers[pool] = batcher
             return batcher
 
-    def _pool_for(self, params: dict[str, Any]) -> gj.Batcher:
-        return self._batcher(*gj.pool_settings(params))
+    def _pool_for(self, params: dict[str, Any]) -> Batcher:
+        return self._batcher(*gb.pool_settings(params))
 
     def shutdown(self) -> None:
         for batcher in list(self._batchers.values()):
@@ -112,19 +120,38 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
 
     # -- submitting ------------------------------------------------------------------
     def queue_job(self, job_wrapper: Any) -> None:
-        if not self.prepare_job(job_wrapper, include_metadata=False):
-            return
         tag = job_wrapper.get_id_tag()
-        destination = job_wrapper.job_destination
-        name = gj.new_job_name(self.runner_params["job_prefix"], tag)
+        params = job_wrapper.job_destination.params
         try:
-            batcher = self._pool_for(destination.params)
-            doc = self._description(job_wrapper)
+            mode = gd.run_mode(params)
+            if mode == gd.Mode.TEMPLATE:  # refuse what it cannot carry, before anything runs
+                self._check_template_mode(job_wrapper.tool)
+        except HpcBatchError as exc:
+            log.info("(%s) cannot be run on HPC: %s", tag, exc)
+            job_wrapper.fail(str(exc))
+            return
+        include_metadata = mode == gd.Mode.GALAXY and asbool(
+            params.get("embed_metadata_in_job", True))
+        if not self.prepare_job(job_wrapper, include_metadata=include_metadata):
+            return
+        name = gd.new_job_name(self.runner_params["job_prefix"], tag)
+        try:
+            batcher = self._pool_for(params)
+            doc = self._description(job_wrapper, mode, batcher.cfg, write_script=True)
             d.validate(name, doc, batcher.cfg)  # a bad run fails now, not after a pass
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
             job_wrapper.fail(str(exc))
             return
+        except OSError as exc:
+            log.exception("(%s) cannot write the job script", tag)
+            job_wrapper.fail("Cannot prepare the HPC job script: %s" % exc)
+            return
+        self._enqueue(job_wrapper, name, doc, batcher, mode)
+
+    def _enqueue(self, job_wrapper: Any, name: str, doc: dict[str, Any], batcher: Batcher,
+                 mode: gd.Mode) -> None:
+        tag = job_wrapper.get_id_tag()
         if job_wrapper.get_state() in GONE_STATES:
             log.debug("(%s) deleted before it reached the spool", tag)
             return
@@ -132,36 +159,69 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         # restart at any instant either recovers this job or queues it afresh.
         job_wrapper.set_external_id(name)
         try:
-            gj.write_description(batcher.cfg, name, doc)
+            gd.write_description(batcher.cfg, name, doc)
         except OSError as exc:
             log.error("(%s/%s) cannot write the description: %s", tag, name, exc)
             job_wrapper.fail("Cannot queue the HPC job: %s" % exc)
             return
         batcher.wake()
-        log.info("(%s/%s) queued in %s", tag, name, batcher.cfg.dropbox)
-        self.monitor_queue.put(self._job_state(job_wrapper, name, batcher.name))
+        log.info("(%s/%s) queued in %s (%s mode)", tag, name, batcher.cfg.dropbox, mode)
+        self.monitor_queue.put(self._job_state(job_wrapper, name, batcher.name, mode))
 
-    def _job_state(self, job_wrapper: Any, name: str, pool: str) -> HpcJobState:
-        ajs = HpcJobState(pool=pool, job_wrapper=job_wrapper,
+    def _job_state(self, job_wrapper: Any, name: str, pool: str, mode: gd.Mode) -> HpcJobState:
+        ajs = HpcJobState(pool=pool, mode=mode, job_wrapper=job_wrapper,
                           job_destination=job_wrapper.job_destination,
                           files_dir=job_wrapper.working_directory, job_id=name)
         ajs.old_state = model.Job.states.QUEUED
         return ajs
 
-    def _description(self, job_wrapper: Any) -> dict[str, Any]:
-        """Tool run -> description, by the convention of docs/galaxy.md."""
+    @staticmethod
+    def _check_template_mode(tool: Any) -> None:
+        outputs = {name: (bool(getattr(out, "collection", False)),
+                          bool(not getattr(out, "collection", False)
+                               and getattr(out, "dataset_collector_descriptions", None)))
+                   for name, out in tool.outputs.items()}
+        problems = gd.template_mode_problems(list(gd.tool_shape(tool.inputs)), outputs)
+        if problems:
+            raise JobError("tool %s cannot run in template mode: %s" % (
+                tool.id, " | ".join(problems)))
+
+    def _description(self, job_wrapper: Any, mode: gd.Mode, cfg: Config,
+                     write_script: bool) -> dict[str, Any]:
         job = job_wrapper.get_job()
         tool = job_wrapper.tool
         params = dict(job_wrapper.job_destination.params)
+        walltime = gd.check_walltime(params.get("walltime"))
+        meta = {gd.META_GALAXY_JOB_ID: job.id, "tool_id": tool.id,
+                "tool_version": tool.version, "mode": str(mode)}
+        if mode == gd.Mode.GALAXY:
+            script = HpcJobState.default_job_file(job_wrapper.working_directory,
+                                                  job_wrapper.get_id_tag())
+            if write_script:
+                self._write_job_script(job_wrapper, script, cfg)
+            return gs.description(script, job_wrapper.working_directory, walltime, meta)
         inputs = {assoc.name: assoc.dataset.get_file_name() for assoc in job.input_datasets
                   if assoc.dataset is not None}
         paths = {dp.dataset_id: dp.false_path or dp.real_path
                  for dp in job_wrapper.job_io.get_output_fnames()}
         outputs = {assoc.name: paths[assoc.dataset.dataset.id] for assoc in job.output_datasets}
-        return gj.build_description(
-            gj.template_for(tool.id, params), job_wrapper.get_param_dict(job), inputs, outputs,
-            walltime=gj.check_walltime(params.get("walltime")),
-            meta={"galaxy_job": job.id, "tool_id": tool.id, "tool_version": tool.version})
+        return gd.build_description(
+            gd.template_for(tool.id, params), job_wrapper.get_param_dict(job), inputs, outputs,
+            walltime=walltime, meta=meta)
+
+    def _write_job_script(self, job_wrapper: Any, path: str, cfg: Config) -> None:
+        """Galaxy's own job script, as its DRMAA runner writes it, for this pilot's slots."""
+        params = job_wrapper.job_destination.params
+        tool = job_wrapper.tool
+        gpu = gs.gpu_requested(getattr(tool, "requirements", ()),
+                               getattr(tool, "resource_requirements", ()))
+        script = self.get_job_file(
+            job_wrapper, exit_code_path=default_exit_code_file(
+                job_wrapper.working_directory, job_wrapper.get_id_tag()),
+            shell=job_wrapper.shell, env_setup_commands=gs.gpu_statements(gpu),
+            slots_statement=gs.slots_statement(SLOTS_STATEMENT_CLUSTER_DEFAULT, cfg.pilot.slots,
+                                               params.get("galaxy_slots")))
+        self.write_executable_script(path, script, job_io=job_wrapper.job_io)
 
     # -- watching --------------------------------------------------------------------
     def check_watched_item(self, job_state: HpcJobState) -> HpcJobState | None:
@@ -169,11 +229,11 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         if name in self._stopped:  # deleted in Galaxy: stop_job asked for the cancel
             self._stopped.discard(name)
             return None
-        cfg = self._batchers[job_state.pool].cfg
-        outcome = gj.job_outcome(cfg, self._batchers[job_state.pool].submitter.spool, name)
-        if outcome.state == "queued":
+        batcher = self._batchers[job_state.pool]
+        outcome = go.job_outcome(batcher.cfg, batcher.submitter.spool, name)
+        if outcome.action == go.Action.WAIT:
             return job_state
-        if outcome.state == "running":
+        if outcome.action == go.Action.RUN:
             if not job_state.running:
                 job_state.running = True
                 job_state.job_wrapper.change_state(model.Job.states.RUNNING)
@@ -181,7 +241,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             return job_state
         job_state.outcome = outcome
         job_state.stop_job = False  # it has ended: nothing to cancel
-        if outcome.state == "finished":
+        if outcome.action == go.Action.FINISH:
             self.mark_as_finished(job_state)
         else:
             job_state.fail_message = outcome.message
@@ -190,11 +250,16 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         return None
 
     def finish_job(self, job_state: HpcJobState) -> None:
-        """Hand the tool's stdout, stderr and exit code to Galaxy's own checks."""
+        """Hand the run to Galaxy's own checks: streams, exit code, outputs, metrics."""
         outcome = job_state.outcome
         assert outcome is not None and outcome.rc is not None  # never a default exit 0
-        self._write_streams(job_state, outcome)
         try:
+            self._record_metrics(job_state, outcome)
+            if job_state.mode == gd.Mode.GALAXY:  # Galaxy's script wrote the tool's files
+                self._write_job_streams(job_state, outcome)
+            else:
+                self._write_streams(job_state, outcome)
+                self._set_metadata(job_state)
             super().finish_job(job_state)
         finally:
             self._consume(job_state)
@@ -205,33 +270,59 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         if outcome is not None and full_status is None:
             full_status = {"stdout": outcome.stdout, "stderr": outcome.stderr}
         try:
+            if isinstance(job_state, HpcJobState) and outcome is not None:
+                self._record_metrics(job_state, outcome)
             super().fail_job(job_state, exception=exception, message=message,
                              full_status=full_status)
         finally:
             if isinstance(job_state, HpcJobState) and outcome is not None:
                 self._consume(job_state)
 
-    def _write_streams(self, job_state: HpcJobState, outcome: gj.Outcome) -> None:
+    def _write_job_streams(self, job_state: HpcJobState, outcome: go.Outcome) -> None:
+        """The job script's own streams; its exit code file only if the script never wrote it."""
+        files = {job_state.output_file: outcome.stdout, job_state.error_file: outcome.stderr}
+        if not os.path.exists(job_state.exit_code_file):
+            files[job_state.exit_code_file] = "%s\n" % outcome.rc
+        _write_all(files)
+
+    def _write_streams(self, job_state: HpcJobState, outcome: go.Outcome) -> None:
         work = job_state.job_wrapper.working_directory
         outputs = os.path.join(work, "outputs")
         streams = outputs if os.path.isdir(outputs) else work
         node = outcome.node
-        files = {
+        _write_all({
             os.path.join(streams, "tool_stdout"): outcome.stdout,
             os.path.join(streams, "tool_stderr"): outcome.stderr,
             job_state.output_file: "hpc-batch job %s: %s (pilot %s on %s)\n" % (
                 job_state.job_id, node.get("message"), node.get("pilot"), node.get("host")),
             job_state.error_file: "",
             job_state.exit_code_file: "%s\n" % outcome.rc,
-        }
-        for path, text in files.items():
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
+        })
+
+    def _set_metadata(self, job_state: HpcJobState) -> None:
+        """Template mode: set metadata on the Galaxy host, as Galaxy's Pulsar runner does."""
+        try:
+            self._handle_metadata_externally(job_state.job_wrapper, resolve_requirements=True)
+        except Exception:  # Galaxy's finish then reports the metadata failure itself
+            log.exception("(%s/%s) setting metadata failed", job_state.job_wrapper.job_id,
+                          job_state.job_id)
+
+    def _record_metrics(self, job_state: HpcJobState, outcome: go.Outcome) -> None:
+        """Pilot, host, slot and device as job metrics (plugin ``hpc_batch``)."""
+        values: dict[str, Any] = {"job": job_state.job_id, "mode": str(job_state.mode)}
+        values.update(go.metrics(outcome.node))
+        values.update(gs.slot_info(job_state.job_wrapper.working_directory))
+        try:
+            job = job_state.job_wrapper.get_job()
+            for key, value in values.items():
+                job.add_metric("hpc_batch", key, value)
+        except Exception:  # metrics are a courtesy: never lose the outcome for them
+            log.exception("(%s) cannot record job metrics", job_state.job_id)
 
     def _consume(self, job_state: HpcJobState) -> None:
         batcher = self._batchers.get(job_state.pool)
         if batcher is not None:
-            gj.consume(batcher.cfg, job_state.job_id)
+            gd.consume(batcher.cfg, job_state.job_id)
 
     # -- stop and recover ------------------------------------------------------------
     def stop_job(self, job_wrapper: Any) -> None:
@@ -256,27 +347,37 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             self.put(job_wrapper)
             return
         try:
-            batcher = self._pool_for(job_wrapper.job_destination.params)
+            params = job_wrapper.job_destination.params
+            mode = gd.run_mode(params)
+            batcher = self._pool_for(params)
         except HpcBatchError as exc:
             job_wrapper.fail("Cannot recover HPC job %s: %s" % (name, exc))
             return
-        ajs = self._job_state(job_wrapper, name, batcher.name)
+        ajs = self._job_state(job_wrapper, name, batcher.name, mode)
         if job.state in (model.Job.states.RUNNING, model.Job.states.STOPPED):
             ajs.old_state = model.Job.states.RUNNING
             ajs.running = True
-        self._resubmit_if_untraced(job_wrapper, name, batcher)
+        self._resubmit_if_untraced(job_wrapper, name, batcher, mode)
         log.info("(%s/%s) recovered in state %s", job.id, name, job.state)
         self.monitor_queue.put(ajs)
 
-    def _resubmit_if_untraced(self, job_wrapper: Any, name: str, batcher: gj.Batcher) -> None:
+    def _resubmit_if_untraced(self, job_wrapper: Any, name: str, batcher: Batcher,
+                              mode: gd.Mode) -> None:
         """Galaxy stopped between recording the id and writing the description: write it."""
-        if not gj.untraced(batcher.cfg, batcher.submitter.spool, name):
+        if not go.untraced(batcher.cfg, batcher.submitter.spool, name):
             return
-        try:
-            gj.write_description(batcher.cfg, name, self._description(job_wrapper))
+        try:  # the job script was written before the id was recorded
+            doc = self._description(job_wrapper, mode, batcher.cfg, write_script=False)
+            gd.write_description(batcher.cfg, name, doc)
         except Exception:  # the monitor then reports the job lost, never ok
             log.exception("(%s/%s) cannot write its description again", job_wrapper.job_id, name)
             return
         log.warning("(%s/%s) had no description after a restart: written again",
                     job_wrapper.job_id, name)
         batcher.wake()
+
+
+def _write_all(files: dict[str, str]) -> None:
+    for path, text in files.items():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)

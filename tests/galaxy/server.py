@@ -34,10 +34,17 @@ GALAXY_VENV = Path(os.environ.get("GALAXY_VENV", PROJECT / ".galaxy-venv"))
 INSTALL = HERE / "install_galaxy.sh"
 ADMIN_EMAIL = "admin@example.org"
 TERMINAL = ("ok", "error", "deleted", "deleting", "failed", "skipped")
-HPC_TOOLS = ("hpc_shout", "hpc_fail", "hpc_touch", "hpc_wait", "bench_cat_hpc",
-             "ina_speech_segmenter", "whisper", "gentle_forced_alignment")
+# Template-mode tools: their <command> never runs; a site template does.
+TEMPLATE_TOOLS = ("hpc_shout", "hpc_fail", "hpc_touch", "hpc_wait", "bench_cat_hpc",
+                  "ina_speech_segmenter", "whisper", "gentle_forced_alignment")
+HPC_TOOLS = TEMPLATE_TOOLS  # the old name (bench)
 AMP_WRAPPERS = PROJECT / "tool_wrappers"
 FAKE_BIN = HERE / "fakebin"  # a stand-in singularity for the AMP templates
+# Ordinary Galaxy tools (tools/ordinary) run in Galaxy-script mode on our runner;
+# the site adds copies of each with an id suffix for another environment.
+ORDINARY = HERE / "tools" / "ordinary"
+COPIES = {"_local": "local", "_tmpl": "hpc_template"}
+GPU_DEVICES = "7,5,3,1"  # CUDA_VISIBLE_DEVICES the local pilots see: slot i gets the i-th
 
 HPC_INI = """\
 [dropbox]
@@ -108,7 +115,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 class GalaxySite:
     """Config files and directories of one test site; ``start``/``stop`` the server."""
 
-    def __init__(self, root: Path, slots: int = 4) -> None:
+    def __init__(self, root: Path, slots: int = 4,
+                 galaxy_overrides: dict[str, Any] | None = None) -> None:
         self.root = root
         self.hpc = root / "hpc"
         self.gx = root / "galaxy"
@@ -119,6 +127,7 @@ class GalaxySite:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "galaxy.log"
         self.env: dict[str, str] = {}
+        self.galaxy_overrides = dict(galaxy_overrides or {})
 
     # -- files -------------------------------------------------------------------------
     def write(self) -> None:
@@ -135,13 +144,39 @@ class GalaxySite:
         (self.gx / "tool_data_table_conf.xml").write_text("<tables/>\n")
         tools = sorted(str(p) for p in (HERE / "tools").glob("*.xml")) + sorted(
             str(p) for p in AMP_WRAPPERS.glob("*.xml") if p.name != "macros.xml")
+        tools += [str(p) for p in sorted(ORDINARY.glob("*.xml"))] + self.write_copies()
         (self.gx / "tool_conf.xml").write_text(
             '<toolbox monitor="false">\n<section id="hpc" name="HPC">\n%s</section>\n'
             "</toolbox>\n" % "".join('  <tool file="%s"/>\n' % t for t in tools))
         (self.gx / "job_conf.yml").write_text(yaml.safe_dump(self.job_conf(), sort_keys=False))
         (self.gx / "galaxy.yml").write_text(yaml.safe_dump({"galaxy": self.galaxy_conf()}))
 
+    def ordinary_tools(self) -> list[str]:
+        return [p.stem for p in sorted(ORDINARY.glob("*.xml"))]
+
+    def write_copies(self) -> list[str]:
+        """Each ordinary tool again under ``ID_local`` and ``ID_tmpl``, with its helpers."""
+        copies = self.root / "tool_copies"
+        copies.mkdir(exist_ok=True)
+        for helper in ORDINARY.glob("*.sh"):
+            shutil.copyfile(helper, copies / helper.name)
+        paths = []
+        for tool in sorted(ORDINARY.glob("*.xml")):
+            text = tool.read_text()
+            for suffix in COPIES:
+                path = copies / (tool.stem + suffix + ".xml")
+                path.write_text(text.replace('id="%s"' % tool.stem, 'id="%s%s"' % (
+                    tool.stem, suffix), 1))
+                paths.append(str(path))
+        bench = (HERE / "tools" / "bench_cat_local.xml").read_text()
+        (copies / "bench_cat_gx.xml").write_text(bench.replace(
+            'id="bench_cat_local"', 'id="bench_cat_gx"', 1))
+        return [*paths, str(copies / "bench_cat_gx.xml")]
+
     def job_conf(self) -> dict[str, Any]:
+        ordinary = [{"id": tool, "environment": "hpc"} for tool in self.ordinary_tools()] + [
+            {"id": tool + suffix, "environment": env} for tool in self.ordinary_tools()
+            for suffix, env in COPIES.items()]
         return {
             "runners": {
                 "local": {"load": "galaxy.jobs.runners.local:LocalJobRunner", "workers": 2},
@@ -151,11 +186,16 @@ class GalaxySite:
                 "local": {"runner": "local"},
                 "local_inproc": {"runner": "local", "embed_metadata_in_job": False},
                 "hpc": {"runner": "hpc"},
+                "hpc_slots": {"runner": "hpc", "galaxy_slots": 3},
+                "hpc_template": {"runner": "hpc", "mode": "template"},
                 "hpc_bench": {"runner": "hpc", "template": "bench_cat"}}},
             "tools": [{"id": tool, "environment": "hpc_bench" if tool.startswith("bench")
-                       else "hpc"} for tool in HPC_TOOLS]
+                       else "hpc_template"} for tool in TEMPLATE_TOOLS]
             + [{"id": "bench_cat_local", "environment": "local"},
-               {"id": "bench_cat_local_inproc", "environment": "local_inproc"}],
+               {"id": "bench_cat_gx", "environment": "hpc"},
+               {"id": "bench_cat_local_inproc", "environment": "local_inproc"}]
+            + [dict(entry, environment="hpc_slots") if entry["id"] == "gx_cpu" else entry
+               for entry in ordinary],
         }
 
     def galaxy_conf(self) -> dict[str, Any]:
@@ -175,11 +215,14 @@ class GalaxySite:
             "allow_local_account_creation": True, "static_enabled": False,
             "id_secret": secrets.token_hex(16), "cleanup_job": "onsuccess",
             "watch_tools": "false", "allow_path_paste": True,
+            "retry_metadata_internally": False,
+            **self.galaxy_overrides,
         }
 
     # -- process -----------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> None:
         self.env = dict(os.environ, VIRTUAL_ENV=str(GALAXY_VENV), PYTHONPATH=str(PROJECT),
+                        CUDA_VISIBLE_DEVICES=GPU_DEVICES,
                         PATH=os.pathsep.join([str(FAKE_BIN), str(GALAXY_VENV / "bin"),
                                               os.environ.get("PATH", "")]))
         self.env.pop("PYTHONHOME", None)
@@ -298,6 +341,36 @@ class GalaxyApi:
         dataset = str(out["outputs"][0]["id"])
         self.wait_dataset(dataset)
         return dataset
+
+    def upload_many(self, history: str, contents: dict[str, str]) -> dict[str, str]:
+        """Paste several text datasets in one upload job; name -> id once all are ok."""
+        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
+            "destination": {"type": "hdas"}, "elements": [
+                {"src": "pasted", "paste_content": text, "ext": "txt", "name": name}
+                for name, text in contents.items()]}]})
+        ids = {o["name"]: str(o["id"]) for o in out["outputs"]}
+        for dataset in ids.values():
+            self.wait_dataset(dataset)
+        return ids
+
+    def list_collection(self, history: str, name: str, elements: dict[str, str]) -> str:
+        """A list collection of existing datasets (identifier -> dataset id)."""
+        out = self.call("POST", "/api/dataset_collections", {
+            "history_id": history, "type": "dataset_collection", "collection_type": "list",
+            "name": name, "copy_elements": False, "element_identifiers": [
+                {"name": key, "src": "hda", "id": value} for key, value in elements.items()]})
+        return str(out["id"])
+
+    def collection_contents(self, hdca: str) -> dict[str, str]:
+        """Element identifier -> dataset content of a list collection."""
+        out = self.call("GET", "/api/dataset_collections/%s?instance_type=history" % hdca)
+        return {e["element_identifier"]: self.content(str(e["object"]["id"]))
+                for e in out["elements"]}
+
+    def metrics(self, job_id: str) -> dict[tuple[str, str], str]:
+        """(plugin, name) -> raw value of a job's metrics."""
+        return {(m["plugin"], m["name"]): str(m["raw_value"])
+                for m in self.call("GET", "/api/jobs/%s/metrics" % job_id)}
 
     def run_tool(self, history: str, tool: str, inputs: dict[str, Any]) -> tuple[str, str]:
         """Start a tool; returns (job id, first output id)."""

@@ -1,0 +1,151 @@
+"""Ordinary Galaxy tools through the pilot in Galaxy-script mode, on the real Galaxy 26.1 server.
+
+Each tool's output is compared with what Galaxy's own local runner gives for the
+same inputs (the ``ID_local`` copy of the tool). The site runs with
+``metadata_strategy: directory`` and ``retry_metadata_internally: false``, so an
+output whose metadata the job script did not set would end ``failed_metadata``.
+Every job is submitted first and waited for afterwards: Galaxy is slow on 2 cores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.galaxy.server import GPU_DEVICES, GalaxyApi, GalaxySite
+
+pytestmark = pytest.mark.galaxy
+
+TEXTS = {"a.txt": "alpha one\nalpha two\n", "b.txt": "beta\n", "c.txt": "gamma 1\ngamma 2\n"}
+
+
+def tool_runs(api: GalaxyApi, history: str) -> dict[str, dict[str, Any]]:
+    """Each ordinary tool's inputs (tool id -> API inputs) for one set of uploads."""
+    ids = api.upload_many(history, TEXTS)
+    hda = {name: {"src": "hda", "id": ident} for name, ident in ids.items()}
+    hdca = api.list_collection(history, "abc", {n.split(".")[0]: i for n, i in ids.items()})
+    return {
+        "gx_repeat_cat": {"queries_0|input": hda["a.txt"], "queries_1|input": hda["b.txt"],
+                          "queries_2|input": hda["c.txt"]},
+        "gx_sections": {"first|value": "left", "second|value": "right",
+                        "flags|verbose": True},
+        "gx_collection": {"inputs": {"src": "hdca", "id": hdca}},
+        "gx_multiple": {"inputs": {"values": [hda["c.txt"], hda["a.txt"]]}},
+        "gx_discover": {"input": hda["c.txt"]},
+        "gx_configfile": {"input": hda["a.txt"], "greeting": "hi there", "shout": True},
+        "gx_tool_dir": {"input": hda["a.txt"], "label": "a;b c"},
+    }
+
+
+def start(api: GalaxyApi, history: str, tool: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = api.call("POST", "/api/tools", {
+        "tool_id": tool, "history_id": history, "inputs": inputs})
+    return out
+
+
+def result(api: GalaxyApi, run: dict[str, Any]) -> dict[str, Any]:
+    """The job, and its outputs' contents (a collection as identifier -> content)."""
+    job = api.wait_job(str(run["jobs"][0]["id"]), 300)
+    outputs: dict[str, Any] = {}
+    for out in run["outputs"]:
+        if "output_name" in out and not out.get("hid_of_collection"):
+            outputs[out["output_name"]] = (api.wait_dataset(str(out["id"])),
+                                           api.content(str(out["id"])))
+    for coll in run.get("output_collections", []):
+        outputs[coll["output_name"]] = api.collection_contents(str(coll["id"]))
+    return {"job": job, "outputs": outputs}
+
+
+@pytest.fixture(scope="module")
+def uploaded(api: GalaxyApi) -> tuple[str, dict[str, dict[str, Any]]]:
+    history = api.history("galaxy-script mode")
+    return history, tool_runs(api, history)
+
+
+@pytest.fixture(scope="module")
+def compared(api: GalaxyApi, uploaded: tuple[str, dict[str, dict[str, Any]]]
+             ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """tool -> (our run, the local runner's run), all submitted before any is awaited."""
+    history, runs = uploaded
+    started = {tool: (start(api, history, tool, inputs),
+                      start(api, history, tool + "_local", inputs))
+               for tool, inputs in runs.items()}
+    return {tool: (result(api, ours), result(api, local))
+            for tool, (ours, local) in started.items()}
+
+
+@pytest.mark.parametrize("tool", ["gx_repeat_cat", "gx_sections", "gx_collection", "gx_multiple",
+                                  "gx_discover", "gx_configfile", "gx_tool_dir"])
+def test_ordinary_tool_matches_the_local_runner(
+        compared: dict[str, tuple[dict[str, Any], dict[str, Any]]], tool: str) -> None:
+    ours, local = compared[tool]
+    assert local["job"]["state"] == "ok", local["job"]
+    assert ours["job"]["state"] == "ok", ours["job"]
+    assert ours["job"]["external_id"].startswith("galaxy-")  # it went through our spool
+    assert ours["outputs"] == local["outputs"]
+    assert ours["job"]["exit_code"] == local["job"]["exit_code"] == 0
+
+
+def test_outputs_are_what_the_tools_write(
+        compared: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Not merely equal to the local runner's: the values that flattening used to lose."""
+    repeat = compared["gx_repeat_cat"][0]["outputs"]["out_file1"][1]
+    assert repeat == "== 0\n%s== 1\n%s== 2\n%s" % (
+        TEXTS["a.txt"], TEXTS["b.txt"], TEXTS["c.txt"])
+    assert compared["gx_sections"][0]["outputs"]["output"][1] == \
+        "first=left\nsecond=right\nverbose\n"
+    assert compared["gx_discover"][0]["outputs"]["lines"] == {
+        "line00": "gamma 1\n", "line01": "gamma 2\n"}
+    assert compared["gx_configfile"][0]["outputs"]["output"][1] == \
+        "greeting = hi there\nloud = yes\n2\n"
+    assert compared["gx_tool_dir"][0]["outputs"]["output"][1].startswith("label a_b c\n")
+
+
+def test_galaxy_shows_what_ran(api: GalaxyApi,
+                               compared: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    job = compared["gx_configfile"][0]["job"]
+    assert "result.txt" in job["command_line"]  # the tool's own command, as it ran
+    metrics = api.metrics(job["id"])
+    assert ("core", "runtime_seconds") in metrics  # Galaxy's own instrumentation ran
+    assert metrics[("hpc_batch", "mode")] == "galaxy"
+    assert metrics[("hpc_batch", "job")] == job["external_id"]
+    assert metrics[("hpc_batch", "host")] and metrics[("hpc_batch", "pilot")]
+    assert metrics[("hpc_batch", "gpu")] in GPU_DEVICES.split(",")
+
+
+def test_gpu_tool_sees_its_slots_device(galaxy_site: GalaxySite, api: GalaxyApi) -> None:
+    history = api.history("gpu")
+    runs = {tool: start(api, history, tool, {"label": "x"}) for tool in ("gx_gpu", "gx_cpu")}
+    gpu, cpu = (result(api, runs[tool]) for tool in ("gx_gpu", "gx_cpu"))
+    for run in (gpu, cpu):
+        assert run["job"]["state"] == "ok", run["job"]
+    seen = dict(line.split("=", 1) for line in gpu["outputs"]["output"][1].splitlines())
+    metrics = api.metrics(gpu["job"]["id"])
+    assert seen["gpu_enabled"] == "true"
+    assert seen["cuda"] == metrics[("hpc_batch", "gpu")]  # the slot's device
+    assert seen["cuda"] == GPU_DEVICES.split(",")[int(metrics[("hpc_batch", "slot")])]
+    assert seen["slots"] == "1"  # no scheduler CPUs on the local backend
+    seen = dict(line.split("=", 1) for line in cpu["outputs"]["output"][1].splitlines())
+    assert seen["gpu_enabled"] == "false"
+    assert seen["slots"] == "3"  # the destination's galaxy_slots
+
+
+@pytest.mark.parametrize(("tool", "words"), [
+    ("gx_repeat_cat_tmpl", ["repeat 'queries'"]),
+    ("gx_sections_tmpl", ["'first|value'", "'second|value'", "share the name"]),
+    ("gx_collection_tmpl", ["collection input 'inputs'"]),
+    ("gx_multiple_tmpl", ["'inputs' takes several datasets"]),
+    ("gx_discover_tmpl", ["output collection 'lines'"]),
+])
+def test_template_mode_refuses_what_it_cannot_map(
+        api: GalaxyApi, uploaded: tuple[str, dict[str, dict[str, Any]]], tool: str,
+        words: list[str]) -> None:
+    history, runs = uploaded
+    job = api.wait_job(start(api, history, tool, runs[tool[: -len("_tmpl")]])["jobs"][0]["id"],
+                       120)
+    assert job["state"] == "error"
+    assert not job.get("external_id")  # refused before it reached the spool
+    message = job.get("info") or ""
+    for word in words + ["Galaxy-script mode"]:
+        assert word in message, message
