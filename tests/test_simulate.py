@@ -56,7 +56,7 @@ def test_one_burst_one_slot_latency_is_wait_plus_runtimes() -> None:
     assert out.busy == 5 * R
     assert out.idle == pytest.approx(IDLE)  # one slot held idle_timeout after the last run
     assert out.makespan == W + 5 * R
-    assert out.killed == out.failed == out.rejected == 0
+    assert out.released == out.failed == out.rejected == 0
 
 
 def test_two_slots_run_in_pairs_and_both_idle_at_the_end() -> None:
@@ -99,7 +99,7 @@ def test_pilot_walltime_kills_and_requeues_an_undeclared_run() -> None:
     out = run_pilots(burst(3), walltime=1500.0)
     # pilot 1 (3600..5100) finishes runs 1 and 2; run 3 starts at 4800 and is killed at
     # 5100; the 5100 pass submits pilot 2, which runs it from 8700
-    assert out.killed == 1
+    assert out.released == 1
     assert out.submissions == 2
     assert out.latencies == [W + R, W + 2 * R, 5100 + W + R]
     assert out.busy == 3 * R + 300  # the killed run's 300 s count as busy, not idle
@@ -109,7 +109,7 @@ def test_declared_walltime_is_not_started_when_it_does_not_fit() -> None:
     out = run_pilots(burst(3, walltime=R), walltime=1500.0, idle_timeout=200.0)
     # run 3 (600 s) does not fit the 300 s left at 4800: pilot 1 idles out at 5000 and
     # the 5040 pass submits pilot 2
-    assert out.killed == 0
+    assert out.released == 0
     assert out.submissions == 2
     assert out.latencies == [W + R, W + 2 * R, 5040 + W + R]
 
@@ -128,16 +128,33 @@ def test_resubmit_ahead_overlaps_the_next_wait_with_the_current_pilot() -> None:
     assert without.submissions == ahead.submissions == 2
 
 
-def test_max_attempts_fails_a_run_longer_than_any_pilot() -> None:
+def test_max_releases_fails_a_run_longer_than_any_pilot() -> None:
     out = run_pilots([Job(0.0, 5000.0)], walltime=1000.0)
-    assert out.failed == 1 and out.killed == 3 and out.latencies == []
+    assert out.failed == 1 and out.released == 3 and out.latencies == []
+    more = run_pilots([Job(0.0, 5000.0)], Site(wait=parse_dist("fixed:1h"), interval=60.0,
+                                                max_releases=5), walltime=1000.0)
+    assert more.failed == 1 and more.released == 5
+
+
+def test_the_simulator_requeues_by_the_submitters_own_release_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ask policy.may_requeue_released through the module: patch it, both follow."""
+    asked: list[tuple[int, int]] = []
+
+    def never(released: int, max_releases: int) -> bool:
+        asked.append((released, max_releases))
+        return False
+
+    monkeypatch.setattr(policy, "may_requeue_released", never)
+    out = run_pilots([Job(0.0, 5000.0)], walltime=1000.0)
+    assert asked == [(1, 3)]
+    assert out.failed == 1 and out.released == 1
 
 
 # -- the real policy code -----------------------------------------------------------------
 def test_the_engine_uses_the_real_decision_functions() -> None:
     engine = vars(simulate_engine)
-    assert engine["pilots_to_submit"] is policy.pilots_to_submit
-    assert engine["resubmit_ahead"] is policy.resubmit_ahead
+    assert engine["shared"] is policy  # pilots_to_submit, resubmit_ahead, may_requeue_released
     assert engine["job_fits"] is decisions.job_fits
     assert engine["should_stop"] is decisions.should_stop
 

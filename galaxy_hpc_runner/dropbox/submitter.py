@@ -385,11 +385,11 @@ class Submitter:
         if walltime:  # a hard walltime kill is a release the pilot had no time to write
             count = self._releases(rec) + 1
             allowed = policy.may_requeue_released(count, pc.max_releases)
-            detail: dict[str, Any] = {"walltime_kills": rec.walltime_kills + 1}
+            detail: dict[str, Any] = dict(walltime_kills=rec.walltime_kills + 1)
         else:
             count = rec.lost + 1
             allowed = policy.may_requeue_lost(count, pc.max_attempts)
-            detail = {"lost": count}
+            detail = dict(lost=count)
         if allowed:
             if not self.stager.move_claim(rec.name, holder, p.READY):
                 return False

@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="running scheduler jobs allowed per user, 0 for none (default 0)")
     s.add_argument("--interval", type=DURATION, default=60.0,
                    help="time between submitter passes (default 1m)")
-    s.add_argument("--max-attempts", type=int, default=3,
-                   help="walltime kills before a run fails (default 3)")
+    s.add_argument("--max-releases", "--max-attempts", dest="max_releases", type=int,
+                   default=3, help="times a pilot's walltime may cut a run off before it "
+                   "fails, as [pilot] max_releases (default 3)")
     _policy_args(ap.add_argument_group("pilot policy (the [pilot]/[scheduler] settings)"))
     o = ap.add_argument_group("run and output")
     o.add_argument("--sweep", nargs="+", default=[], metavar="FIELD=V1,V2",
@@ -215,7 +216,7 @@ def _traffic_site(args: argparse.Namespace) -> tuple[Traffic, Site]:
         raise ValueError("--days, --repeat and --interval must be positive, --user-limit >= 0")
     traffic = Traffic(args.days, args.runtime, args.burst_every, args.burst_size,
                       args.burst_gap, args.oneoff_every, args.job_walltime)
-    return traffic, Site(args.wait, args.user_limit, args.interval, args.max_attempts)
+    return traffic, Site(args.wait, args.user_limit, args.interval, args.max_releases)
 
 
 def _header(args: argparse.Namespace, base: Policy, swept: list[str]) -> str:

@@ -1,21 +1,25 @@
 """The discrete-event core: a scheduler with queue waits and the pilot and baseline models.
 
 The decisions come from the real code: which pilots to submit from
-:mod:`galaxy_hpc_runner.dropbox.policy`, which job a pilot starts and when it stops from
+:mod:`galaxy_hpc_runner.dropbox.policy` (called through the module, so the
+simulator follows whatever the submitter follows), and so does whether a run given
+back at a pilot's walltime is requeued or fails; which job a pilot starts and when it stops from
 :mod:`hpc_worker.decisions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from galaxy_hpc_runner.dropbox.policy import pilots_to_submit, resubmit_ahead
+from galaxy_hpc_runner.dropbox import policy as shared
 from galaxy_hpc_runner.simulate.model import DAY, Job, Policy, Site
 from hpc_worker.decisions import job_fits, should_stop
+from hpc_worker.states import PilotState
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,9 @@ EPS = 1e-6  # float slack: an idle check scheduled at last+timeout sees idle >= 
 # Event priorities at equal times: jobs end before walltimes strike, arrivals come
 # before the submitter pass that sees them, idle checks come last.
 P_JOB_END, P_WALLTIME, P_ARRIVAL, P_START, P_PASS, P_IDLE = range(6)
+
+
+SEPARATE = ("latencies", "makespan")  # Outcome fields merged apart from the summed counters
 
 
 @dataclass
@@ -37,8 +44,8 @@ class Outcome:
     horizon: float = DAY
     makespan: float = 0.0
     rejected: int = 0  # declared walltime above the pilot walltime
-    failed: int = 0  # overran its declared walltime, or killed max_attempts times
-    killed: int = 0  # runs killed at a pilot's walltime (then requeued or failed)
+    failed: int = 0  # overran its declared walltime, or released past max_releases
+    released: int = 0  # runs cut off at a pilot's walltime (then requeued or failed)
 
     @property
     def idle(self) -> float:
@@ -46,8 +53,9 @@ class Outcome:
 
     def merge(self, other: Outcome) -> None:
         self.latencies += other.latencies
-        for name in ("submissions", "held", "busy", "horizon", "rejected", "failed", "killed"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in dataclasses.fields(self):
+            if f.name not in SEPARATE:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.makespan = max(self.makespan, other.makespan)
 
 
@@ -143,7 +151,7 @@ def _horizon(jobs: list[Job], horizon: float | None) -> float:
 @dataclass
 class Pilot:
     ident: int
-    state: str = "pending"  # pending, running, done
+    state: PilotState = PilotState.PENDING  # then RUNNING, then GONE
     start: float = 0.0
     deadline: float = 0.0
     last_activity: float = 0.0
@@ -162,7 +170,7 @@ class PilotSim:
         self.backlog: list[int] = []
         self.pilots: list[Pilot] = []
         self.live: list[Pilot] = []  # pending or running
-        self.attempts = [0] * len(jobs)
+        self.releases = [0] * len(jobs)  # times a pilot's walltime cut each job off
         self.open = len(jobs)  # tool runs neither finished nor given up
 
     def run(self) -> Outcome:
@@ -182,19 +190,20 @@ class PilotSim:
             return
         self.backlog.append(index)
         for pilot in self.live:
-            if pilot.state == "running":
+            if pilot.state is PilotState.RUNNING:
                 self._fill(pilot)
 
     def _pass(self) -> None:
         pol = self.policy
-        count = pilots_to_submit(len(self.backlog), len(self.live), 0, pol.max_pilots,
+        count = shared.pilots_to_submit(len(self.backlog), len(self.live), 0, pol.max_pilots,
                                  pol.backlog_per_pilot, pol.min_pilots if self.open else 0)
         for _ in range(count):
             self._submit()
-        pending = sum(1 for p in self.live if p.state == "pending")
-        remaining = [p.deadline - self.loop.now for p in self.live if p.state == "running"]
-        for _ in range(resubmit_ahead(len(self.backlog), remaining, pending, pol.lead,
-                                      pol.max_pilots, pol.backlog_per_pilot)):
+        pending = sum(1 for p in self.live if p.state is PilotState.PENDING)
+        remaining = [p.deadline - self.loop.now for p in self.live
+                     if p.state is PilotState.RUNNING]
+        for _ in range(shared.resubmit_ahead(len(self.backlog), remaining, pending, pol.lead,
+                                             pol.max_pilots, pol.backlog_per_pilot)):
             self._submit()
         if self.open or self.live:
             self.loop.at(self.loop.now + self.site.interval, P_PASS, self._pass)
@@ -212,7 +221,7 @@ class PilotSim:
     # -- the pilot side ----------------------------------------------------------------
     def _start(self, pilot: Pilot) -> None:
         now = self.loop.now
-        pilot.state, pilot.start, pilot.last_activity = "running", now, now
+        pilot.state, pilot.start, pilot.last_activity = PilotState.RUNNING, now, now
         pilot.deadline = now + self.policy.walltime
         self.loop.at(pilot.deadline, P_WALLTIME, lambda: self._walltime(pilot))
         self._fill(pilot)
@@ -236,7 +245,6 @@ class PilotSim:
             del self.backlog[pos]
         for index in taken:
             pilot.running[index] = now
-            self.attempts[index] += 1
             end = now + ran(self.jobs[index])
             self.loop.at(end, P_JOB_END, lambda p=pilot, i=index: self._job_end(p, i))  # type: ignore[misc]
         pilot.last_activity = now
@@ -244,7 +252,7 @@ class PilotSim:
 
     def _job_end(self, pilot: Pilot, index: int) -> None:
         if pilot.running.pop(index, None) is None:
-            return  # killed at the pilot's walltime
+            return  # cut off at the pilot's walltime
         job = self.jobs[index]
         self.out.busy += ran(job)
         if overran(job):
@@ -262,30 +270,33 @@ class PilotSim:
                          lambda: self._idle_check(pilot))
 
     def _idle_check(self, pilot: Pilot) -> None:
-        if pilot.state != "running":
+        if pilot.state is not PilotState.RUNNING:
             return
         idle_for = self.loop.now - pilot.last_activity + EPS
         if should_stop(idle_for, self.policy.idle_timeout, len(pilot.running)):
             self._stop(pilot)
 
     def _walltime(self, pilot: Pilot) -> None:
-        if pilot.state != "running":
+        """Runs still going at the walltime are given back: requeued while the submitter's
+        own rule (``policy.may_requeue_released``) allows, else they end in error."""
+        if pilot.state is not PilotState.RUNNING:
             return
         requeue = []
         for index, started in pilot.running.items():
             self.out.busy += self.loop.now - started
-            self.out.killed += 1
-            if self.attempts[index] >= self.site.max_attempts:
+            self.out.released += 1
+            self.releases[index] += 1
+            if shared.may_requeue_released(self.releases[index], self.site.max_releases):
+                requeue.append(index)
+            else:
                 self.out.failed += 1
                 self._close()
-            else:
-                requeue.append(index)
         pilot.running.clear()
         self.backlog[:0] = requeue  # reclaimed runs are the oldest in the queue
         self._stop(pilot)
 
     def _stop(self, pilot: Pilot) -> None:
-        pilot.state = "done"
+        pilot.state = PilotState.GONE
         self.live.remove(pilot)
         self.out.held += self.policy.slots * (self.loop.now - pilot.start)
         self.sched.release()

@@ -134,7 +134,7 @@ class Site:
     wait: Dist = dataclasses.field(default_factory=lambda: parse_dist("uniform:12h:24h"))
     user_limit: int = 0  # running scheduler jobs per user; 0: no limit
     interval: float = 60.0  # seconds between submitter passes
-    max_attempts: int = 3  # runs of a job a pilot's walltime may kill before it fails
+    max_releases: int = 3  # [pilot] max_releases: walltime cut-offs of a job before it fails
 
 
 @dataclass(frozen=True)

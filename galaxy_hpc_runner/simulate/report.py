@@ -48,14 +48,14 @@ class Row:
             "gpu_hours_idle": out.idle / HOUR / self.runs,
             "idle_fraction": out.idle / out.held if out.held else 0.0,
             "makespan_h": out.makespan / HOUR, "rejected": out.rejected,
-            "failed": out.failed, "killed": out.killed,
+            "failed_runs": out.failed, "released_runs": out.released,
         }
 
 
 COLUMNS = [("policy", "{label}"), ("jobs", "{jobs}"), ("subs/day", "{spd:.1f}"),
            ("p50 h", "{p50:.1f}"), ("p95 h", "{p95:.1f}"), ("max h", "{max:.1f}"),
            ("mean h", "{mean:.1f}"), ("GPUh held", "{held:.0f}"), ("GPUh idle", "{idle:.1f}"),
-           ("idle%", "{pct:.0f}"), ("killed", "{killed}"), ("failed", "{failed}")]
+           ("idle%", "{pct:.0f}"), ("releases", "{rel}"), ("failures", "{fail}")]
 
 
 def _cells(s: dict[str, Any]) -> list[str]:
@@ -63,8 +63,8 @@ def _cells(s: dict[str, Any]) -> list[str]:
     values = {"label": s["label"], "jobs": s["jobs"], "spd": s["submissions_per_day"],
               "p50": lat["p50"], "p95": lat["p95"], "max": lat["max"], "mean": lat["mean"],
               "held": s["gpu_hours_held"], "idle": s["gpu_hours_idle"],
-              "pct": 100 * s["idle_fraction"], "killed": s["killed"],
-              "failed": s["failed"]}
+              "pct": 100 * s["idle_fraction"], "rel": s["released_runs"],
+              "fail": s["failed_runs"]}
     return [fmt.format(**values) for _, fmt in COLUMNS]
 
 
