@@ -1,4 +1,5 @@
-"""What an admin asks: status of the spool, one job's story, its logs; and the client helper."""
+"""What an admin asks: the spool's status, one job's story, its logs; and the client helpers
+(drop a description, wait for its result)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.cli import jobs
 from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import control
 from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.metrics import timestamp
 from galaxy_hpc_runner.dropbox.pilots import pilot_file, read_heartbeat
-from galaxy_hpc_runner.dropbox.spool import FINISHED, Spool
-from galaxy_hpc_runner.errors import HpcBatchError, TransportError
+from galaxy_hpc_runner.dropbox.spool import Spool
+from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
+from hpc_worker import records
 from hpc_worker.states import JobState, PilotState
+
+WAITING = (JobState.RECEIVED, JobState.STAGED)
+PILOTS_SHOWN = 20
+STALE_PASS_FACTOR = 3  # a pass older than this many intervals (and a minute) is "late"
 
 
 def _read_json_quietly(path: Path) -> Any:
@@ -27,48 +36,115 @@ def _read_json_quietly(path: Path) -> Any:
         return None
 
 
-def status_data(cfg: Config, transport: Transport) -> dict[str, Any]:
+def age_of(iso: str | None, now: float) -> float | None:
+    ts = timestamp(iso)
+    return None if ts is None else max(0.0, now - ts)
+
+
+def pass_is_late(cfg: Config, last: dict[str, Any] | None, now: float) -> float | None:
+    """Seconds since the last pass when no pass ran for a while (cron or service stopped?)."""
+    age = age_of(last.get("time") if isinstance(last, dict) else None, now)
+    limit = max(60.0, STALE_PASS_FACTOR * cfg.interval)
+    if age is None or age > limit:
+        return age if age is not None else float("inf")
+    return None
+
+
+def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> dict[str, Any]:
+    entry = dict(pilot.__dict__)
+    entry["state"] = str(pilot.state)
+    entry["age"] = age_of(pilot.submitted, now)
+    if pilot.state is PilotState.PENDING:
+        entry["queue_wait"] = entry["age"]  # waiting in the scheduler's queue so far
+    if pilot.state is not PilotState.GONE:
+        hb = read_heartbeat(cfg, transport, pilot.pilot_id)
+        entry["heartbeat"] = hb
+        epoch = hb.get("epoch") if isinstance(hb, dict) else None
+        entry["heartbeat_age"] = (max(0.0, now - epoch) if isinstance(epoch, (int, float))
+                                  else age_of(hb.get("time"), now) if hb else None)
+    return entry
+
+
+def status_data(cfg: Config, transport: Transport, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
     spool = Spool(cfg.spool)
     active = spool.active()
     counts = {str(state): 0 for state in JobState}
     for rec in active:
-        counts[rec.state] += 1
-    counts[str(FINISHED)] += len(spool.finished_names())
-    waiting = sorted((r for r in active if r.state != FINISHED), key=lambda r: r.received)
-    pilots = []
-    for pilot in spool.pilots()[-20:]:
-        entry = dict(pilot.__dict__)
-        if pilot.state is not PilotState.GONE:
-            entry["heartbeat"] = read_heartbeat(cfg, transport, pilot.pilot_id)
-        pilots.append(entry)
+        counts[str(rec.state)] += 1
+    counts[str(JobState.FINISHED)] += len(spool.finished_names())
+    waiting = sorted((r for r in active if r.state in WAITING), key=lambda r: r.received)
+    running = sorted((r for r in active if r.state == JobState.CLAIMED),
+                     key=lambda r: r.updated)
+    pilots = [_pilot_entry(cfg, transport, pilot, now)
+              for pilot in spool.pilots()[-PILOTS_SHOWN:]]
+    last = _read_json_quietly(cfg.spool / "last_pass.json")
+    late = pass_is_late(cfg, last, now)
     return {"spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
-            "counts": counts, "pilots": pilots,
-            "oldest_waiting": ({"name": waiting[0].name, "state": waiting[0].state,
-                                "since": waiting[0].received} if waiting else None),
-            "last_pass": _read_json_quietly(cfg.spool / "last_pass.json")}
+            "mode": control.current(cfg.spool).describe(), "counts": counts, "pilots": pilots,
+            "oldest_waiting": ({"name": waiting[0].name, "state": str(waiting[0].state),
+                                "since": waiting[0].received,
+                                "age": age_of(waiting[0].received, now)} if waiting else None),
+            "longest_running": ({"name": running[0].name, "pilot": running[0].pilot,
+                                 "since": running[0].updated,
+                                 "age": age_of(running[0].updated, now)} if running else None),
+            "last_pass": last,
+            "last_pass_age": age_of(last.get("time") if isinstance(last, dict) else None, now),
+            "pass_late": late is not None,
+            "problems": list(getattr(spool, "problems", []))}
+
+
+def last_pass_failed(data: dict[str, Any]) -> bool:
+    last = data.get("last_pass")
+    return isinstance(last, dict) and not last.get("ok", True)
 
 
 def format_status(data: dict[str, Any]) -> str:
-    lines = ["spool %s  workspace %s  backend %s" % (
-        data["spool"], data["workspace"], data["backend"]),
+    ago = jobs.ago
+    lines = ["spool %s  workspace %s  backend %s  mode %s" % (
+        data["spool"], data["workspace"], data["backend"], data.get("mode", "running")),
         "jobs: " + "  ".join("%s %d" % kv for kv in data["counts"].items())]
-    oldest = data["oldest_waiting"]
-    lines.append("oldest waiting: %s" % (
-        "%s (%s since %s)" % (oldest["name"], oldest["state"], oldest["since"]) if oldest
-        else "none"))
+    oldest, longest = data["oldest_waiting"], data.get("longest_running")
+    lines.append("oldest waiting: %s" % ("%s (%s, %s ago, since %s)" % (
+        oldest["name"], oldest["state"], ago(oldest.get("age")), oldest["since"])
+        if oldest else "none"))
+    if longest:
+        lines.append("longest running: %s (on %s for %s)" % (
+            longest["name"], longest["pilot"] or "?", ago(longest.get("age"))))
     lines.append("pilots:" if data["pilots"] else "pilots: none")
     for pilot in data["pilots"]:
-        hb = pilot.get("heartbeat") or {}
-        lines.append("  %s  %s job %s  %s%s%s" % (
-            pilot["pilot_id"], pilot["backend"], pilot["scheduler_id"], pilot["state"],
-            " (%s)" % pilot["reason"] if pilot.get("reason") else "",
-            "  heartbeat %s running %s" % (hb["time"], ",".join(hb["running"]) or "-")
-            if hb else ""))
-    last = data["last_pass"]
-    if last:
-        lines.append("last pass: %s %s" % (last["time"], "ok" if last["ok"] else
-                                            "FAILED: " + "; ".join(last["errors"])))
+        lines.append("  " + _pilot_line(pilot))
+    lines += _pass_lines(data)
+    lines += ["PROBLEM: " + problem for problem in data.get("problems", [])]
     return "\n".join(lines)
+
+
+def _pilot_line(pilot: dict[str, Any]) -> str:
+    ago = jobs.ago
+    hb = pilot.get("heartbeat") or {}
+    text = "%s  %s job %s  %s%s  submitted %s ago" % (
+        pilot["pilot_id"], pilot["backend"], pilot["scheduler_id"] or "-", pilot["state"],
+        " (%s)" % pilot["reason"] if pilot.get("reason") else "", ago(pilot.get("age")))
+    if pilot.get("queue_wait") is not None and not hb:
+        text += ", queued %s so far" % ago(pilot["queue_wait"])
+    if hb:
+        text += "  heartbeat %s ago, running %s, done %s" % (
+            ago(pilot.get("heartbeat_age")), ",".join(hb.get("running") or []) or "-",
+            hb.get("done", "?"))
+    return text
+
+
+def _pass_lines(data: dict[str, Any]) -> list[str]:
+    last = data["last_pass"]
+    if not isinstance(last, dict):
+        return ["last pass: none yet (is the submitter running? hpc-batch submitter --once)"]
+    lines = ["last pass: %s ago (%s) %s" % (
+        jobs.ago(data.get("last_pass_age")), last.get("time"),
+        "ok" if last.get("ok") else "FAILED: " + "; ".join(last.get("errors") or []))]
+    if data.get("pass_late"):
+        lines.append("WARNING: no submitter pass for %s: is its cron job or service running?"
+                     % jobs.ago(data.get("last_pass_age")))
+    return lines
 
 
 def job_paths(cfg: Config, name: str) -> dict[str, str]:
@@ -76,33 +152,44 @@ def job_paths(cfg: Config, name: str) -> dict[str, str]:
     return {"description": str(cfg.dropbox / (name + d.SUFFIX)),
             "result": str(cfg.dropbox / (name + d.FINISHED_SUFFIX)),
             "workspace": directory, "stdout": posixpath.join(directory, p.STDOUT),
-            "stderr": posixpath.join(directory, p.STDERR)}
+            "stderr": posixpath.join(directory, p.STDERR),
+            "runs": posixpath.join(directory, p.RUNS)}
 
 
-def show_data(cfg: Config, name: str) -> dict[str, Any]:
+def show_data(cfg: Config, query: str) -> dict[str, Any]:
+    """One job's story, found by exact name, Galaxy job id or unique name prefix.
+
+    rc, host, pilot and the output tails come from the result file while it is there,
+    else from the spool (the record, then its ``finished`` event)."""
     spool = Spool(cfg.spool)
+    name = jobs.find(spool, query)
     rec = spool.get(name)
-    if rec is None:
-        raise HpcBatchError("no job named %r in spool %s" % (name, cfg.spool))
-    result = None
-    if rec.state == FINISHED:
-        try:
-            result = d.load_yaml(Path(job_paths(cfg, name)["result"]).read_text())["job"]
-        except (OSError, TypeError, KeyError):
-            result = None
+    if rec is None:  # removed between find and get
+        raise jobs.NoSuchJob("job %r left the spool just now" % name)
     history = spool.history(name)
+    finished = [e for e in history if e.get("to") == JobState.FINISHED]
+    row = jobs.row(rec, finished[-1] if finished else None)
+    result = jobs.result_of(cfg.dropbox, name) if rec.state == JobState.FINISHED else None
+    res = result or {}
     pilots = [e["pilot"] for e in history if e.get("pilot")]
-    return {"name": name, "state": rec.state, "description": rec.doc, "history": history,
-            "pilot": (result or {}).get("pilot") or (pilots[-1] if pilots else None),
-            "host": (result or {}).get("host"), "rc": (result or {}).get("rc"),
+    return {"name": name, "state": str(rec.state), "galaxy_job_id": row.galaxy_id,
+            "description": rec.doc, "history": history,
+            "pilot": res.get("pilot") or rec.pilot or (pilots[-1] if pilots else None),
+            "host": res.get("host") or row.host,
+            "rc": res.get("rc") if res.get("rc") is not None else row.rc,
             "status": rec.status or None, "message": rec.message or None,
-            "lost_pilots": rec.lost, "paths": job_paths(cfg, name), "result": result}
+            "lost_pilots": rec.lost, "releases": getattr(rec, "releases", 0),
+            "stdout_tail": res.get("stdout") or getattr(rec, "stdout_tail", "") or None,
+            "stderr_tail": res.get("stderr") or getattr(rec, "stderr_tail", "") or None,
+            "paths": job_paths(cfg, name), "result": result}
 
 
 def format_show(data: dict[str, Any]) -> str:
     lines = ["job %s: %s%s" % (data["name"], data["state"],
                                " (%s: %s)" % (data["status"], data["message"])
                                if data["status"] else "")]
+    if data.get("galaxy_job_id"):
+        lines.append("Galaxy job id: %s" % data["galaxy_job_id"])
     lines.append("description:")
     lines.extend("  " + line for line in d.dump_yaml(data["description"]).splitlines())
     lines.append("history:")
@@ -111,45 +198,62 @@ def format_show(data: dict[str, Any]) -> str:
         lines.append("  %s  %-9s -> %-9s %s" % (
             event["time"], event["from"] or "-", event["to"],
             " ".join("%s=%s" % kv for kv in sorted(extra.items()))))
-    lines.append("pilot %s  host %s  rc %s  lost pilots %s" % (
-        data["pilot"], data["host"], data["rc"], data["lost_pilots"]))
+    lines.append("pilot %s  host %s  rc %s  lost pilots %s  releases %s" % (
+        data["pilot"], data["host"], data["rc"], data["lost_pilots"], data.get("releases", 0)))
     lines.extend("%s: %s" % kv for kv in data["paths"].items())
     return "\n".join(lines)
 
 
-def logs_text(cfg: Config, transport: Transport, name: str) -> str:
-    data = show_data(cfg, name)
+def logs_text(cfg: Config, transport: Transport, query: str) -> str:
+    """stdout/stderr, the job's run records, and where its pilots' logs are.
+
+    Nothing here searches log text: the run records (runs.jsonl, one line per start
+    and release) and the spool history are the structured story."""
+    data = show_data(cfg, query)
     out = []
-    if data["result"]:
-        out += ["== stdout", data["result"].get("stdout", ""),
-                "== stderr", data["result"].get("stderr", "")]
-    else:
-        for stream in ("stdout", "stderr"):
-            try:
-                text = transport.read_text(data["paths"][stream], limit=cfg.max_log_bytes)
-            except TransportError:
-                text = "(not there yet)"
-            out += ["== %s" % stream, text]
+    for stream in ("stdout", "stderr"):
+        text = data["%s_tail" % stream]
+        if text is None and data["state"] != JobState.FINISHED:
+            text = _remote_text(transport, data["paths"][stream], cfg.max_log_bytes)
+        out += ["== %s" % stream, text if text is not None else "(not kept)"]
+    runs = _runs(transport, data["paths"]["runs"]) if data["state"] != JobState.FINISHED else []
+    out.append("== runs" if runs else "== runs: (none on the HPC side%s)" % (
+        " any more; see the history in hpc-batch show" if data["state"] == JobState.FINISHED
+        else " yet"))
+    for run in runs:
+        out.append("  %s %s on %s slot %s%s%s" % (
+            "released" if run.released else "started", run.released or run.start,
+            run.host or "?", run.slot, " gpu %s" % run.gpu if run.gpu else "",
+            " (%s)" % run.reason if run.reason else ""))
     for pilot in _pilot_ids(cfg, data):
-        out.append("== pilot %s log" % pilot)
-        out += [line for line in _pilot_log(cfg, transport, pilot).splitlines()
-                if "(%s)" % name in line]
+        out.append("== pilot %s log: %s" % (pilot, pilot_file(cfg, pilot, ".log")))
     return "\n".join(out)
+
+
+def _remote_text(transport: Transport, path: str, limit: int) -> str:
+    try:
+        return transport.read_text(path, limit=limit)
+    except TransportError:
+        return "(not there yet)"
+
+
+def _runs(transport: Transport, path: str) -> list[records.RunLine]:
+    try:
+        text = transport.read_text(path, limit=records.MAX_RECORD_BYTES)
+    except TransportError:
+        return []
+    try:
+        return records.parse_runs(text.encode("utf-8"))
+    except ValueError:
+        return []
 
 
 def _pilot_ids(cfg: Config, data: dict[str, Any]) -> list[str]:
     """Pilots that held the job: from its history, and the one named in its result."""
     ids = [e["pilot"] for e in data["history"] if e.get("pilot")]
     final = (data["result"] or {}).get("pilot")
-    ids += [p.pilot_id for p in Spool(cfg.spool).pilots() if final and p.scheduler_id == final]
+    ids += [pl.pilot_id for pl in Spool(cfg.spool).pilots() if final and pl.scheduler_id == final]
     return list(dict.fromkeys(ids))
-
-
-def _pilot_log(cfg: Config, transport: Transport, pilot: str) -> str:
-    try:
-        return transport.read_text(pilot_file(cfg, pilot, ".log"))
-    except TransportError:
-        return ""
 
 
 def drop(cfg: Config, source: Path) -> str:
@@ -164,21 +268,49 @@ def drop(cfg: Config, source: Path) -> str:
 
 def wait_for(cfg: Config, name: str, timeout: float | None, on_change: Callable[[str], None],
              tick: Callable[[], object] | None = None) -> dict[str, Any] | None:
-    """Block until NAME.job.finished exists; report each state change. None on timeout."""
+    """Block until NAME.job.finished exists; report each change of what is known. None on
+    timeout. The report says the elapsed time, the pilot's queue state while the job waits,
+    and when no submitter pass has run for a while."""
     spool = Spool(cfg.spool)
     result_path = cfg.dropbox / (name + d.FINISHED_SUFFIX)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     seen = ""
     while deadline is None or time.monotonic() < deadline:
         if tick is not None:
             tick()
-        rec = spool.get(name)
-        state = rec.state + (" by " + rec.pilot if rec.state == "claimed" else "") if rec else ""
-        if state and state != seen:
-            on_change(state)
-            seen = state
+        said = _progress(cfg, spool, name)
+        if said and said != seen:
+            on_change("[%s] %s" % (jobs.ago(time.monotonic() - started), said))
+            seen = said
         if os.path.exists(result_path):
-            doc = d.load_yaml(result_path.read_text(encoding="utf-8"))
-            return doc.get("job") if isinstance(doc, dict) else None
+            return jobs.result_of(cfg.dropbox, name)
         time.sleep(0.2)
     return None
+
+
+def _progress(cfg: Config, spool: Spool, name: str) -> str:
+    """One line: the job's state, its pilot's queue state, and a late-pass warning."""
+    now = time.time()
+    late = pass_is_late(cfg, _read_json_quietly(cfg.spool / "last_pass.json"), now)
+    warning = "; no submitter pass for %s (is cron or the service running?)" % (
+        _minutes(late) if late != float("inf") else "ever") if late is not None else ""
+    rec = spool.get(name)
+    if rec is None:
+        return "waiting to be received" + warning
+    if rec.state == JobState.CLAIMED:
+        return "%s by %s" % (rec.state, rec.pilot) + warning
+    pilots = [pl for pl in spool.pilots() if pl.state in (PilotState.PENDING,
+                                                          PilotState.RUNNING)]
+    queued = [pl for pl in pilots if pl.state is PilotState.PENDING]
+    detail = ""
+    if rec.state in WAITING and queued and not any(
+            pl.state is PilotState.RUNNING for pl in pilots):
+        detail = " (pilot %s queued %s)" % (queued[0].pilot_id,
+                                              _minutes(age_of(queued[0].submitted, now)))
+    return "%s%s%s" % (rec.state, detail, warning)
+
+
+def _minutes(seconds: float | None) -> str:
+    """Coarse on purpose: a progress line changes (and is printed) once a minute at most."""
+    return "<1m" if seconds is None or seconds < 60 else "%dm" % (seconds // 60)

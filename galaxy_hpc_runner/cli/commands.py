@@ -1,0 +1,239 @@
+"""The ``hpc-batch`` commands: each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from galaxy_hpc_runner import __version__
+from galaxy_hpc_runner.cli.exitcodes import Exit
+from galaxy_hpc_runner.config import Config, load_config, read_config
+from galaxy_hpc_runner.errors import HpcBatchError
+
+if TYPE_CHECKING:
+    from galaxy_hpc_runner.dropbox.submitter import Submitter
+
+log = logging.getLogger(__name__)
+CONFIG_ENV = "HPC_BATCH_CONFIG"
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _submitter(cfg: Config) -> Submitter:
+    from galaxy_hpc_runner.dropbox.submitter import Submitter
+
+    return Submitter(cfg)
+
+
+def _transport(cfg: Config) -> Any:
+    from galaxy_hpc_runner.dropbox.submitter import make_transport
+
+    return make_transport(cfg)
+
+
+# -- admin commands ---------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg, errors = read_config(args.config)
+    if errors:
+        print("%s: %d problem(s):" % (cfg.path, len(errors)))
+        for error in errors:
+            print("  - " + error)
+        return Exit.INVALID
+    print("%s: OK (dropbox %s, workspace %s, backend %s, transport %s)" % (
+        cfg.path, cfg.dropbox, cfg.workspace, cfg.backend, cfg.transport_type))
+    return _check_hpc_side(cfg) if args.remote else Exit.OK
+
+
+def _check_hpc_side(cfg: Config) -> int:
+    """Reach the HPC side as a pass would: workspace, pilot command, scheduler."""
+    submitter = _submitter(cfg)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("workspace %s is writable" % cfg.workspace, submitter.stager.ensure_layout),
+        ("the pilot's Python imports hpc_worker", submitter.pilots.preflight),
+        ("the %s scheduler answers" % cfg.backend, submitter.backend.ping)]
+    for what, step in steps:
+        try:
+            step()
+        except HpcBatchError as exc:
+            print("  FAILED: %s: %s" % (what, exc))
+            return Exit.UNREACHABLE
+        print("  ok: %s" % what)
+    return Exit.OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.dropbox import description as d
+
+    cfg = load_config(args.config)
+    path = Path(args.job)
+    name = path.name[: -len(d.SUFFIX)] if path.name.endswith(d.SUFFIX) else path.stem
+    job = d.validate(name, d.parse(path.read_text(encoding="utf-8")), cfg)
+    sys.stdout.write(job.rendered)
+    return Exit.OK
+
+
+def pass_ok(report: Any) -> bool:
+    """A pass report's verdict: ``.ok`` when the report has it, else no errors."""
+    ok = getattr(report, "ok", None)
+    return bool(ok) if ok is not None else not getattr(report, "errors", None)
+
+
+def cmd_submitter(args: argparse.Namespace) -> int:
+    import threading
+
+    submitter = _submitter(load_config(args.config))
+    if args.once:
+        report = submitter.run_pass()
+        ok = pass_ok(report)
+        # quiet when idle: cron mails whatever is printed, so only a pass that did or
+        # met something says so at INFO
+        busy = any(v for v in vars(report).values()
+                   if isinstance(v, (int, list)) and not isinstance(v, bool))
+        log.log(logging.INFO if busy or not ok else logging.DEBUG, "pass: %s", report)
+        return Exit.OK if ok else Exit.UNREACHABLE
+    submitter.loop(threading.Event())
+    return Exit.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli import admin
+
+    cfg = load_config(args.config)
+    data = admin.status_data(cfg, _transport(cfg))
+    _print_json(data) if args.json else print(admin.format_status(data))
+    return Exit.UNREACHABLE if admin.last_pass_failed(data) else Exit.OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import time
+
+    from galaxy_hpc_runner.cli import jobs
+    from galaxy_hpc_runner.dropbox.spool import Spool
+
+    cfg = load_config(args.config)
+    now = time.time()
+    states = {s.strip() for s in args.state.split(",")} if args.state else None
+    since = jobs.since_cutoff(args.since, now)
+    problems: list[str] = []
+    rows = jobs.table(Spool(cfg.spool), states, since, args.server, problems, cfg.dropbox)
+    if args.json:
+        _print_json([dict(vars(r), seconds=r.seconds(now)) for r in rows])
+    else:
+        print(jobs.format_table(rows, now))
+    for problem in problems:
+        print("PROBLEM: " + problem, file=sys.stderr)
+    return Exit.OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli import admin
+
+    data = admin.show_data(load_config(args.config), args.name)
+    _print_json(data) if args.json else print(admin.format_show(data))
+    return Exit.OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli import admin
+
+    cfg = load_config(args.config)
+    print(admin.logs_text(cfg, _transport(cfg), args.name))
+    return Exit.OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli import jobs
+    from galaxy_hpc_runner.dropbox.spool import Spool
+
+    cfg = load_config(args.config)
+    name = jobs.find(Spool(cfg.spool), args.name)
+    outcome = _submitter(cfg).cancel(name)
+    print("%s: %s" % (name, outcome))
+    return Exit.FAILED if outcome == "not active" else Exit.OK
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.dropbox import control
+
+    cfg = load_config(args.config)
+    mode = {"pause": control.Mode.PAUSED, "drain": control.Mode.DRAINING,
+            "resume": control.Mode.RUNNING}[args.command]
+    state = control.set_mode(cfg.spool, mode, getattr(args, "reason", "") or "")
+    print("%s: %s" % (cfg.spool, state.describe()))
+    return Exit.OK
+
+
+def cmd_pilot(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.backends import pilot_spec
+
+    cfg = load_config(args.config)
+    submitter = _submitter(cfg)
+    if args.dry_run:
+        print(submitter.backend.dry_run(pilot_spec(cfg, "pilot-DRYRUN")))
+        return Exit.OK
+    rec = submitter.pilots.submit()
+    print("%s %s" % (rec.pilot_id, rec.scheduler_id))
+    return Exit.OK
+
+
+# -- user commands ----------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli import admin
+
+    cfg = load_config(args.config)
+    name = admin.drop(cfg, Path(args.job))
+    print(name)
+    if not args.wait:
+        return Exit.OK
+    tick: Callable[[], object] | None = _submitter(cfg).run_pass if args.drive else None
+    node = admin.wait_for(cfg, name, args.timeout, lambda s: print("%s: %s" % (name, s),
+                                                                   flush=True), tick=tick)
+    if node is None:
+        print("%s: no result within %ss (the job goes on; hpc-batch show %s)" % (
+            name, args.timeout, name), file=sys.stderr)
+        return Exit.TIMEOUT
+    if args.json:
+        _print_json(node)
+    return _job_exit(name, node)
+
+
+def _job_exit(name: str, node: dict[str, Any]) -> int:
+    from hpc_worker.states import Reason, ResultStatus
+
+    rc = node.get("rc")
+    print("%s: %s: %s%s" % (name, node.get("status"), node.get("message"),
+                            " (rc %s)" % rc if rc not in (None, 0) and
+                            "return code %s" % rc not in str(node.get("message")) else ""))
+    if node.get("status") == ResultStatus.OK:
+        return Exit.OK
+    reason = str(node.get("reason"))
+    if reason == Reason.CANCELLED:
+        return Exit.CANCELLED
+    return Exit.INVALID if reason == Reason.INVALID else Exit.FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.cli.demo import run_demo
+
+    return run_demo(Path(args.dir), args.jobs)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from galaxy_hpc_runner.simulate.cli import main as simulate_main
+
+    return simulate_main(args.rest)
+
+
+def version_text() -> str:
+    from hpc_worker.records import PROTOCOL_VERSION
+
+    return "hpc-batch %s (pilot protocol %d, Python %s)" % (
+        __version__, PROTOCOL_VERSION, platform.python_version())
