@@ -1,0 +1,119 @@
+"""The pilot deploys itself: a versioned zipapp of ``hpc_worker``, put into the workspace.
+
+The submitter builds one self-contained file from the ``hpc_worker`` package it
+imports itself (standard library only, Python 3.8+), a zipapp:
+``hpc_worker-vN-HASH.pyz`` where N is :data:`hpc_worker.records.PROTOCOL_VERSION` and
+HASH the first 12 hex digits of the SHA-256 of its sources. It uploads it once,
+atomically, to ``W/bin/`` over the transport, and every pilot runs that very file
+(``python W/bin/hpc_worker-v2-....pyz --workspace W ...``): the HPC side needs no
+checkout and no install, and a pilot always speaks the protocol of the submitter that
+queued it (another release has another file name; old files stay for pilots still
+queued with them).
+
+The bytes are deterministic (sorted entries, fixed timestamps and modes, no
+compression), so two servers of one release upload the same file under the same
+name, and a race between them is harmless (each upload is a rename).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import zipfile
+from pathlib import Path
+
+import hpc_worker
+from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.errors import SchedulerError
+from galaxy_hpc_runner.transport.base import Transport
+from hpc_worker.records import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+BIN = "bin"  # W/bin: the deployed pilot programs
+SOURCE = Path(hpc_worker.__file__).resolve().parent
+PACKAGE = SOURCE.name
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's epoch: no build time in the bytes
+MAIN = ("# hpc_worker pilot, deployed by galaxy-hpc-batch\n"
+        "import sys\n\nfrom hpc_worker.__main__ import main\n\nsys.exit(main())\n")
+PREFLIGHT_TIMEOUT = 60.0
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    """(archive name, bytes) of every module of the package, sorted."""
+    files = sorted(path for path in SOURCE.glob("*.py") if path.is_file())
+    if not files:
+        raise SchedulerError("no hpc_worker sources in %s: reinstall galaxy-hpc-batch" % SOURCE)
+    return [("%s/%s" % (PACKAGE, path.name), path.read_bytes()) for path in files]
+
+
+@functools.lru_cache(maxsize=1)
+def build() -> tuple[str, bytes]:
+    """The zipapp's file name and bytes (built once per process)."""
+    members = [("__main__.py", MAIN.encode("utf-8"))] + _sources()
+    digest = hashlib.sha256()
+    for name, data in members:
+        digest.update(name.encode("utf-8") + b"\0" + data + b"\0")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+            info.external_attr = 0o644 << 16
+            info.create_system = 3  # unix, whatever builds it
+            archive.writestr(info, data)
+    filename = "hpc_worker-v%d-%s.pyz" % (PROTOCOL_VERSION, digest.hexdigest()[:12])
+    return filename, buffer.getvalue()
+
+
+def program_name() -> str:
+    return build()[0]
+
+
+def remote_program(cfg: Config) -> str:
+    """Where the pilot program lives on the HPC side: W/bin/hpc_worker-vN-HASH.pyz."""
+    return posixpath.join(cfg.workspace, BIN, program_name())
+
+
+def ensure_deployed(cfg: Config, transport: Transport) -> str:
+    """Upload the pilot program unless it is already there; its HPC-side path.
+
+    The upload is the transport's atomic put (temp name, size check, rename): a
+    visible program is a complete one. TransportError when it cannot be put there.
+    """
+    path = remote_program(cfg)
+    if transport.exists(path):
+        return path
+    transport.makedirs(posixpath.dirname(path))
+    data = build()[1]
+    fd, local = tempfile.mkstemp(prefix="hpc-worker-", suffix=".pyz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        transport.put(local, path)
+    finally:
+        os.unlink(local)
+    log.info("deployed the pilot program %s (%d bytes)", path, len(data))
+    return path
+
+
+def verify(cfg: Config, transport: Transport) -> str:
+    """Deploy, then run ``python PROGRAM --help`` on the HPC side; what it printed first.
+
+    A wrong ``[pilot] python`` (missing, or older than 3.8) or an unwritable
+    workspace shows here, before any queue wait. SchedulerError naming both.
+    """
+    path = ensure_deployed(cfg, transport)
+    python = cfg.pilot.python
+    try:
+        done = transport.run([python, path, "--help"], timeout=PREFLIGHT_TIMEOUT)
+    except SchedulerError as exc:
+        raise SchedulerError(
+            "pilot preflight: %s %s --help failed on the HPC side (set [pilot] python to a "
+            "Python 3.8 or newer there): %s" % (python, path, exc)) from exc
+    first = (done.stdout.strip().splitlines() or ["(no output)"])[0]
+    return "%s runs %s (%s)" % (python, posixpath.basename(path), first)
