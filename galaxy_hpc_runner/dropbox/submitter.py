@@ -44,7 +44,7 @@ from galaxy_hpc_runner.dropbox.spool import (
     remove_stale_output_temps,
     set_aside_result,
 )
-from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
+from galaxy_hpc_runner.dropbox.staging import QueueView, Stager, UnsafeOutput
 from galaxy_hpc_runner.errors import (
     HpcBatchError,
     RemoteFileMissing,
@@ -272,6 +272,9 @@ class Submitter:
         if node["status"] == ResultStatus.OK and outputs:
             try:
                 self.stager.fetch_outputs(self.stager.path(p.JOBS, rec.name), outputs)
+            except UnsafeOutput as exc:  # never retried: what the job wrote is not trusted
+                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
+                            message="Outputs not collected, nothing was replaced: %s" % exc)
             except (TransportError, OSError) as exc:
                 if self._fetch_failed(rec, outputs, exc, report):
                     return
