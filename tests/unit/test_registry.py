@@ -1,0 +1,161 @@
+"""The pilot registry's lock, entries, pruning and picture; the deployed pilot program.
+
+Real files through the real local transport; no scheduler, no sleeps beyond the
+lock's own polling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from galaxy_hpc_runner.config import default_server_tag
+from galaxy_hpc_runner.dropbox import deploy, registry
+from galaxy_hpc_runner.dropbox.registry import Registry, RegistryLockTimeout, id_epoch
+from galaxy_hpc_runner.transport.base import LocalTransport
+from hpc_worker import protocol as p
+from hpc_worker.records import PROTOCOL_VERSION, PilotEntry
+from hpc_worker.states import PilotState
+
+
+def _registry(tmp_path: Path, server: str = "alpha") -> Registry:
+    p.ensure_layout(str(tmp_path))
+    return Registry(LocalTransport(), str(tmp_path), server)
+
+
+def test_lock_is_exclusive_between_many_holders(tmp_path: Path) -> None:
+    inside, overlaps, rounds = [0], [0], 40
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        reg = _registry(tmp_path)  # each thread its own registry object, like servers
+        barrier.wait()
+        for _ in range(rounds):
+            with reg.lock(wait=30):
+                inside[0] += 1
+                if inside[0] > 1:
+                    overlaps[0] += 1
+                time.sleep(0.001)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps[0] == 0
+    assert not os.path.exists(tmp_path / p.PILOTS / registry.LOCK_NAME)
+
+
+def test_a_held_lock_times_out_naming_its_holder(tmp_path: Path) -> None:
+    reg, other = _registry(tmp_path, "alpha"), _registry(tmp_path, "beta")
+    with reg.lock(), pytest.raises(RegistryLockTimeout, match="alpha"):
+        other.acquire(wait=0.2)
+    token = other.acquire(wait=1)  # free again once released
+    other.release(token)
+
+
+def test_a_stale_lock_is_broken_and_a_fresh_one_is_not(tmp_path: Path) -> None:
+    reg = _registry(tmp_path)
+    lock = tmp_path / p.PILOTS / registry.LOCK_NAME
+    lock.write_text(json.dumps({"owner": "dead (host pid 1)", "token": "t0",
+                                "epoch": time.time() - registry.LOCK_STALE - 5}))
+    token = reg.acquire(wait=5)
+    assert json.loads(lock.read_text())["token"] == token
+    reg.release(token)
+    lock.write_text(json.dumps({"owner": "alive", "token": "t1", "epoch": time.time()}))
+    with pytest.raises(RegistryLockTimeout, match="alive"):
+        reg.acquire(wait=0.3)
+    assert json.loads(lock.read_text())["token"] == "t1"
+    assert sorted(os.listdir(lock.parent)) == [registry.LOCK_NAME]  # no breaker left
+
+
+def test_an_empty_lock_left_by_a_dead_holder_is_broken(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "LOCK_EMPTY_STALE", 0.3)
+    reg = _registry(tmp_path)
+    lock = tmp_path / p.PILOTS / registry.LOCK_NAME
+    lock.write_text("")
+    token = reg.acquire(wait=5)
+    assert json.loads(lock.read_text())["token"] == token
+
+
+def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path: Path) -> None:
+    reg = _registry(tmp_path)
+    token = reg.acquire()
+    lock = tmp_path / p.PILOTS / registry.LOCK_NAME
+    lock.write_text(json.dumps({"owner": "other", "token": "theirs", "epoch": time.time()}))
+    reg.release(token)
+    assert json.loads(lock.read_text())["token"] == "theirs"
+
+
+def test_entries_round_trip_and_unreadable_ones_are_skipped(tmp_path: Path) -> None:
+    reg = _registry(tmp_path)
+    entry = PilotEntry(pilot_id="pilot-alpha-20260101T000000-abcdef", submitted=p.now_iso(),
+                       submitter="alpha", backend="local", slots=2, walltime=60.0)
+    reg.write(entry)
+    (tmp_path / p.PILOTS / ("broken" + registry.ENTRY_SUFFIX)).write_text("{not json")
+    assert reg.entries() == {entry.pilot_id: entry}
+    assert reg.read(entry.pilot_id) == entry
+    assert entry.state is PilotState.SUBMITTING
+
+
+def test_prune_removes_old_gone_pilots_and_their_files_only(tmp_path: Path) -> None:
+    reg = _registry(tmp_path)
+    old, young = "pilot-alpha-20200101T000000-aaaaaa", "pilot-alpha-20990101T000000-bbbbbb"
+    for pid, state in ((old, PilotState.GONE), (young, PilotState.GONE)):
+        reg.write(PilotEntry(pilot_id=pid, submitted=p.now_iso() if pid == young
+                             else "2020-01-01T00:00:00+00:00", state=state))
+        for suffix in p.PILOT_SUFFIXES[1:]:
+            Path(p.pilot_path(str(tmp_path), pid, suffix)).write_text("x")
+    orphan = "pilot-20200101T000000-cccccc"  # an older release's pilot: files, no entry
+    Path(p.pilot_path(str(tmp_path), orphan, p.PILOT_SUFFIXES[2])).write_text("log")
+    assert reg.prune(time.time() - 86400) == 1
+    left = sorted(os.listdir(tmp_path / p.PILOTS))
+    assert left == sorted(young + s for s in p.PILOT_SUFFIXES)
+    assert id_epoch(young) is not None and id_epoch("no-date") is None
+
+
+def test_picture_groups_the_queue_by_server_and_marks_our_pilots(tmp_path: Path) -> None:
+    reg = _registry(tmp_path, "alpha")
+    for key in (p.hpc_key("alpha", "a1"), p.hpc_key("beta", "b1"), p.hpc_key("beta", "b2")):
+        Path(p.marker(str(tmp_path), p.READY, key)).touch()
+    Path(p.marker(str(tmp_path), p.CLAIMED, p.claim_name(p.hpc_key("beta", "b3"), "x"))).touch()
+    reg.write(PilotEntry(pilot_id="pilot-beta-1", submitted=p.now_iso(), submitter="beta",
+                         state=PilotState.RUNNING, scheduler_id="7"))
+    picture = reg.picture()
+    assert picture["servers"] == ["alpha", "beta"]
+    assert picture["queue"] == {"alpha": {"ready": 1, "claimed": 0},
+                                "beta": {"ready": 2, "claimed": 1}}
+    assert [(i["pilot_id"], i["mine"]) for i in picture["pilots"]] == [("pilot-beta-1", False)]
+
+
+def test_default_server_tag_is_stable_and_plain() -> None:
+    tag = default_server_tag()
+    assert tag == default_server_tag()
+    assert tag and all(c.isalnum() or c == "-" for c in tag)
+
+
+def test_pilot_program_is_deterministic_versioned_and_runs(tmp_path: Path) -> None:
+    name, data = deploy.build()
+    deploy.build.cache_clear()
+    assert deploy.build() == (name, data)
+    assert name.startswith("hpc_worker-v%d-" % PROTOCOL_VERSION) and name.endswith(".pyz")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        assert "__main__.py" in names and "hpc_worker/pilot.py" in names
+        assert {i.date_time for i in archive.infolist()} == {deploy.FIXED_TIME}
+    target = tmp_path / name
+    target.write_bytes(data)
+    done = subprocess.run([sys.executable, str(target), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    assert done.returncode == 0 and "--pilot-id" in done.stdout
