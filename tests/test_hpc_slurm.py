@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from galaxy_hpc_runner.backends.base import PilotSpec
 from galaxy_hpc_runner.backends.slurm import SlurmBackend
+from galaxy_hpc_runner.transport.base import LocalTransport
+from hpc_worker.states import PilotState
 from tests.services.cluster import SlurmCluster, SshServer
 from tests.sitekit import PROJECT, Site
 
@@ -67,9 +73,11 @@ def slurm_site(tmp_path: Path, hpc: tuple[SlurmCluster, SshServer]) -> Iterator[
 
 
 def squeue_ids(cluster: SlurmCluster) -> list[str]:
+    """Ids of the pilots Slurm knows: jobs named after a pilot id."""
     out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %j"], capture_output=True,
                          text=True, env=dict(__import__("os").environ, **cluster.env)).stdout
-    return [line.split()[0] for line in out.splitlines() if "hpc-batch-pilot" in line]
+    return [line.split()[0] for line in out.splitlines()
+            if len(line.split()) > 1 and line.split()[1].startswith("pilot-")]
 
 
 def test_burst_of_50_through_ssh_and_slurm_with_one_sbatch(
@@ -197,18 +205,11 @@ def test_pilot_dry_run_prints_the_sbatch_command_and_script(slurm_site: Any) -> 
     proc = site.cli("pilot", "--dry-run", "--config", str(site.config_path))
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
-    assert first.startswith("sbatch --parsable --job-name=hpc-batch-pilot")
+    assert first.startswith("sbatch --parsable --job-name=pilot-")
+    assert "--export=NONE" in first
     assert "--gres=gpu:1" in first and "--signal=B:USR1@120" in first
-    assert "-m hpc_worker --workspace" in proc.stdout
+    assert "--workspace" in proc.stdout and "--pilot-id pilot-" in proc.stdout
     assert site.spool.pilots() == []
-
-
-def test_squeue_states_parse() -> None:
-    text = "12|PENDING|Resources\n13|RUNNING|None\n14|TIMEOUT|TimeLimit\n"
-    states = SlurmBackend._parse_squeue(text)
-    assert states["12"].state.value == "pending" and states["12"].reason == "Resources"
-    assert states["13"].state.value == "running"
-    assert states["14"].state.value == "gone" and states["14"].timed_out
 
 
 def test_check_remote_reaches_workspace_pilot_and_scheduler(slurm_site: Any) -> None:
@@ -226,3 +227,38 @@ def test_check_remote_finds_a_partition_typo_before_any_queue_wait(slurm_site: A
     assert proc.returncode == 1
     assert "FAILED: the slurm scheduler answers: partition 'gpux' is not one of debug" \
         in proc.stdout
+
+
+def test_pilot_found_by_name_and_without_the_submitters_environment(
+        hpc: tuple[SlurmCluster, SshServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend on a Slurm client host: the job name is the pilot id, nothing exported."""
+    for key, value in hpc[0].env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HPC_KEY_PASS", "s3cret-passphrase")
+    (tmp_path / "pilots").mkdir()
+    backend = SlurmBackend(SimpleNamespace(scheduler={"command_timeout": "20"}),  # type: ignore[arg-type]
+                           LocalTransport())
+    pilot_id = "pilot-find-%d" % os.getpid()
+    argv = ["/bin/sh", "-c", "env > %s/env.txt; sleep 30" % tmp_path]
+    spec = PilotSpec(pilot_id=pilot_id, argv=argv, env={"PYTHONPATH": "/code dir"},
+                     workspace=str(tmp_path), walltime=120)
+    assert backend.find_by_name(pilot_id) is None
+    sid = backend.submit(spec)
+    try:
+        assert backend.find_by_name(pilot_id) == sid
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "env.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert backend.status([sid])[sid].state is PilotState.RUNNING
+        env = (tmp_path / "env.txt").read_text()
+        assert "SLURM_JOB_NAME=%s" % pilot_id in env and "PYTHONPATH=/code dir" in env
+        assert "HPC_KEY_PASS" not in env and "s3cret" not in env
+    finally:
+        backend.cancel(sid)
+    deadline = time.monotonic() + 30
+    while backend.status([sid])[sid].state is not PilotState.GONE:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert backend.find_by_name(pilot_id) == sid  # an ended job is still found while listed
+    backend.cancel(sid)  # cancelling an ended pilot is no error

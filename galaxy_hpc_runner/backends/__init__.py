@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus, pilot_spec
+from galaxy_hpc_runner.backends.base import (
+    Backend,
+    CommandBackend,
+    PilotSpec,
+    PilotState,
+    PilotStatus,
+    SubmissionUncertain,
+    pilot_spec,
+)
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import ConfigError
 from galaxy_hpc_runner.transport.base import Transport
 
-__all__ = ["Backend", "PilotSpec", "PilotState", "PilotStatus", "make_backend", "pilot_spec"]
+__all__ = ["Backend", "CommandBackend", "PilotSpec", "PilotState", "PilotStatus",
+           "SubmissionUncertain", "make_backend", "pilot_spec"]
 
 
 def make_backend(cfg: Config, transport: Transport) -> Backend:

@@ -31,6 +31,9 @@ def _import_drmaa() -> Any:
 
 
 class DrmaaBackend(Backend):
+    """DRMAA 1.0 cannot list jobs by name: ``find_by_name`` raises SchedulerError (the
+    caller treats the pilot as unknown). The job name is still the pilot id, for people."""
+
     name = "drmaa"
 
     def __init__(self, cfg: Config) -> None:
@@ -63,7 +66,7 @@ class DrmaaBackend(Backend):
             try:
                 jt.remoteCommand = spec.argv[0]
                 jt.args = spec.argv[1:]
-                jt.jobName = "hpc-batch-pilot"
+                jt.jobName = spec.pilot_id
                 jt.jobEnvironment = spec.env
                 jt.workingDirectory = spec.workspace
                 jt.outputPath = ":" + spec.output

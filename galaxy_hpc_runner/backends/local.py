@@ -15,16 +15,46 @@ from galaxy_hpc_runner.errors import SchedulerError
 log = logging.getLogger(__name__)
 
 
-def _alive_pilot(pid: int) -> bool:
-    """True when ``pid`` is a live (not zombie) hpc_worker process."""
+PROC = "/proc"
+# What a local pilot keeps of the submitter's environment (like Slurm's --export=NONE,
+# which gives the login basics): never the submitter's secrets or its own scheduler ids.
+ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+            "TERM", "CUDA_VISIBLE_DEVICES")
+
+
+def pilot_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The allowlisted part of this process's environment plus the pilot's own variables."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
+    env.update(extra)
+    return env
+
+
+def _pilot_argv(pid: int) -> list[bytes] | None:
+    """The argv of ``pid`` when it is a live (not zombie) hpc_worker process, else None."""
     try:
-        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+        with open("%s/%d/stat" % (PROC, pid), encoding="ascii", errors="replace") as handle:
             state = handle.read().rsplit(")", 1)[1].split()[0]
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            cmdline = handle.read()
+        with open("%s/%d/cmdline" % (PROC, pid), "rb") as handle:
+            argv = handle.read().split(b"\0")
     except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X") and b"hpc_worker" in cmdline
+        return None
+    if state in ("Z", "X") or not any(b"hpc_worker" in word for word in argv):
+        return None
+    return argv
+
+
+def _alive_pilot(pid: int) -> bool:
+    return _pilot_argv(pid) is not None
+
+
+def pilot_id_of(argv: list[bytes]) -> str | None:
+    """The value after ``--pilot-id`` (or of ``--pilot-id=X``) in a pilot's argv."""
+    for i, word in enumerate(argv):
+        if word == b"--pilot-id" and i + 1 < len(argv):
+            return argv[i + 1].decode("utf-8", "replace")
+        if word.startswith(b"--pilot-id="):
+            return word.split(b"=", 1)[1].decode("utf-8", "replace")
+    return None
 
 
 class LocalBackend(Backend):
@@ -38,7 +68,7 @@ class LocalBackend(Backend):
 
     def submit(self, spec: PilotSpec) -> str:
         os.makedirs(os.path.dirname(spec.output), exist_ok=True)
-        env = dict(os.environ, **spec.env)
+        env = pilot_environment(spec.env)
         try:
             with open(spec.output, "ab") as out:
                 proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=out,
@@ -61,6 +91,18 @@ class LocalBackend(Backend):
         if not _alive_pilot(pid):
             return PilotStatus(PilotState.GONE, "exited")
         return PilotStatus(PilotState.RUNNING)
+
+    def find_by_name(self, pilot_id: str) -> str | None:
+        """The pid of the live pilot process started with ``--pilot-id pilot_id``."""
+        try:
+            pids = sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
+        except OSError as exc:
+            raise SchedulerError("cannot list processes in %s: %s" % (PROC, exc.strerror)) from exc
+        for pid in pids:
+            argv = _pilot_argv(pid)
+            if argv is not None and pilot_id_of(argv) == pilot_id:
+                return str(pid)
+        return None
 
     def cancel(self, scheduler_id: str) -> None:
         if self._one(scheduler_id).state is PilotState.GONE:

@@ -1,7 +1,16 @@
-"""The ``slurm`` backend: sbatch / squeue / scontrol / scancel through the transport's shell.
+"""The ``slurm`` backend: it builds sbatch / squeue / scancel / sinfo command lines and
+parses their output; :class:`CommandBackend` runs them through the transport.
 
 Locally when the submitting host is a Slurm client, over SSH otherwise. Every
 option becomes its own argument; the batch script is the quoted pilot command.
+
+- The job name is the pilot id, so a pilot can be found by name after an
+  uncertain submission (``squeue --me --name=PILOT --states=all``).
+- ``--export=NONE``: the pilot does not inherit the submitter's environment
+  (secrets, a passphrase variable); it gets the user's login environment on the
+  node, and the batch script sets what the pilot needs (``PYTHONPATH``).
+- ``--time`` always comes from the pilot's walltime: one setting feeds both
+  the scheduler and the pilot.
 """
 
 from __future__ import annotations
@@ -9,7 +18,7 @@ from __future__ import annotations
 import logging
 import shlex
 
-from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus
+from galaxy_hpc_runner.backends.base import CommandBackend, PilotSpec, PilotState, PilotStatus
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import CommandError, SchedulerError
 from galaxy_hpc_runner.transport.base import Transport
@@ -23,6 +32,9 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "STOPPED", "SIGNALING", "STAGE_OUT",
 # Anything else (COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED,
 # OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, ...) means the pilot is gone.
 OPTION_KEYS = ("partition", "gres", "mem", "account", "qos")
+SQUEUE_FORMAT = "--format=%i|%T|%r|%j"  # id|state|reason|name (the name last: it may hold '|')
+GONE_FROM_SLURM = "no longer known to Slurm"
+INVALID_JOB = "Invalid job id"
 
 
 def slurm_time(seconds: float) -> str:
@@ -32,96 +44,122 @@ def slurm_time(seconds: float) -> str:
     return "%d-%02d:%02d:00" % (days, rest // 60, rest % 60)
 
 
-class SlurmBackend(Backend):
+def slurm_status(state: str, reason: str = "") -> PilotStatus:
+    """One Slurm job state (``RUNNING``, ``CANCELLED by 0``, ``TIMEOUT+``) as a PilotStatus."""
+    words = state.strip().upper().split()
+    word = words[0].rstrip("+") if words else ""
+    if word in PENDING_STATES:
+        return PilotStatus(PilotState.PENDING, reason.strip())
+    if word in RUNNING_STATES:
+        return PilotStatus(PilotState.RUNNING)
+    if not word:
+        return PilotStatus(PilotState.UNKNOWN)
+    return PilotStatus(PilotState.GONE, word)
+
+
+def parse_squeue(text: str) -> dict[str, tuple[PilotStatus, str]]:
+    """``squeue --format=%i|%T|%r|%j`` lines -> {job id: (status, job name)}.
+
+    Lines that are not of that shape (banners, warnings a site's wrapper prints)
+    are skipped, never guessed at.
+    """
+    out: dict[str, tuple[PilotStatus, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) < 2 or not parts[0].strip() or " " in parts[0].strip():
+            continue
+        reason = parts[2] if len(parts) > 2 else ""
+        name = parts[3] if len(parts) > 3 else ""
+        out[parts[0].strip()] = (slurm_status(parts[1], reason), name.strip())
+    return out
+
+
+class SlurmBackend(CommandBackend):
     name = "slurm"
 
     def __init__(self, cfg: Config, transport: Transport) -> None:
-        self.cfg = cfg
-        self.t = transport
         self.opts = cfg.scheduler
-        self.timeout = float(self.opts.get("command_timeout", "60"))
+        super().__init__(cfg, transport, float(self.opts.get("command_timeout", "60")))
+        if self.opts.get("time"):
+            log.warning("[scheduler] time = %s is ignored: the Slurm time limit is the pilot's "
+                        "walltime ([pilot] walltime)", self.opts["time"])
 
-    def sbatch_argv(self, spec: PilotSpec) -> list[str]:
-        argv = ["sbatch", "--parsable", "--job-name=hpc-batch-pilot",
+    # -- submit ----------------------------------------------------------------------
+    def submit_argv(self, spec: PilotSpec) -> list[str]:
+        argv = ["sbatch", "--parsable", "--job-name=%s" % spec.pilot_id, "--export=NONE",
                 "--output=%s" % spec.output, "--chdir=%s" % spec.workspace,
-                "--time=%s" % (self.opts.get("time") or slurm_time(spec.walltime)),
+                "--time=%s" % slurm_time(spec.walltime),
                 "--signal=%s" % self.opts.get("signal", "B:USR1@120"),
                 "--cpus-per-task=%s" % self.opts.get("cpus", str(spec.slots))]
         argv += ["--%s=%s" % (key, self.opts[key]) for key in OPTION_KEYS if self.opts.get(key)]
         argv += shlex.split(self.opts.get("extra_args", ""))
         return argv
 
-    def batch_script(self, spec: PilotSpec) -> str:
+    # the old name, kept for callers that print the command
+    sbatch_argv = submit_argv
+
+    def submit_stdin(self, spec: PilotSpec) -> str:
+        return self.batch_script(spec)
+
+    @staticmethod
+    def batch_script(spec: PilotSpec) -> str:
         return "#!/bin/bash\n# galaxy-hpc-batch pilot %s\n%s\n" % (
             spec.pilot_id, spec.shell_command())
 
-    def submit(self, spec: PilotSpec) -> str:
-        done = self.t.run(self.sbatch_argv(spec), timeout=self.timeout,
-                          stdin=self.batch_script(spec))
-        job_id = done.stdout.strip().split(";")[0]
+    def parse_submit(self, stdout: str) -> str:
+        """``sbatch --parsable``: ``ID`` or ``ID;CLUSTER`` on the last line of its output."""
+        lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+        job_id = lines[-1].split(";")[0].strip() if lines else ""
         if not job_id.isdigit():
-            raise SchedulerError("sbatch answered %r, not a job id" % done.stdout.strip())
+            raise SchedulerError("sbatch answered %r, not a job id" % stdout.strip()[-200:])
         return job_id
 
-    def dry_run(self, spec: PilotSpec) -> str:
-        return "%s <<'EOF'\n%sEOF" % (shlex.join(self.sbatch_argv(spec)),
-                                       self.batch_script(spec))
+    # -- status ----------------------------------------------------------------------
+    def status_argv(self, ids: list[str]) -> list[str]:
+        # every job of this user, not --jobs=...: squeue refuses a whole list when one
+        # id in it has aged out of the controller's memory
+        return ["squeue", "--noheader", "--states=all", "--me", SQUEUE_FORMAT]
 
-    def status(self, ids: list[str]) -> dict[str, PilotStatus]:
-        if not ids:
-            return {}
-        argv = ["squeue", "--noheader", "--states=all", "--jobs=%s" % ",".join(ids),
-                "--format=%i|%T|%r"]
-        try:
-            done = self.t.run(argv, timeout=self.timeout)
-        except CommandError as exc:
-            if "Invalid job id" not in exc.stderr:
-                raise  # controller down or similar: the caller reads UNKNOWN
-            return {sid: self._one(sid) for sid in ids}
-        seen = self._parse_squeue(done.stdout)
-        return {sid: seen.get(sid) or PilotStatus(PilotState.GONE, "no longer known to Slurm")
+    def parse_status(self, stdout: str, ids: list[str]) -> dict[str, PilotStatus]:
+        seen = parse_squeue(stdout)
+        return {sid: seen[sid][0] if sid in seen else PilotStatus(PilotState.GONE,
+                                                                  GONE_FROM_SLURM)
                 for sid in ids}
 
-    @staticmethod
-    def _parse_squeue(text: str) -> dict[str, PilotStatus]:
-        out = {}
-        for line in text.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) >= 2:
-                out[parts[0]] = _status(parts[1], parts[2] if len(parts) > 2 else "")
-        return out
+    # -- find ------------------------------------------------------------------------
+    def find_argv(self, pilot_id: str) -> list[str]:
+        return ["squeue", "--noheader", "--states=all", "--me", "--name=%s" % pilot_id,
+                SQUEUE_FORMAT]
 
-    def _one(self, sid: str) -> PilotStatus:
-        """One job through scontrol (squeue refuses a list holding an aged-out id)."""
-        try:
-            done = self.t.run(["scontrol", "--oneliner", "show", "job", sid],
-                              timeout=self.timeout)
-        except CommandError as exc:
-            if "Invalid job id" in exc.stderr:
-                return PilotStatus(PilotState.GONE, "no longer known to Slurm")
-            raise
-        fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
-        return _status(fields.get("JobState", ""), fields.get("Reason", ""))
+    def parse_find(self, stdout: str, pilot_id: str) -> str | None:
+        """The id of the job named ``pilot_id``; a queued or running one before ended ones."""
+        named = [(sid, status) for sid, (status, name) in parse_squeue(stdout).items()
+                 if name == pilot_id]
+        if len(named) > 1:
+            log.warning("%d Slurm jobs are named %s: %s", len(named), pilot_id,
+                        ", ".join(sid for sid, _ in named))
+        named.sort(key=lambda item: (item[1].state is PilotState.GONE, _job_number(item[0])))
+        return named[0][0] if named else None
 
-    def ping(self) -> str:
+    # -- cancel, ping ----------------------------------------------------------------
+    def cancel_argv(self, scheduler_id: str) -> list[str]:
+        return ["scancel", scheduler_id]
+
+    def cancel_gone(self, exc: CommandError) -> bool:
+        return INVALID_JOB in exc.stderr
+
+    def ping_argv(self) -> list[str]:
+        return ["sinfo", "--noheader", "--format=%R"]
+
+    def parse_ping(self, stdout: str) -> str:
         """The controller answers and knows the configured partition."""
-        out = self.t.run(["sinfo", "--noheader", "--format=%R"], timeout=self.timeout).stdout
-        partitions = out.split()
+        partitions = stdout.split()
         wanted = self.opts.get("partition")
         if wanted and wanted not in partitions:
             raise SchedulerError("partition %r is not one of %s" % (wanted, ", ".join(partitions)))
         return "partitions %s" % ", ".join(partitions)
 
-    def cancel(self, scheduler_id: str) -> None:
-        self.t.run(["scancel", scheduler_id], timeout=self.timeout)
 
-
-def _status(state: str, reason: str) -> PilotStatus:
-    state = state.strip().upper()
-    if state in PENDING_STATES:
-        return PilotStatus(PilotState.PENDING, reason)
-    if state in RUNNING_STATES:
-        return PilotStatus(PilotState.RUNNING)
-    if not state:
-        return PilotStatus(PilotState.UNKNOWN)
-    return PilotStatus(PilotState.GONE, state)
+def _job_number(sid: str) -> int:
+    head = sid.split("_")[0]
+    return int(head) if head.isdigit() else 0

@@ -1,10 +1,17 @@
 """The ``ssh`` transport: the HPC head node over SSH (paramiko), host keys verified.
 
 One connection (and one SFTP session) is reused across a pass and reopened,
-with backoff, when it drops. Uploads go through SFTP to a temp name, are
-checked by size and renamed into place; downloads stream through ``cat`` on an
-exec channel (paramiko's prefetching ``get()`` can stall) into a local temp
-file, are checked by size and renamed.
+with backoff, when it drops: for reads, file moves and queries only. A command
+that is not idempotent (``sbatch``) is sent once; if the connection fails after
+it was sent, :class:`CommandOutcomeUnknown` says so. Every paramiko, socket and
+SFTP failure becomes a TransportError naming the operation and the path.
+
+Files on the HPC side are checked with ``lstat`` before they are read (a link
+or a non-regular file is :class:`UnsafeRemoteFile`), the opened handle is
+checked again, and large files stream through ``dd iflag=nofollow``. Uploads go
+to a unique temp name (exclusive create), are checked by size, get the source's
+mode (masked by the local umask) and are renamed into place. Many small files
+move as one tar stream each way (:mod:`.ssh_stream`).
 """
 
 from __future__ import annotations
@@ -13,38 +20,45 @@ import contextlib
 import logging
 import os
 import posixpath
-import secrets
 import shlex
 import socket
 import stat
-import tempfile
 import time
-from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import CommandError, CommandTimeout, RemoteFileMissing, TransportError
-from galaxy_hpc_runner.transport.base import Transport
+from galaxy_hpc_runner.transport.base import (
+    READ_CAP,
+    CommandOutcomeUnknown,
+    Transport,
+    UnsafeRemoteFile,
+    masked_mode,
+    open_regular,
+    tmp_name,
+)
 from galaxy_hpc_runner.transport.runcmd import Completed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 1 << 20
 WINDOW = 16 << 20  # bytes in flight per channel: loopback to a WAN head node
-SMALL = 4 << 20  # files up to this size are read over SFTP, larger ones streamed by cat
+SMALL = 4 << 20  # files up to this size go over SFTP, larger ones stream through dd
 RETRY_DELAYS = (0.5, 2.0)
+DROPPED = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, socket.timeout)
+
+
+class _Unreachable(TransportError):
+    """The connection could not be made (worth another try, unlike a host key problem)."""
 
 
 def _fast_transport(sock: socket.socket, disabled_algorithms: dict[str, list[str]] | None = None
                     ) -> paramiko.Transport:
-    """A paramiko Transport tuned for bulk data: a large window and AES-GCM first.
-
-    GCM does encryption and integrity in one pass of the C library, where CTR
-    adds a separate HMAC per packet; any cipher the server offers still works.
-    """
+    """A paramiko Transport tuned for bulk data: a large window and AES-GCM first."""
     transport = paramiko.Transport(sock, default_window_size=WINDOW,
                                    disabled_algorithms=disabled_algorithms)
     preferred = tuple(transport._preferred_ciphers)
@@ -62,19 +76,33 @@ def _passphrase(options: dict[str, str]) -> str | None:
                                  % options["passphrase_env"])
         return value
     if options.get("passphrase_file"):
-        with open(os.path.expanduser(options["passphrase_file"]), encoding="utf-8") as handle:
-            return handle.read().strip()
+        try:
+            with open(os.path.expanduser(options["passphrase_file"]), encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise TransportError("[transport] passphrase_file %s: %s" % (
+                options["passphrase_file"], exc.strerror)) from exc
     return None
+
+
+def _same_file(opened: Any, checked: Any, remote: str, exact: bool) -> None:
+    """The handle we opened is still the regular file lstat showed (not a swapped-in link)."""
+    if not stat.S_ISREG(opened.st_mode or 0) or opened.st_uid != checked.st_uid or (
+            exact and (opened.st_size, opened.st_mtime) != (checked.st_size, checked.st_mtime)):
+        raise UnsafeRemoteFile("refusing to read %s: it changed into another file while "
+                               "being opened" % remote)
 
 
 class SshTransport(Transport):
     def __init__(self, host: str, port: int = 22, user: str | None = None,
                  key_file: str | None = None, passphrase: str | None = None,
-                 known_hosts: str | None = None, timeout: float = 20.0) -> None:
+                 known_hosts: str | None = None, timeout: float = 20.0,
+                 python: str = "python3") -> None:
         self.host, self.port, self.user = host, port, user
         self.key_file, self.passphrase = key_file, passphrase
         self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
         self.timeout = timeout
+        self.python = python  # on the head node, for the tar streams of put_many/get_many
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
 
@@ -86,7 +114,7 @@ class SshTransport(Transport):
         return cls(host=o["host"], port=int(o.get("port", "22")), user=o.get("user"),
                    key_file=os.path.expanduser(o["key_file"]) if o.get("key_file") else None,
                    passphrase=_passphrase(o), known_hosts=o.get("known_hosts"),
-                   timeout=float(o.get("timeout", "20")))
+                   timeout=float(o.get("timeout", "20")), python=cfg.pilot.python)
 
     # -- connection ------------------------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:
@@ -110,19 +138,25 @@ class SshTransport(Transport):
                 raise TransportError("host key of %s:%d is unknown (not in %s): refusing to "
                                      "connect; add it with ssh-keyscan after checking it"
                                      % (self.host, self.port, self.known_hosts)) from exc
-            raise TransportError("ssh to %s:%d failed: %s" % (self.host, self.port, exc)) from exc
-        except OSError as exc:
-            raise TransportError("cannot reach %s:%d: %s" % (self.host, self.port, exc)) from exc
+            raise _Unreachable("ssh to %s:%d failed: %s" % (self.host, self.port, exc)) from exc
+        except (OSError, EOFError) as exc:
+            raise _Unreachable("cannot reach %s:%d: %s" % (self.host, self.port, exc)) from exc
         return client
 
     def _ssh(self) -> paramiko.SSHClient:
-        transport = self._client.get_transport() if self._client else None
-        if transport is None or not transport.is_active():
+        if not self._alive():
             self.close()
             self._client = self._connect()
             log.info("connected to %s:%d", self.host, self.port)
         assert self._client is not None
         return self._client
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return transport is not None and transport.is_active()
+
+    def _reachable(self) -> bool:
+        return self._alive()
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         client = self._ssh()
@@ -130,34 +164,53 @@ class SshTransport(Transport):
             self._sftp = client.open_sftp()
         return self._sftp
 
+    def _session(self) -> paramiko.Channel:
+        transport = self._ssh().get_transport()
+        assert transport is not None
+        return transport.open_session(timeout=self.timeout)
+
     def close(self) -> None:
         for thing in (self._sftp, self._client):
             if thing is not None:
-                with contextlib.suppress(OSError, paramiko.SSHException):
+                with contextlib.suppress(Exception):
                     thing.close()
         self._sftp = self._client = None
 
-    def _retry(self, what: str, op: Callable[[], T]) -> T:
-        """Run ``op``; on a dropped connection reconnect with backoff and try again."""
-        delays = list(RETRY_DELAYS)
+    def _do(self, what: str, path: str, op: Callable[[], T], idempotent: bool = True) -> T:
+        """Run ``op``; a dropped connection is reopened (with backoff) and ``op`` tried again
+        when ``idempotent``. Every failure leaves as a TransportError naming ``what`` and
+        ``path``; a refusal by the HPC side (no such file, permission) is never retried."""
+        delays = list(RETRY_DELAYS) if idempotent else []
         while True:
             try:
                 return op()
-            except (TimeoutError, TransportError, paramiko.SSHException, EOFError,
-                    ConnectionError) as exc:
-                if isinstance(exc, TransportError) and "refusing" in str(exc):
-                    raise  # a host key problem does not heal by retrying
-                if not delays:
-                    if isinstance(exc, TransportError):
-                        raise
-                    raise TransportError("%s on %s failed: %s" % (what, self.host, exc)) from exc
-                delay = delays.pop(0)
-                log.warning("%s on %s failed (%s); reconnecting in %ss", what, self.host, exc,
-                            delay)
+            except _Unreachable as exc:
+                failure: BaseException = exc
+            except TransportError:
+                raise
+            except FileNotFoundError as exc:
+                raise RemoteFileMissing("%s %s on %s: it does not exist" % (
+                    what, path, self.host)) from exc
+            except DROPPED as exc:
+                failure = exc
+            except OSError as exc:  # SFTP status errors, and paramiko's "Socket is closed"
+                if exc.errno is not None or self._alive():
+                    raise TransportError("%s %s on %s failed: %s" % (
+                        what, path, self.host, exc.strerror or exc)) from exc
+                failure = exc
+            if not delays:
+                if isinstance(failure, TransportError):
+                    raise failure
                 self.close()
-                time.sleep(delay)
+                raise TransportError("%s %s on %s failed: connection lost (%s)" % (
+                    what, path, self.host, failure or type(failure).__name__)) from failure
+            delay = delays.pop(0)
+            log.warning("%s %s on %s failed (%s); reconnecting in %ss", what, path, self.host,
+                        failure, delay)
+            self.close()
+            time.sleep(delay)
 
-    # -- files -----------------------------------------------------------------------
+    # -- listing, checks -------------------------------------------------------------
     def listdir(self, path: str) -> list[str]:
         def op() -> list[str]:
             try:
@@ -165,9 +218,9 @@ class SshTransport(Transport):
             except FileNotFoundError:
                 return []
             return sorted(n for n in names if not n.startswith("."))
-        return self._retry("listdir", op)
+        return self._do("listdir", path, op)
 
-    def _unless_missing(self, what: str, call: Callable[[], object]) -> bool:
+    def _unless_missing(self, what: str, path: str, call: Callable[[], object]) -> bool:
         """Run ``call``; False when the path it names does not exist."""
         def op() -> bool:
             try:
@@ -175,10 +228,10 @@ class SshTransport(Transport):
             except FileNotFoundError:
                 return False
             return True
-        return self._retry(what, op)
+        return self._do(what, path, op)
 
     def exists(self, path: str) -> bool:
-        return self._unless_missing("stat", lambda: self._sftp_client().stat(path))
+        return self._unless_missing("lstat", path, lambda: self._sftp_client().lstat(path))
 
     def makedirs(self, path: str) -> None:
         def op() -> None:
@@ -193,7 +246,7 @@ class SshTransport(Transport):
                 except OSError:
                     if not self._is_dir(sftp, directory):  # not made by somebody else
                         raise
-        self._retry("mkdir", op)
+        self._do("mkdir", path, op)
 
     @staticmethod
     def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
@@ -202,31 +255,46 @@ class SshTransport(Transport):
         except FileNotFoundError:
             return False
 
-    def _tmp_name(self, remote: str) -> str:
-        return posixpath.join(posixpath.dirname(remote),
-                              ".tmp-%s-%s" % (posixpath.basename(remote), secrets.token_hex(4)))
+    def _regular(self, sftp: paramiko.SFTPClient, remote: str, what: str) -> Any:
+        """lstat of ``remote``: UnsafeRemoteFile unless it is a regular file (not a link)."""
+        info = sftp.lstat(remote)
+        mode = info.st_mode or 0
+        if stat.S_ISLNK(mode):
+            raise UnsafeRemoteFile("refusing to %s %s on %s: it is a symbolic link" % (
+                what, remote, self.host))
+        if not stat.S_ISREG(mode):
+            raise UnsafeRemoteFile("refusing to %s %s on %s: it is not a regular file" % (
+                what, remote, self.host))
+        return info
 
+    # -- files up --------------------------------------------------------------------
     def put(self, local: str, remote: str) -> None:
-        size = os.path.getsize(local)
+        with os.fdopen(open_regular(local, "upload", TransportError), "rb") as src:
+            info = os.fstat(src.fileno())
+            size, mode = info.st_size, masked_mode(info.st_mode)
 
-        def op() -> None:
-            sftp, tmp = self._sftp_client(), self._tmp_name(remote)
-            try:
-                with open(local, "rb") as src:
+            def op() -> None:
+                sftp, tmp = self._sftp_client(), tmp_name(remote)
+                src.seek(0)
+                try:
                     if size <= SMALL:
-                        with sftp.open(tmp, "wb") as dst:
+                        with sftp.open(tmp, "wxb") as dst:
+                            dst.set_pipelined(True)
                             dst.write(src.read())
+                            dst.chmod(mode)
                     else:  # one stream beats SFTP's 32 KB requests for bulk data
-                        self._stream_up(["dd", "of=" + tmp, "bs=1M", "status=none"], src)
-                got = sftp.stat(tmp).st_size
-                if got != size:
-                    raise TransportError("upload of %s is %s bytes, expected %d" % (
-                        local, got, size))
-                sftp.posix_rename(tmp, remote)
-            except BaseException:
-                self._remove_quietly(tmp)
-                raise
-        self._retry("upload", op)
+                        self._stream_up(["dd", "of=" + tmp, "conv=excl", "oflag=nofollow",
+                                         "bs=1M", "status=none"], src)
+                        sftp.chmod(tmp, mode)
+                    got = sftp.stat(tmp).st_size
+                    if got != size:
+                        raise TransportError("upload of %s to %s: %s bytes arrived, expected %d"
+                                             % (local, remote, got, size))
+                    sftp.posix_rename(tmp, remote)
+                except BaseException:
+                    self._remove_quietly(tmp)
+                    raise
+            self._do("upload", "%s to %s" % (local, remote), op)
 
     def _stream_up(self, argv: list[str], src: BinaryIO) -> None:
         channel = self._session()
@@ -239,88 +307,126 @@ class SshTransport(Transport):
             raise TransportError("%s on %s exited %d: %s" % (
                 argv[0], self.host, rc, channel.recv_stderr(4096).decode(errors="replace")))
 
-    def _session(self) -> paramiko.Channel:
-        transport = self._ssh().get_transport()
-        assert transport is not None
-        return transport.open_session(timeout=self.timeout)
-
-    def get(self, remote: str, local: str) -> None:
-        def op() -> None:
-            size = self._sftp_client().stat(remote).st_size or 0
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(local) or ".")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    if size <= SMALL:  # one SFTP read beats starting a remote process
-                        out.write(self.read_bytes(remote))
-                        rc = 0
-                    else:
-                        rc = self._stream(["cat", "--", remote], out)
-                got = os.path.getsize(tmp)
-                if rc != 0 or got != size:
-                    raise TransportError("download of %s: %d of %s bytes (cat rc %d)" % (
-                        remote, got, size, rc))
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, local)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        self._retry("download", op)
-
-    def _stream(self, argv: list[str], out: BinaryIO) -> int:
-        channel = self._session()
-        channel.exec_command(shlex.join(argv))
-        while block := channel.recv(CHUNK):
-            out.write(block)
-        return int(channel.recv_exit_status())
-
     def write_text(self, remote: str, text: str) -> None:
         data = text.encode("utf-8")
 
         def op() -> None:
-            sftp, tmp = self._sftp_client(), self._tmp_name(remote)
-            with sftp.open(tmp, "wb") as dst:
-                dst.write(data)
-            sftp.posix_rename(tmp, remote)
-        self._retry("write", op)
-
-    def read_bytes(self, remote: str, limit: int | None = None) -> bytes:
-        def op() -> bytes:
-            with self._sftp_client().open(remote, "rb") as src:
-                if limit is not None:
-                    size = src.stat().st_size
-                    src.seek(max(0, size - limit))
-                src.prefetch()
-                return bytes(src.read())
-        try:
-            return self._retry("read", op)
-        except FileNotFoundError as exc:
-            raise RemoteFileMissing("%s does not exist on %s" % (remote, self.host)) from exc
-        except OSError as exc:
-            raise TransportError("cannot read %s: %s" % (remote, exc)) from exc
-
-    def create_exclusive(self, remote: str, text: str) -> bool:
-        data = text.encode("utf-8")
-
-        def op() -> bool:
+            sftp, tmp = self._sftp_client(), tmp_name(remote)
             try:
-                with self._sftp_client().open(remote, "xb") as dst:
+                with sftp.open(tmp, "wxb") as dst:
                     dst.write(data)
-            except OSError as exc:
-                if self._exists(remote):  # SFTP servers report EEXIST as a plain failure
-                    return False
-                raise TransportError("cannot create %s: %s" % (remote, exc)) from exc
-            return True
-        return self._retry("create", op)
+                sftp.posix_rename(tmp, remote)
+            except BaseException:
+                self._remove_quietly(tmp)
+                raise
+        self._do("write", remote, op)
 
-    def _exists(self, remote: str) -> bool:
+    # -- files down ------------------------------------------------------------------
+    def get(self, remote: str, local: str) -> None:
+        def op() -> None:
+            sftp = self._sftp_client()
+            info = self._regular(sftp, remote, "download")
+            size = info.st_size or 0
+            tmp = tmp_name(local)
+            try:
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                except OSError as exc:
+                    raise TransportError("download of %s: cannot write %s: %s" % (
+                        remote, tmp, exc.strerror)) from exc
+                with os.fdopen(fd, "wb") as out:
+                    if size <= SMALL:  # one SFTP read beats starting a remote process
+                        with sftp.open(remote, "rb") as src:
+                            _same_file(src.stat(), info, remote, exact=True)
+                            src.prefetch(size)
+                            out.write(src.read(size + 1))
+                        rc = 0
+                    else:
+                        rc = self._stream(["dd", "iflag=nofollow", "if=" + remote, "bs=1M",
+                                           "status=none"], out, size)
+                    out.flush()
+                    got = os.fstat(out.fileno()).st_size
+                    if rc != 0 or got != size:
+                        raise TransportError("download of %s: %d of %s bytes (rc %d)" % (
+                            remote, got, size, rc))
+                    os.fchmod(out.fileno(), masked_mode(info.st_mode or 0o600))
+                os.replace(tmp, local)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        self._do("download", "%s to %s" % (remote, local), op)
+
+    def _stream(self, argv: list[str], out: BinaryIO, size: int) -> int:
+        """``argv``'s stdout into ``out``; stops (rc -2) past ``size`` bytes: never unbounded."""
+        channel = self._session()
+        channel.exec_command(shlex.join(argv))
+        got = 0
+        while block := channel.recv(CHUNK):
+            got += len(block)
+            if got > size:
+                channel.close()
+                return -2
+            out.write(block)
+        return int(channel.recv_exit_status())
+
+    def read_bytes(self, remote: str, limit: int | None = None,
+                   max_bytes: int = READ_CAP) -> bytes:
+        def op() -> bytes:
+            sftp = self._sftp_client()
+            info = self._regular(sftp, remote, "read")
+            with sftp.open(remote, "rb") as src:
+                now = src.stat()
+                _same_file(now, info, remote, exact=False)
+                size = now.st_size or 0
+                if limit is None and size > max_bytes:
+                    raise UnsafeRemoteFile("refusing to read %s on %s: %d bytes, over the "
+                                           "%d-byte cap" % (remote, self.host, size, max_bytes))
+                want = size if limit is None else min(size, max(0, limit))
+                src.seek(size - want)
+                if want:
+                    src.prefetch(size)
+                return bytes(src.read(want))
+        return self._do("read", remote, op)
+
+    # -- markers, locks, trees -------------------------------------------------------
+    def create_exclusive(self, remote: str, text: str) -> bool:
+        """Write ``text`` to a unique temp file, then hard-link it to ``remote`` (link(2)
+        never replaces). After a dropped connection the retry tells its own file from
+        another creator's by comparing the two inodes."""
+        tmp = tmp_name(remote)
+        self.write_text(tmp, text)
         try:
-            self._sftp_client().lstat(remote)
-        except FileNotFoundError:
+            try:
+                return self._do("create", remote, lambda: self._link_new(tmp, remote, False),
+                                idempotent=False)
+            except TransportError as exc:
+                if isinstance(exc, RemoteFileMissing) or self._alive():
+                    raise
+            log.warning("create %s on %s: connection lost; checking whose file it is",
+                        remote, self.host)
+            return self._do("create", remote, lambda: self._link_new(tmp, remote, True))
+        finally:
+            with contextlib.suppress(TransportError):
+                self._do("remove", tmp, lambda: self._remove_quietly(tmp, strict=True))
+
+    def _link_new(self, tmp: str, remote: str, retried: bool) -> bool:
+        sftp = self._sftp_client()
+        try:
+            sftp._request(CMD_EXTENDED, "hardlink@openssh.com", tmp, remote)
+            return True
+        except OSError:
+            if not self._alive():  # dropped: whether it linked is for the retry to find out
+                raise
+            if not self._unless_missing("lstat", remote, lambda: sftp.lstat(remote)):
+                raise
+        if not retried:
             return False
-        return True
+        ids = self.run(["stat", "-c", "%d:%i", "--", tmp, remote], idempotent=True).stdout
+        first, _, second = ids.strip().partition("\n")
+        return bool(first) and first == second
 
     def rename(self, src: str, dst: str) -> bool:
-        return self._unless_missing("rename",
+        return self._unless_missing("rename", "%s to %s" % (src, dst),
                                     lambda: self._sftp_client().posix_rename(src, dst))
 
     def remove(self, path: str) -> None:
@@ -331,12 +437,13 @@ class SshTransport(Transport):
             except FileNotFoundError:
                 return
             if not stat.S_ISDIR(mode):
-                sftp.remove(path)
+                with contextlib.suppress(FileNotFoundError):
+                    sftp.remove(path)
             elif len(sftp.listdir(path)) > 100:  # big trees: one rm beats many requests
-                self.run(["rm", "-rf", "--", path])
+                self.run(["rm", "-rf", "--", path], idempotent=True)
             else:
                 self._remove_tree(sftp, path)
-        self._retry("remove", op)
+        self._do("remove", path, op)
 
     def _remove_tree(self, sftp: paramiko.SFTPClient, path: str) -> None:
         for entry in sftp.listdir_attr(path):
@@ -358,32 +465,72 @@ class SshTransport(Transport):
             try:
                 sftp._request(CMD_EXTENDED, "hardlink@openssh.com", src, dst)
             except OSError:
-                self.run(["ln", "-f", "--", src, dst])
-        self._retry("link", op)
+                if not self._alive():
+                    raise
+                self.run(["ln", "-f", "--", src, dst], idempotent=True)
+        self._do("link", "%s to %s" % (src, dst), op)
 
-    def _remove_quietly(self, path: str) -> None:
-        with contextlib.suppress(OSError, paramiko.SSHException):
-            if self._sftp is not None:
-                self._sftp.remove(path)
+    def _remove_quietly(self, path: str, strict: bool = False) -> None:
+        if self._sftp is None and not strict:
+            return
+        try:
+            (self._sftp_client() if strict else self._sftp).remove(path)  # type: ignore[union-attr]
+        except FileNotFoundError:
+            pass
+        except (OSError, *DROPPED):
+            if strict:
+                raise
+
+    # -- many files ------------------------------------------------------------------
+    def put_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        from galaxy_hpc_runner.transport import ssh_stream
+
+        ssh_stream.put_many(self, pairs)
+
+    def get_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        from galaxy_hpc_runner.transport import ssh_stream
+
+        ssh_stream.get_many(self, pairs)
 
     # -- commands --------------------------------------------------------------------
     def run(self, argv: list[str], timeout: float = 60.0, check: bool = True,
-            stdin: str | None = None) -> Completed:
+            stdin: str | None = None, idempotent: bool = False) -> Completed:
         """Run ``argv`` on the head node: every word quoted, never a config-built string."""
-        def op() -> Completed:
-            client = self._ssh()
-            chan_in, chan_out, chan_err = client.exec_command(shlex.join(argv), timeout=timeout)
-            if stdin is not None:
-                chan_in.write(stdin)
-            chan_in.channel.shutdown_write()
+        what = "command %s" % argv[0]
+        if idempotent:
+            done = self._do(what, "", lambda: self._exec(argv, timeout, stdin))
+        else:
+            channel = self._do(what, "(opening a channel)", self._session)  # nothing sent yet
             try:
-                out = chan_out.read().decode("utf-8", "replace")
-                err = chan_err.read().decode("utf-8", "replace")
-            except TimeoutError as exc:
-                raise CommandTimeout("%s on %s did not finish within %ss" % (
-                    argv[0], self.host, timeout)) from exc
-            return Completed(argv, chan_out.channel.recv_exit_status(), out, err)
-        done = self._retry("command %s" % argv[0], op)
+                done = self._exec(argv, timeout, stdin, channel)
+            except (CommandTimeout, CommandOutcomeUnknown):
+                raise
+            except (OSError, *DROPPED) as exc:
+                self.close()
+                raise CommandOutcomeUnknown(
+                    "%s on %s: the connection failed after it was sent (%s); it may or may "
+                    "not have run" % (argv[0], self.host, exc or type(exc).__name__)) from exc
         if check and done.rc != 0:
             raise CommandError(argv, done.rc, done.stdout, done.stderr)
         return done
+
+    def _exec(self, argv: list[str], timeout: float, stdin: str | None,
+              channel: paramiko.Channel | None = None) -> Completed:
+        channel = channel or self._session()
+        channel.settimeout(timeout)
+        channel.exec_command(shlex.join(argv))
+        try:
+            if stdin is not None:
+                channel.sendall(stdin.encode("utf-8"))
+            channel.shutdown_write()
+            with channel.makefile("rb") as out_file, channel.makefile_stderr("rb") as err_file:
+                out = out_file.read().decode("utf-8", "replace")
+                err = err_file.read().decode("utf-8", "replace")
+        except TimeoutError as exc:
+            channel.close()
+            raise CommandTimeout("%s on %s did not finish within %ss" % (
+                argv[0], self.host, timeout)) from exc
+        rc = channel.recv_exit_status()
+        if rc == -1:  # closed without an exit status: the connection went away
+            raise EOFError("no exit status from %s" % argv[0])
+        return Completed(argv, rc, out, err)
