@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import List, Optional
 
 from . import protocol as p
 from .pilot import Pilot, PilotSettings
+from .records import PROTOCOL_VERSION
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="hpc-worker", description=__doc__)
     ap.add_argument("--workspace", required=True, help="the HPC workspace root")
     ap.add_argument("--pilot-id", required=True, help="unique name given by the submitter")
-    ap.add_argument("--slots", type=int, default=1, help="jobs run at once, one GPU each")
+    ap.add_argument("--version", action="version",
+                    version="hpc-worker, protocol version %d" % PROTOCOL_VERSION)
+    ap.add_argument("--slots", type=int, default=1,
+                    help="jobs run at once, one GPU each (see --slots-per-gpu)")
+    ap.add_argument("--slots-per-gpu", type=int, default=1,
+                    help="slots sharing one allocated GPU; slots beyond GPUs x this are "
+                         "not started (no effect where no GPU variable is set)")
+    ap.add_argument("--gpu-sample", type=float, default=10.0,
+                    help="seconds between nvidia-smi samples for GPU accounting (0: none)")
+    ap.add_argument("--keep-env", action="append", default=[], metavar="NAME",
+                    help="also pass this variable (NAME, or PREFIX*) of the pilot's "
+                         "environment to jobs; repeatable")
     ap.add_argument("--idle-timeout", type=float, default=300.0,
                     help="stop after this many seconds with nothing to do")
     ap.add_argument("--walltime", type=float, default=None,
@@ -34,14 +45,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not p.valid_key(args.pilot_id):
         print("hpc-worker: invalid --pilot-id %r" % args.pilot_id, file=sys.stderr)
         return 2
-    root = os.path.abspath(args.workspace)
+    if args.slots < 1 or args.slots_per_gpu < 1:
+        print("hpc-worker: --slots and --slots-per-gpu must be at least 1", file=sys.stderr)
+        return 2
+    root = args.workspace
     p.ensure_layout(root)
-    log_path = args.log or os.path.join(root, p.PILOTS, args.pilot_id + ".log")
+    log_path = args.log or p.pilot_path(root, args.pilot_id, p.PILOT_LOG)
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = PilotSettings(root, args.pilot_id, slots=args.slots,
                              idle_timeout=args.idle_timeout, walltime=args.walltime,
-                             poll=args.poll, heartbeat=args.heartbeat, grace=args.grace)
+                             poll=args.poll, heartbeat=args.heartbeat, grace=args.grace,
+                             slots_per_gpu=args.slots_per_gpu, gpu_sample=args.gpu_sample,
+                             keep_env=args.keep_env)
     return Pilot(settings).run()
 
 

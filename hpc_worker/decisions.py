@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+RELEASE_MARGIN = 5.0  # seconds kept, beyond the kill grace, to give jobs back before the end
+MAX_MARGIN_SHARE = 0.1  # ...but never more than this share of a (short) pilot walltime
+SETTLE = 1.0  # seconds a job that died of a signal waits for the pilot's own stop signal
+
 
 def job_fits(job_walltime: Optional[float], pilot_remaining: Optional[float]) -> bool:
     """A job is started only when its declared walltime fits in the pilot's remaining time."""
@@ -15,3 +19,30 @@ def job_fits(job_walltime: Optional[float], pilot_remaining: Optional[float]) ->
 def should_stop(idle_for: float, idle_timeout: float, running: int) -> bool:
     """A pilot with nothing running leaves after ``idle_timeout`` seconds without work."""
     return running == 0 and idle_for >= idle_timeout
+
+
+def release_margin(walltime: Optional[float], grace: float) -> float:
+    """Seconds before its hard end at which a pilot gives back what still runs: the kill
+    grace plus RELEASE_MARGIN, capped at MAX_MARGIN_SHARE of its walltime."""
+    margin = grace + RELEASE_MARGIN
+    if walltime is not None:
+        margin = min(margin, walltime * MAX_MARGIN_SHARE)
+    return max(0.0, margin)
+
+
+def time_needed(declared: Optional[float], learned: Optional[float]) -> Optional[float]:
+    """What a job needs before it can finish: its declared walltime (an upper bound), else
+    the longest an earlier attempt ran before it was released (a lower bound), else unknown."""
+    return declared if declared is not None else learned
+
+
+def cannot_finish(elapsed: float, learned: Optional[float], time_left: float) -> bool:
+    """A running job cannot finish before the pilot's release point: an earlier attempt
+    already ran longer than this one can (the learned runtime is a lower bound)."""
+    return learned is not None and learned - elapsed > time_left
+
+
+def stop_signalled(rc: int, stop_signals: "frozenset[int]") -> bool:
+    """An exit status that one of the scheduler's stop signals may have caused: killed by
+    it (-SIG) or a shell reporting it (128 + SIG)."""
+    return -rc in stop_signals or (rc > 128 and rc - 128 in stop_signals)

@@ -1,4 +1,4 @@
-"""One job run by the pilot: start it, watch it, end it, report it."""
+"""One job run by the pilot: start an attempt, watch it, end it, report or release it."""
 
 from __future__ import annotations
 
@@ -9,75 +9,75 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from . import protocol as p
-from .states import Reason, ResultStatus
+from .attempt import Attempt, JobInvalid, job_env
+from .gpu import Usage
+from .records import JobSpec, Result, RunLine, learned_runtime
+from .states import Reason, ReleaseReason, ResultStatus
 
 log = logging.getLogger(__name__)
 
 
-def _parent_death_signal() -> Optional[Callable[[], None]]:
-    """A preexec_fn that kills the job's shell when the pilot dies (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_pdeathsig() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return set_pdeathsig
-
-
-_PREEXEC = _parent_death_signal()
-
-
 class JobRun:
-    """A claimed job's process and what the pilot knows about it."""
+    """A claimed job's attempt, its process group and what the pilot knows about it."""
 
-    def __init__(self, root: str, key: str, pilot: str, slot: int, gpu: str) -> None:
+    def __init__(self, root: str, key: str, pilot: str, slot: int, gpu: str, spec: JobSpec,
+                 runs: Optional[List[RunLine]] = None) -> None:
         self.root = root
         self.key = key
         self.pilot = pilot
         self.slot = slot
         self.gpu = gpu
-        self.dir = p.job_dir(root, key)
-        self.meta: Dict[str, Any] = p.read_json(os.path.join(self.dir, p.META))
+        self.spec = spec
+        self.runs = runs or []
+        self.learned = learned_runtime(self.runs)
+        self.attempt: Optional[Attempt] = None
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.start_time = 0.0
         self.start_iso = ""
         self.kill_reason = ""
+        self.kill_due: Optional[float] = None  # SIGKILL the group at this time if still alive
+        self.settle_until: Optional[float] = None
+        self.usage = Usage()
 
     @property
     def claim_path(self) -> str:
         return p.marker(self.root, p.CLAIMED, p.claim_name(self.key, self.pilot))
 
     def walltime(self) -> Optional[float]:
-        return p.optional_float(self.meta.get("walltime"))
+        return self.spec.walltime
 
-    def start(self, env: Dict[str, str]) -> None:
-        """Start ``bash job.sh`` in the job's directory, in its own session."""
-        for name in self.meta.get("outputs", []):
-            _remove(os.path.join(self.dir, name))  # leftovers of a lost attempt
-        _remove(os.path.join(self.dir, p.RESULT))
-        env = dict(env, CUDA_VISIBLE_DEVICES=self.gpu, HPC_BATCH_JOB=self.key,
-                   HPC_BATCH_SLOT=str(self.slot))
-        self.start_time = time.time()
-        self.start_iso = p.now_iso()
-        p.append_jsonl(os.path.join(self.dir, p.RUNS), {
-            "pilot": self.pilot, "host": socket.gethostname(), "start": self.start_iso,
-            "slot": self.slot, "gpu": self.gpu})
-        with open(os.path.join(self.dir, p.STDOUT), "wb") as out, \
-                open(os.path.join(self.dir, p.STDERR), "wb") as err:
+    def elapsed(self, now: float) -> float:
+        return max(0.0, now - self.start_time) if self.start_time else 0.0
+
+    def start(self, pilot_env: Mapping[str, str], slot_env: Mapping[str, str],
+              root_as_given: str, keep: Sequence[str] = ()) -> int:
+        """Make a fresh attempt directory and start ``bash attempt-N.sh`` there, in its own
+        session; returns the process group id."""
+        starts = sum(1 for run in self.runs if run.start is not None)
+        attempt = Attempt.create(self.root, self.key, starts)
+        self.attempt = attempt
+        attempt.link_inputs(self.spec.inputs)
+        attempt.write_script(self.spec.workspace, root_as_given)
+        env = job_env(pilot_env, self.spec.env, dict(
+            slot_env, HPC_BATCH_JOB=self.key, HPC_BATCH_SLOT=str(self.slot),
+            HPC_BATCH_ATTEMPT=attempt.name, HPC_BATCH_WORKSPACE=attempt.dir), keep)
+        out, err = attempt.open_logs()
+        self.start_time, self.start_iso = time.time(), p.now_iso()
+        self._append(RunLine(pilot=self.pilot, start=self.start_iso, host=socket.gethostname(),
+                             slot=self.slot, gpu=self.gpu, attempt=attempt.name))
+        try:
             self.proc = subprocess.Popen(
-                ["bash", p.SCRIPT], cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, preexec_fn=_PREEXEC)
-        log.info("(%s) started on slot %s (gpu %s), pid %s", self.key, self.slot, self.gpu,
-                 self.proc.pid)
+                ["bash", attempt.script], cwd=attempt.dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True)
+        finally:
+            os.close(out)
+            os.close(err)
+        log.info("(%s) started on slot %s (gpu %s), pid %s in %s", self.key, self.slot,
+                 self.gpu, self.proc.pid, attempt.name)
+        return self.proc.pid
 
     def poll(self) -> Optional[int]:
         return None if self.proc is None else self.proc.poll()
@@ -86,38 +86,64 @@ class JobRun:
         limit = self.walltime()
         return limit is not None and now - self.start_time > limit
 
-    def kill(self, reason: str, grace: float) -> None:
-        """End the job's whole process group: SIGTERM, then SIGKILL after ``grace``."""
-        self.kill_reason = self.kill_reason or reason
+    def terminate(self, reason: str, grace: float, now: float) -> None:
+        """SIGTERM the job's whole group; SIGKILL follows after ``grace`` (see escalate)."""
+        if self.kill_reason:
+            return
+        self.kill_reason = reason
         if self.proc is None or self.proc.poll() is not None:
             return
         log.info("(%s) stopping: %s", self.key, reason)
         _killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            _killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        _killpg(self.proc.pid, signal.SIGKILL)  # stragglers left in the group
+        self.kill_due = now + grace
 
-    def finish(self, scheduler_id: str) -> None:
-        """Write result.json, then move the claim to done/ (the marker last)."""
+    def escalate(self, now: float) -> None:
+        if self.kill_due is not None and now >= self.kill_due and self.poll() is None:
+            assert self.proc is not None
+            _killpg(self.proc.pid, signal.SIGKILL)
+            self.kill_due = None
+
+    def end_group(self) -> None:
+        """Nothing of the attempt outlives it: SIGKILL what is left of its group."""
+        if self.proc is not None:
+            _killpg(self.proc.pid, signal.SIGKILL)
+
+    def finish(self, scheduler_id: str, metrics: Dict[str, object]) -> Optional[Result]:
+        """Write the result, publish the attempt while the claim is still ours, then move
+        the claim to done/ (the marker last). None when the claim was taken from us."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
-        result.update(start=self.start_iso, end=p.now_iso(), host=socket.gethostname(),
-                      pilot=self.pilot, scheduler_id=scheduler_id, slot=self.slot)
-        p.write_json(os.path.join(self.dir, p.RESULT), result)
+        result.start, result.end, result.host = self.start_iso, p.now_iso(), socket.gethostname()
+        result.pilot, result.scheduler_id, result.slot = self.pilot, scheduler_id, self.slot
+        result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
+        assert self.attempt is not None
+        result.attempt = self.attempt.name
+        text = result.dumps() + "\n"
+        p.atomic_write(os.path.join(self.attempt.dir, p.RESULT), text, sync=False)
+        if not os.path.exists(self.claim_path):
+            log.error("(%s) its claim was taken from this pilot: result kept in %s only",
+                      self.key, self.attempt.dir)
+            return None
+        self.attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs))
+        p.atomic_write(p.result_path(self.root, self.key), text)
         p.try_rename(self.claim_path, p.marker(self.root, p.DONE, self.key))
-        log.info("(%s) finished: %s (rc %s)", self.key, result["status"], result["rc"])
+        log.info("(%s) finished: %s (rc %s)", self.key, result.status, result.rc)
+        return result
 
-    def release(self) -> None:
-        """Give a killed job back to the queue for the next pilot."""
+    def release(self, reason: ReleaseReason) -> None:
+        """Give the job back to the queue: the release line first (so whoever sees the
+        marker back in ready/ can count it), then the marker."""
+        self._append(RunLine(pilot=self.pilot, released=p.now_iso(), host=socket.gethostname(),
+                             slot=self.slot, gpu=self.gpu, reason=reason.value,
+                             elapsed=round(self.elapsed(time.time()), 3),
+                             attempt=self.attempt.name if self.attempt else ""))
         p.try_rename(self.claim_path, p.marker(self.root, p.READY, self.key))
-        p.append_jsonl(os.path.join(self.dir, p.RUNS), {
-            "pilot": self.pilot, "released": p.now_iso()})
-        log.info("(%s) released for the next pilot", self.key)
+        log.info("(%s) released for the next pilot (%s)", self.key, reason.value)
 
-    def _result(self, rc: int) -> Dict[str, Any]:
+    def _append(self, line: RunLine) -> None:
+        p.append_jsonl(os.path.join(p.job_dir(self.root, self.key), p.RUNS), line.to_json())
+
+    def _result(self, rc: int) -> Result:
         if self.kill_reason == Reason.CANCELLED:
             return _error(rc, Reason.CANCELLED, "Cancelled while running")
         if self.kill_reason == Reason.WALLTIME:
@@ -128,19 +154,43 @@ class JobRun:
                           % _signal_name(-rc))
         if rc != 0:
             return _error(rc, Reason.FAILED, "Remote command failed with return code %d" % rc)
-        missing = self.missing_outputs()
+        missing, unsafe = self.check_outputs()
+        if unsafe:
+            return _error(rc, Reason.UNSAFE, "Remote command wrote %s as something other than "
+                          "a regular file (a link or a directory): not collected"
+                          % ", ".join(unsafe))
         if missing:
             return _error(rc, Reason.MISSING_OUTPUT,
                           "Remote command succeeded but did not produce: %s" % ", ".join(missing))
-        return {"status": ResultStatus.OK, "message": "processed OK", "rc": 0, "reason": None}
+        return Result(status=ResultStatus.OK, message="processed OK", rc=0)
 
-    def missing_outputs(self) -> List[str]:
-        return [name for name in self.meta.get("outputs", [])
-                if not os.path.isfile(os.path.join(self.dir, name))]
+    def check_outputs(self) -> "tuple[List[str], List[str]]":
+        """(missing, not a regular file) among the declared outputs of this attempt."""
+        assert self.attempt is not None
+        found = {name: self.attempt.regular_file(name) for name in self.spec.outputs}
+        return ([n for n, ok in found.items() if ok is None],
+                [n for n, ok in found.items() if ok is False])
 
 
-def _error(rc: int, reason: str, message: str) -> Dict[str, Any]:
-    return {"status": ResultStatus.ERROR, "message": message, "rc": rc, "reason": reason}
+def report_unrunnable(root: str, key: str, pilot: str, scheduler_id: str,
+                      exc: JobInvalid) -> None:
+    """A claimed job whose description cannot be run ends in error, the pilot goes on."""
+    result = _error(None, exc.reason, str(exc))
+    result.end, result.host = p.now_iso(), socket.gethostname()
+    result.pilot, result.scheduler_id = pilot, scheduler_id
+    try:
+        p.atomic_write(p.result_path(root, key), result.dumps() + "\n")
+    except OSError as write_exc:
+        log.error("(%s) cannot be run (%s) and its result cannot be written: %s",
+                  key, exc, write_exc)
+        return
+    p.try_rename(p.marker(root, p.CLAIMED, p.claim_name(key, pilot)),
+                 p.marker(root, p.DONE, key))
+    log.error("(%s) cannot be run: %s", key, exc)
+
+
+def _error(rc: Optional[int], reason: Reason, message: str) -> Result:
+    return Result(status=ResultStatus.ERROR, message=message, rc=rc, reason=reason)
 
 
 def _signal_name(number: int) -> str:
@@ -155,6 +205,4 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+__all__ = ["JobInvalid", "JobRun", "report_unrunnable"]

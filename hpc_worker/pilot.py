@@ -1,8 +1,22 @@
-"""The pilot: one scheduler job that drains every staged job description it can find."""
+"""The pilot: one scheduler job that drains every staged job description it can find.
+
+Signals. SIGTERM and SIGINT stop the pilot: every running job is given back
+(released) for the next pilot, never reported as failed. SIGUSR1 and SIGUSR2 are
+the scheduler's walltime warning (Slurm ``--signal=B:USR1@N``): the pilot drains
+(heartbeat DRAINING, no new jobs) and lets running jobs go on until its release
+point, ``release_margin`` before its own hard end (start + ``--walltime``); there it
+releases what still runs, and it releases earlier any job an earlier attempt showed
+cannot finish in time. It drains by itself at the release point without a warning.
+
+A job that dies of a stop signal is reported only after ``decisions.SETTLE``
+seconds without the pilot receiving a stop signal of its own (the scheduler signals
+the job and the pilot at once, in either order).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import logging
 import os
@@ -10,14 +24,24 @@ import select
 import signal
 import socket
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+from . import decisions as d
+from . import gpu
 from . import protocol as p
-from .decisions import job_fits, should_stop
-from .jobrun import JobRun
-from .states import HeartbeatState, Reason
+from .attempt import JobInvalid, load_spec, read_runs
+from .guard import GroupGuard
+from .jobrun import JobRun, report_unrunnable
+from .readyq import ReadyQueue
+from .records import Heartbeat, RunLine, learned_runtime
+from .states import HeartbeatState, Reason, ReleaseReason
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+DRAIN_SIGNALS = frozenset((signal.SIGUSR1, signal.SIGUSR2))
+SIGNALLED = frozenset(STOP_SIGNALS | DRAIN_SIGNALS)
+TICK = 0.05  # seconds between looks at ready/ while slots are free (a stat each)
 
 
 class PilotSettings:
@@ -25,7 +49,9 @@ class PilotSettings:
 
     def __init__(self, root: str, pilot_id: str, slots: int = 1, idle_timeout: float = 300.0,
                  walltime: Optional[float] = None, poll: float = 0.5, heartbeat: float = 10.0,
-                 grace: float = 10.0, scheduler_id: str = "") -> None:
+                 grace: float = 10.0, scheduler_id: str = "", slots_per_gpu: int = 1,
+                 gpu_sample: float = 10.0, keep_env: Sequence[str] = ()) -> None:
+        self.root_as_given = root
         self.root = os.path.abspath(root)
         self.pilot_id = pilot_id
         self.slots = slots
@@ -35,6 +61,9 @@ class PilotSettings:
         self.heartbeat = heartbeat
         self.grace = grace
         self.scheduler_id = scheduler_id or _scheduler_id_from_env()
+        self.slots_per_gpu = slots_per_gpu
+        self.gpu_sample = gpu_sample
+        self.keep_env = tuple(keep_env)
 
 
 def _scheduler_id_from_env() -> str:
@@ -44,10 +73,10 @@ def _scheduler_id_from_env() -> str:
     return str(os.getpid())  # the local backend's id for us
 
 
-def gpu_list(slots: int) -> List[str]:
-    """Slot i gets the i-th device Slurm gave us, or ``i`` when none is set."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return [visible[i] if i < len(visible) else str(i) for i in range(slots)]
+def gpu_list(slots: int, slots_per_gpu: int = 1) -> List[str]:
+    """The device of each slot that may run (see hpc_worker.gpu)."""
+    alloc = gpu.allocation(os.environ, slots, slots_per_gpu)
+    return [alloc.device(slot) for slot in range(alloc.slots)]
 
 
 class Pilot:
@@ -55,38 +84,78 @@ class Pilot:
         self.s = settings
         self.started = time.time()
         self.deadline = None if settings.walltime is None else self.started + settings.walltime
-        self.gpus = gpu_list(settings.slots)
+        self.margin = d.release_margin(settings.walltime, settings.grace)
+        self.release_at = None if self.deadline is None else self.deadline - self.margin
+        self.kill_grace = min(settings.grace, self.margin / 2) if self.deadline else settings.grace
+        self.alloc = gpu.allocation(os.environ, settings.slots, settings.slots_per_gpu)
+        self.gpus = [self.alloc.device(slot) for slot in range(self.alloc.slots)]
         self.running: Dict[int, JobRun] = {}
         self.stopping = ""
+        self.draining = ""
         self.last_activity = self.started
         self.last_heartbeat = 0.0
         self._changed = False  # a job started or ended since the last heartbeat
         self.done_count = 0
         self._wake_r, self._wake_w = os.pipe()
         self._env = dict(os.environ)
+        self.queue = ReadyQueue(os.path.join(self.s.root, p.READY), min_rescan=settings.poll,
+                                rescan_every=max(10.0, 10 * settings.poll))
+        self.guard = GroupGuard()
+        self.sampler = gpu.Sampler(settings.gpu_sample if self.alloc.real else 0.0)
+        self.ledger = gpu.Ledger(self.alloc)
 
     # -- main loop -------------------------------------------------------------------
     def run(self) -> int:
         p.ensure_layout(self.s.root)
         self._install_signals()
-        log.info("pilot %s (%s) on %s: %d slot(s), gpus %s, idle timeout %ss, walltime %s",
-                 self.s.pilot_id, self.s.scheduler_id, socket.gethostname(), self.s.slots,
-                 ",".join(self.gpus), self.s.idle_timeout, self.s.walltime)
+        self.guard.start()
+        self._log_start()
         try:
             while not self.stopping:
-                self._reap()
-                self._check_cancel_and_walltime()
-                started = self._fill_slots()
-                self._heartbeat(HeartbeatState.RUNNING, force=self._changed)
-                idle = self._idle_for()
-                if not started and should_stop(idle, self.s.idle_timeout, len(self.running)):
-                    log.info("idle for %.0fs: stopping", idle)
+                if not self._step():
                     break
-                if not started:
-                    self._sleep(self.s.poll)
         finally:
             self._shutdown()
         return 0
+
+    def _log_start(self) -> None:
+        log.info("pilot %s (%s) on %s: %d slot(s), gpus %s (%s), idle timeout %ss, "
+                 "walltime %s, releases at %s", self.s.pilot_id, self.s.scheduler_id,
+                 socket.gethostname(), self.alloc.slots, ",".join(self.gpus),
+                 self.alloc.source or "no GPU variable set: nominal", self.s.idle_timeout,
+                 self.s.walltime, _iso(self.release_at))
+        refused = self.alloc.refused_slots_message()
+        if refused:
+            log.error("%s", refused)
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when the pilot should leave."""
+        now = time.time()
+        self._reap(now)
+        self._supervise(now)
+        started = 0 if self.draining or self.stopping else self._fill_slots(now)
+        self._account(now)
+        self._heartbeat(force=self._changed)
+        if self.draining and not self.running:
+            log.info("drained: stopping")
+            return False
+        idle = self._idle_for()
+        if not started and d.should_stop(idle, self.s.idle_timeout, len(self.running)):
+            log.info("idle for %.0fs: stopping", idle)
+            return False
+        if not started:
+            self._sleep(self._nap())
+        return True
+
+    def _nap(self) -> float:
+        nap = self.s.poll
+        if len(self.running) < self.alloc.slots and not self.draining:
+            nap = min(nap, TICK)
+        if any(job.settle_until or job.kill_due for job in self.running.values()):
+            nap = min(nap, 0.1)
+        if self.release_at is not None and self.release_at > time.time():
+            nap = min(nap, self.release_at - time.time() + 0.01)
+        return nap
 
     def _idle_for(self) -> float:
         return time.time() - self.last_activity
@@ -106,68 +175,128 @@ class Pilot:
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop_signal)
+        for sig in DRAIN_SIGNALS:
+            signal.signal(sig, self._on_drain_signal)
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
         self.stopping = signal.Signals(signum).name
 
-    # -- jobs --------------------------------------------------------------------------
-    def _reap(self) -> None:
-        for slot, job in list(self.running.items()):
-            # Once a stop signal came, a job that ended may have been cut short by the
-            # same signal (Slurm signals every process of the job; a script without
-            # `set -e` then carries on and exits 0): its result is not trusted, and
-            # _shutdown releases it. Jobs we killed ourselves are reported.
-            if job.poll() is not None and (not self.stopping or job.kill_reason):
-                self._report(slot, job)
+    def _on_drain_signal(self, signum: int, _frame: object) -> None:
+        if not self.draining:
+            self.draining = signal.Signals(signum).name
+            self._changed = True
 
-    def _report(self, slot: int, job: JobRun) -> None:
+    # -- jobs ending -------------------------------------------------------------------
+    def _reap(self, now: float) -> None:
+        for slot, job in list(self.running.items()):
+            rc = job.poll()
+            if rc is None:
+                continue
+            if self.stopping and not job.kill_reason:
+                continue  # may be cut short by the same stop signal: _shutdown releases it
+            if isinstance(job.kill_reason, ReleaseReason):
+                self._end(slot, job, release=job.kill_reason)
+            elif job.kill_reason or rc == 0 or not d.stop_signalled(rc, SIGNALLED):
+                self._end(slot, job)
+            elif job.settle_until is None:
+                job.settle_until = now + d.SETTLE  # wait for our own stop signal, if any
+            elif self.draining and d.stop_signalled(rc, DRAIN_SIGNALS):
+                self._end(slot, job, release=ReleaseReason.PILOT_WALLTIME)
+            elif now >= job.settle_until:
+                self._end(slot, job)
+
+    def _end(self, slot: int, job: JobRun, release: Optional[ReleaseReason] = None) -> None:
+        job.end_group()
+        if job.proc is not None:
+            self.guard.remove(job.proc.pid)
         try:
-            job.finish(self.s.scheduler_id)
+            if release is not None:
+                job.release(release)
+            else:
+                job.finish(self.s.scheduler_id, gpu.job_metrics(
+                    self.alloc, job.gpu, job.elapsed(time.time()), job.usage))
+                self.done_count += 1
         except OSError as exc:  # its directory was withdrawn under us
             log.error("(%s) cannot report its result: %s", job.key, exc)
         del self.running[slot]
-        self.done_count += 1
         self.last_activity = time.time()
         self._changed = True
 
-    def _check_cancel_and_walltime(self) -> None:
-        now = time.time()
+    def _supervise(self, now: float) -> None:
         for job in self.running.values():
             if os.path.exists(p.marker(self.s.root, p.CANCEL, job.key)):
-                job.kill(Reason.CANCELLED, self.s.grace)
+                job.terminate(Reason.CANCELLED, self.s.grace, now)
             elif job.overdue(now):
-                job.kill(Reason.WALLTIME, self.s.grace)
+                job.terminate(Reason.WALLTIME, self.s.grace, now)
+            job.escalate(now)
+        if self.release_at is None:
+            return
+        left = self.release_at - now
+        if left <= 0:
+            self._release_all(now)
+        elif self.draining:
+            for job in self.running.values():
+                if d.cannot_finish(job.elapsed(now), job.learned, left):
+                    log.info("(%s) ran %.0fs before, cannot finish in the %.0fs left",
+                             job.key, job.learned or 0, left)
+                    job.terminate(ReleaseReason.PILOT_WALLTIME, self.kill_grace, now)
 
-    def _fill_slots(self) -> int:
-        free = [slot for slot in range(self.s.slots) if slot not in self.running]
+    def _release_all(self, now: float) -> None:
+        """The release point: give back what still runs, take nothing new."""
+        if not self.draining:
+            self.draining = "the end of the pilot's walltime"
+            self._changed = True
+        pending = [job for job in self.running.values() if not job.kill_reason]
+        if pending:
+            log.info("%s received: releasing %d running job(s)", self.draining, len(pending))
+        for job in pending:
+            job.terminate(ReleaseReason.PILOT_WALLTIME, self.kill_grace, now)
+
+    # -- jobs starting -----------------------------------------------------------------
+    def _fill_slots(self, now: float) -> int:
+        free = [slot for slot in range(self.alloc.slots) if slot not in self.running]
         if not free:
             return 0
+        self.queue.refresh(now)
         started = 0
-        for key in p.listdir(os.path.join(self.s.root, p.READY)):
-            if not free or self.stopping:
+        while free and not self.stopping:
+            key = self.queue.pop()
+            if key is None:
                 break
-            if not self._fits(key) or not self._claim(key):
-                continue
-            slot = free.pop(0)
-            if self._start(key, slot):
+            if self._try(key, free[0]):
+                free.pop(0)
                 started += 1
         return started
 
-    def _fits(self, key: str) -> bool:
-        """A job whose walltime exceeds our remaining time is left for a fresh pilot."""
-        if self.deadline is None:
-            return True
+    def _try(self, key: str, slot: int) -> bool:
+        """Claim ``key`` and start it on ``slot`` if it fits; True when it started."""
         try:
-            meta = p.read_json(os.path.join(p.job_dir(self.s.root, key), p.META))
-        except (OSError, ValueError):
+            spec = load_spec(self.s.root, key)
+        except JobInvalid as exc:
+            if self._claim(key):
+                report_unrunnable(self.s.root, key, self.s.pilot_id, self.s.scheduler_id, exc)
+                self.last_activity, self._changed = time.time(), True
             return False
-        walltime = p.optional_float(meta.get("walltime"))
-        remaining = self.deadline - time.time()
-        if not job_fits(walltime, remaining):
+        runs = read_runs(self.s.root, key)
+        if not self._fits(key, spec.walltime, runs):
+            self.queue.never(key)
+            return False
+        if not self._claim(key):
+            return False
+        return self._start(JobRun(self.s.root, key, self.s.pilot_id, slot, self.gpus[slot],
+                                  spec, runs))
+
+    def _fits(self, key: str, walltime: Optional[float], runs: List[RunLine]) -> bool:
+        """A job that needs more than our usable time left is left for a fresh pilot."""
+        if self.release_at is None:
+            return True
+        needed = d.time_needed(walltime, learned_runtime(runs))
+        remaining = self.release_at - time.time()
+        if not d.job_fits(needed, remaining):
             log.info("(%s) walltime %ss exceeds the %.0fs this pilot has left: not taken",
-                     key, walltime, remaining)
+                     key, needed, remaining)
             return False
         return True
 
@@ -176,48 +305,95 @@ class Pilot:
         dst = p.marker(self.s.root, p.CLAIMED, p.claim_name(key, self.s.pilot_id))
         return p.try_rename(src, dst)
 
-    def _start(self, key: str, slot: int) -> bool:
+    def _start(self, job: JobRun) -> bool:
         try:
-            job = JobRun(self.s.root, key, self.s.pilot_id, slot, self.gpus[slot])
-            job.start(self._env)
-        except OSError as exc:
-            if exc.errno == errno.EMFILE:
-                raise
-            log.exception("(%s) could not be started", key)
-            p.try_rename(p.marker(self.s.root, p.CLAIMED, p.claim_name(key, self.s.pilot_id)),
-                         p.marker(self.s.root, p.READY, key))
+            pgid = job.start(self._env, gpu.env_for(job.gpu), self.s.root_as_given,
+                             self.s.keep_env)
+        except JobInvalid as exc:
+            report_unrunnable(self.s.root, job.key, self.s.pilot_id, self.s.scheduler_id, exc)
+            self.last_activity, self._changed = time.time(), True
             return False
-        self.running[slot] = job
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+                raise
+            log.exception("(%s) could not be started", job.key)
+            with contextlib.suppress(OSError):
+                job.release(ReleaseReason.START_FAILED)
+            return False
+        self.guard.add(pgid)
+        self.running[job.slot] = job
         self.last_activity = time.time()
         self._changed = True
         return True
 
-    # -- heartbeat and shutdown -------------------------------------------------------
-    def _heartbeat(self, state: HeartbeatState, force: bool = False) -> None:
+    # -- GPUs, heartbeat and shutdown -------------------------------------------------
+    def _account(self, now: float) -> None:
+        self.ledger.account(now, [job.gpu for job in self.running.values()])
+        figures = self.sampler.tick(now)
+        if figures:
+            for job in self.running.values():
+                sample = figures.get(job.gpu)
+                if sample is not None:
+                    job.usage.add(sample)
+
+    def _heartbeat(self, force: bool = False) -> None:
         now = time.time()
         if not force and now - self.last_heartbeat < self.s.heartbeat:
             return
         self.last_heartbeat, self._changed = now, False
+        state = HeartbeatState.DRAINING if self.draining else HeartbeatState.RUNNING
+        self._write_heartbeat(state, now)
+
+    def _write_heartbeat(self, state: HeartbeatState, now: float) -> None:
+        beat = Heartbeat(
+            pilot=self.s.pilot_id, state=state, epoch=now, scheduler_id=self.s.scheduler_id,
+            host=socket.gethostname(), pid=os.getpid(), time=p.now_iso(), started=self.started,
+            deadline=self.deadline, running=sorted(job.key for job in self.running.values()),
+            done=self.done_count, slots=self.alloc.slots, gpus=list(self.alloc.devices),
+            slots_per_gpu=self.alloc.slots_per_gpu, release_at=self.release_at,
+            gpu_idle_seconds=round(self.ledger.idle, 3),
+            gpu_busy_seconds=round(self.ledger.busy, 3))
         try:
-            self._write_heartbeat(state, now)
+            p.atomic_write(p.pilot_path(self.s.root, self.s.pilot_id, p.HEARTBEAT),
+                           beat.dumps() + "\n", sync=False)
         except OSError as exc:  # a file system hiccup must not end the pilot
             log.warning("cannot write heartbeat: %s", exc)
 
-    def _write_heartbeat(self, state: HeartbeatState, now: float) -> None:
-        p.write_json(os.path.join(self.s.root, p.PILOTS, self.s.pilot_id + ".hb"), {
-            "pilot": self.s.pilot_id, "scheduler_id": self.s.scheduler_id, "state": state,
-            "host": socket.gethostname(), "pid": os.getpid(), "time": p.now_iso(),
-            "epoch": now, "started": self.started, "deadline": self.deadline,
-            "running": sorted(job.key for job in self.running.values()),
-            "done": self.done_count, "slots": self.s.slots})
-
     def _shutdown(self) -> None:
-        self._reap()  # reports what ended before a stop signal, or that we killed
-        if self.stopping:
-            log.info("%s received: releasing %d running job(s)", self.stopping, len(self.running))
+        now = time.time()
+        self._reap(now)  # reports what ended before a stop signal, or that we killed
+        if self.stopping and self.running:
+            log.info("%s received: releasing %d running job(s)", self.stopping,
+                     len(self.running))
         for job in self.running.values():
-            job.kill("pilot stopping", self.s.grace)
-            job.release()
-        self.running.clear()
-        self._heartbeat(HeartbeatState.STOPPED, force=True)
+            job.terminate(ReleaseReason.STOP, self.kill_grace, now)
+        self._wait_for_jobs(now + self.kill_grace)
+        for slot, job in list(self.running.items()):
+            if job.kill_reason in (Reason.CANCELLED, Reason.WALLTIME):
+                self._end(slot, job)  # it was ending anyway: report why
+            else:
+                reason = job.kill_reason if isinstance(job.kill_reason, ReleaseReason) \
+                    else ReleaseReason.STOP
+                self._end(slot, job, release=reason)
+        self._account(time.time())
+        self._write_heartbeat(HeartbeatState.STOPPED, time.time())
+        self.guard.stop()
+        self.sampler.close()
         log.info("pilot %s stopped after %d job(s)", self.s.pilot_id, self.done_count)
+
+    def _wait_for_jobs(self, until: float) -> None:
+        while any(job.poll() is None for job in self.running.values()):
+            if time.time() >= until:
+                for job in self.running.values():
+                    job.end_group()
+                for job in self.running.values():
+                    if job.proc is not None:
+                        job.proc.wait()
+                return
+            self._sleep(0.05)
+
+
+def _iso(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")

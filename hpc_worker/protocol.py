@@ -3,23 +3,46 @@
 Everything the two sides exchange lives under the HPC workspace root ``W``
 (``[hpc_env] workspace`` in the config)::
 
-    W/jobs/KEY/                 the job's own workspace (<<workspace>> in templates)
+    W/jobs/KEY/                 the job's staged files (inputs, job.sh, job.json)
     W/jobs/KEY/job.sh           the rendered script
-    W/jobs/KEY/job.json         what the pilot needs: walltime, outputs, ...
-    W/jobs/KEY/runs.jsonl       one line per start of the job by a pilot
-    W/jobs/KEY/result.json      written by the pilot when the job ended
-    W/jobs/KEY/stdout.txt, stderr.txt
+    W/jobs/KEY/job.json         what the pilot needs (records.JobSpec)
+    W/jobs/KEY/runs.jsonl       one line per start or release of the job (records.RunLine)
+    W/jobs/KEY/attempt-N/       attempt N's own directory: the job's cwd and <<workspace>>,
+                                inputs hard-linked in, outputs written here
+    W/jobs/KEY/attempt-N.sh     attempt N's script (job.sh with <<workspace>> pointed here)
+    W/jobs/KEY/current          the live attempt's name ("attempt-N"), written at its start
+    W/jobs/KEY/result.json      the live attempt's result (records.Result, its ``attempt``
+                                names the directory), published before the done marker
+    W/jobs/KEY/stdout.txt, stderr.txt, OUTPUT...
+                                hard links to the live attempt's files (published at start
+                                for the logs, at the end for the outputs)
     W/queue/ready/KEY           staged: any pilot may claim it
     W/queue/claimed/KEY@PILOT   claimed by PILOT (rename of the ready marker)
     W/queue/done/KEY            result.json is complete: the submitter collects
     W/queue/cancel/KEY          a cancel request for a claimed job
     W/pilots/PILOT.json         registry entry (records.PilotEntry), written before submission
-    W/pilots/PILOT.hb           heartbeat, written by the pilot
+    W/pilots/PILOT.hb           heartbeat (records.Heartbeat), written by the pilot
     W/pilots/PILOT.log          the pilot's log
 
 Every state change is one ``rename`` of a marker, which is atomic on a POSIX
 file system: two pilots can never both claim a job, and a marker only becomes
 visible once the files it announces are complete.
+
+Attempts. Each start of a job runs in a fresh ``attempt-N`` directory, so a
+stale attempt (a pilot judged dead that still runs) can never write where the
+live one does. A pilot publishes into ``W/jobs/KEY`` only while it still holds
+the job's claim marker, and moves the marker to ``done/`` right after. The
+submitter collects with the helpers below, all pure path functions usable on
+either side (POSIX paths)::
+
+    result_path(W, KEY)                 -> W/jobs/KEY/result.json (read it first)
+    output_path(W, KEY, NAME, ATTEMPT)  -> W/jobs/KEY/ATTEMPT/NAME, ATTEMPT from the
+                                           result's ``attempt`` ("" -> W/jobs/KEY/NAME)
+    log_path(W, KEY, STDOUT, ATTEMPT)   -> the same for stdout.txt / stderr.txt
+    attempt_dir(W, KEY, ATTEMPT)        -> W/jobs/KEY/ATTEMPT (check valid_attempt first)
+
+The published links in ``W/jobs/KEY`` are the same files, so a submitter that
+still reads ``W/jobs/KEY/NAME`` gets the live attempt's outputs too.
 
 This module is shared by both sides and must stay standard-library only and
 compatible with Python 3.8.
@@ -31,6 +54,7 @@ import contextlib
 import datetime
 import json
 import os
+import posixpath
 import re
 import tempfile
 from typing import Any, Dict, List, Optional
@@ -57,6 +81,15 @@ SERVER_SEP = "="  # KEY = SERVER=NAME when several submitting servers share one 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}$")
 # the pilot files: registry entry, heartbeat, log, scheduler output
 PILOT_SUFFIXES = (".json", ".hb", ".log", ".out")
+PILOT_ENTRY, HEARTBEAT, PILOT_LOG, PILOT_OUT = PILOT_SUFFIXES
+
+CURRENT = "current"  # W/jobs/KEY/current: the live attempt's directory name
+ATTEMPT_PREFIX = "attempt-"
+ATTEMPT_RE = re.compile(r"^attempt-[1-9][0-9]{0,5}$")
+ATTEMPT_SCRIPT_SUFFIX = ".sh"
+# names in a job directory that are the protocol's own: no input or output may take them
+RESERVED_NAMES = (SCRIPT, META, RUNS, RESULT, STDOUT, STDERR, CURRENT)
+FILE_NAME_RE = re.compile(r"^[^/\x00]{1,255}$")
 
 
 
@@ -102,8 +135,9 @@ def split_claim(name: str) -> "tuple[str, str]":
     return key, pilot
 
 
-def atomic_write(path: str, data: "bytes | str", mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one."""
+def atomic_write(path: str, data: "bytes | str", mode: int = 0o644, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one
+    (``sync``: on disk before it is visible)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
@@ -112,7 +146,8 @@ def atomic_write(path: str, data: "bytes | str", mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -194,3 +229,52 @@ def marker(root: str, queue: str, name: str) -> str:
 
 def optional_float(value: Any) -> Optional[float]:
     return None if value is None else float(value)
+
+
+# -- attempts ------------------------------------------------------------------------
+def attempt_name(number: int) -> str:
+    return "%s%d" % (ATTEMPT_PREFIX, number)
+
+
+def valid_attempt(name: str) -> bool:
+    """An attempt directory name as the pilot makes them (``attempt-N``)."""
+    return bool(ATTEMPT_RE.match(name))
+
+
+def valid_file_name(name: str) -> bool:
+    """A plain file name a job may declare as input or output: one path component, not
+    a protocol file, an attempt's name, a dot file or a temp file."""
+    return (bool(FILE_NAME_RE.match(name)) and not name.startswith(".")
+            and name not in RESERVED_NAMES and not name.startswith(ATTEMPT_PREFIX))
+
+
+def attempt_dir(root: str, key: str, attempt: str) -> str:
+    """W/jobs/KEY/ATTEMPT; ValueError for a name that is not an attempt's."""
+    if not valid_attempt(attempt):
+        raise ValueError("%r is not an attempt directory name" % attempt)
+    return posixpath.join(root, JOBS, key, attempt)
+
+
+def attempt_script(root: str, key: str, attempt: str) -> str:
+    """W/jobs/KEY/attempt-N.sh: the script attempt N runs (outside its working directory)."""
+    return attempt_dir(root, key, attempt) + ATTEMPT_SCRIPT_SUFFIX
+
+
+def result_path(root: str, key: str) -> str:
+    """W/jobs/KEY/result.json: the live attempt's result, published before the done marker."""
+    return posixpath.join(root, JOBS, key, RESULT)
+
+
+def output_path(root: str, key: str, name: str, attempt: str = "") -> str:
+    """Where output ``name`` of the attempt that wrote the result lies (``attempt`` from
+    Result.attempt; "" for a result of a pilot without attempt directories)."""
+    if not attempt:
+        return posixpath.join(root, JOBS, key, name)
+    return posixpath.join(attempt_dir(root, key, attempt), name)
+
+
+def log_path(root: str, key: str, name: str, attempt: str = "") -> str:
+    """STDOUT or STDERR of an attempt (or of the job directory for ``attempt`` "")."""
+    if name not in (STDOUT, STDERR):
+        raise ValueError("%r is not a job log" % name)
+    return output_path(root, key, name, attempt)

@@ -164,6 +164,9 @@ class JobSpec(Record):
     outputs: List[str] = dataclasses.field(default_factory=list)
     env: Dict[str, str] = dataclasses.field(default_factory=dict)
     server: str = ""  # the submitting server (its spool tag), for shared pilots
+    # the path the submitter rendered for <<workspace>> (W/jobs/KEY); the pilot points it at
+    # the attempt directory. Empty: the pilot's own spelling of W/jobs/KEY is used.
+    workspace: str = ""
 
 
 @dataclasses.dataclass
@@ -179,6 +182,11 @@ class RunLine(Record):
     gpu: str = ""
     reason: str = ""
     elapsed: Optional[float] = None  # seconds the released attempt ran
+    attempt: str = ""  # the attempt directory's name (attempt-N) of this start or release
+
+    @property
+    def is_release(self) -> bool:
+        return self.released is not None
 
 
 @dataclasses.dataclass
@@ -197,6 +205,7 @@ class Result(Record):
     scheduler_id: Optional[str] = None
     slot: Optional[int] = None
     metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    attempt: str = ""  # the attempt directory (attempt-N) this result and its outputs came from
 
 
 @dataclasses.dataclass
@@ -216,6 +225,11 @@ class Heartbeat(Record):
     running: List[str] = dataclasses.field(default_factory=list)
     done: int = 0
     slots: int = 1
+    gpus: List[str] = dataclasses.field(default_factory=list)  # devices allocated to the pilot
+    slots_per_gpu: int = 1
+    gpu_idle_seconds: float = 0.0  # device-seconds allocated GPUs held no job
+    gpu_busy_seconds: float = 0.0  # device-seconds allocated GPUs held a job
+    release_at: Optional[float] = None  # epoch when still-running jobs are given back
 
 
 @dataclasses.dataclass
@@ -276,3 +290,16 @@ def parse_runs(data: bytes) -> List[RunLine]:
         except ProtocolError:
             continue
     return out
+
+
+def count_releases(runs: List[RunLine], reasons: Optional[List[str]] = None) -> int:
+    """How many times pilots gave the job back (release lines), optionally only for
+    ``reasons`` (values of :class:`~hpc_worker.states.ReleaseReason`)."""
+    return sum(1 for run in runs if run.is_release and (reasons is None or run.reason in reasons))
+
+
+def learned_runtime(runs: List[RunLine]) -> Optional[float]:
+    """The longest time an earlier attempt ran before it was released: a lower bound on the
+    job's runtime (None when no release said how long it ran)."""
+    times = [run.elapsed for run in runs if run.is_release and run.elapsed is not None]
+    return max(times) if times else None

@@ -79,3 +79,14 @@ class Reason(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class ReleaseReason(str, enum.Enum):
+    """Why a pilot gave a claimed job back (``RunLine.reason`` of a release line)."""
+
+    STOP = "stop"  # the pilot was told to stop (scancel, SIGTERM, SIGINT)
+    PILOT_WALLTIME = "pilot_walltime"  # its pilot's time ran out before the job could finish
+    START_FAILED = "start_failed"  # the pilot could not start it (its own trouble, not the job's)
+
+    def __str__(self) -> str:
+        return self.value

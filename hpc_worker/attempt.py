@@ -1,0 +1,227 @@
+"""One attempt of a job: its own directory, script, environment and published files.
+
+A job description comes from the submitting side and is read as untrusted:
+``job.json`` through :class:`records.JobSpec` (types and bounds), every input and
+output a plain file name (``protocol.valid_file_name``), environment names plain
+identifiers. The pilot only ever creates, links and removes files inside the job's
+own directory ``W/jobs/KEY`` and the attempt directory it made there.
+
+Standard library only, Python 3.8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+from . import protocol as p
+from .records import (
+    MAX_RECORD_BYTES,
+    MAX_RUNS_BYTES,
+    JobSpec,
+    ProtocolError,
+    RunLine,
+    parse_runs,
+    read_bounded,
+    read_record,
+)
+from .states import Reason
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+            "TMP", "TEMP", "HOSTNAME", "MODULEPATH", "MODULESHOME")
+ENV_KEEP_PREFIXES = ("LC_", "SLURM_", "PBS_", "APPTAINER_", "SINGULARITY_")
+PILOT_VARIABLES = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")  # the slot's, never the job's
+PILOT_PREFIX = "HPC_BATCH_"
+KEY_CHARS = "A-Za-z0-9_.+=@-"
+MAX_SCRIPT_BYTES = MAX_RECORD_BYTES
+MAX_ATTEMPTS_DIRS = 100000
+
+
+class JobInvalid(Exception):
+    """The job cannot be run as it was staged; the message says why, ``reason`` is the
+    result's reason (INVALID: its description; TRANSFER: a staged file is missing)."""
+
+    def __init__(self, message: str, reason: Reason = Reason.INVALID) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_spec(root: str, key: str) -> JobSpec:
+    """``job.json`` of ``key``, checked beyond its types; JobInvalid on any problem."""
+    path = os.path.join(p.job_dir(root, key), p.META)
+    try:
+        spec = read_record(JobSpec, path)
+    except FileNotFoundError:
+        raise JobInvalid("%s is missing: the job was not staged completely" % path,
+                         Reason.TRANSFER) from None
+    except (ProtocolError, OSError) as exc:
+        raise JobInvalid(str(exc)) from None
+    problems = spec_problems(spec)
+    if problems:
+        raise JobInvalid("%s: %s" % (path, "; ".join(problems)))
+    return spec
+
+
+def spec_problems(spec: JobSpec) -> List[str]:
+    out = ["%s %r is not a plain file name the job may use" % (kind, name)
+           for kind, names in (("input", spec.inputs), ("output", spec.outputs))
+           for name in names if not p.valid_file_name(name)]
+    if spec.walltime is not None and spec.walltime <= 0:
+        out.append("walltime %r is not a positive number of seconds" % spec.walltime)
+    for name, value in spec.env.items():
+        if not ENV_NAME_RE.match(name) or "\x00" in value:
+            out.append("env %r is not a variable name with a plain value" % name)
+    return out
+
+
+def read_runs(root: str, key: str) -> List[RunLine]:
+    """The (last MAX_RUNS_BYTES of the) job's runs.jsonl; [] when there is none."""
+    path = os.path.join(p.job_dir(root, key), p.RUNS)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return []
+        handle.seek(max(0, info.st_size - MAX_RUNS_BYTES))
+        data = handle.read(MAX_RUNS_BYTES)
+    return parse_runs(data)
+
+
+def job_env(pilot_env: Mapping[str, str], spec_env: Mapping[str, str],
+            slot_env: Mapping[str, str], keep: Sequence[str] = ()) -> Dict[str, str]:
+    """The allowlisted part of the pilot's environment, then the description's variables,
+    then the slot's own (devices, HPC_BATCH_*), which the description cannot change."""
+    env = {name: value for name, value in pilot_env.items() if _kept(name, keep)}
+    env.update((k, v) for k, v in spec_env.items()
+               if k not in PILOT_VARIABLES and not k.startswith(PILOT_PREFIX))
+    env.update(slot_env)
+    return env
+
+
+def _kept(name: str, keep: Sequence[str]) -> bool:
+    if name in ENV_KEEP or name.startswith(ENV_KEEP_PREFIXES):
+        return True
+    return any(name == k or (k.endswith("*") and name.startswith(k[:-1])) for k in keep)
+
+
+class Attempt:
+    """A fresh ``W/jobs/KEY/attempt-N`` made for one start of the job."""
+
+    def __init__(self, root: str, key: str, name: str) -> None:
+        self.root = root
+        self.key = key
+        self.name = name
+        self.job_dir = p.job_dir(root, key)
+        self.dir = p.attempt_dir(root, key, name)
+        self.script = p.attempt_script(root, key, name)
+
+    @classmethod
+    def create(cls, root: str, key: str, starts: int) -> "Attempt":
+        """mkdir the next free attempt-N (N after the starts already recorded)."""
+        job_dir = p.job_dir(root, key)
+        try:
+            mode = os.lstat(job_dir).st_mode
+        except FileNotFoundError:
+            raise JobInvalid("%s is missing" % job_dir, Reason.TRANSFER) from None
+        if not stat.S_ISDIR(mode):
+            raise JobInvalid("%s is not a directory" % job_dir)
+        for number in range(starts + 1, starts + 1 + MAX_ATTEMPTS_DIRS):
+            name = p.attempt_name(number)
+            try:
+                os.mkdir(os.path.join(job_dir, name), 0o755)
+            except FileExistsError:
+                continue
+            return cls(root, key, name)
+        raise JobInvalid("%s holds too many attempt directories" % job_dir)
+
+    def link_inputs(self, names: Iterable[str]) -> None:
+        """Hard-link each staged input in (a symbolic link where hard links fail)."""
+        for name in names:
+            src = os.path.join(self.job_dir, name)
+            try:
+                info = os.lstat(src)
+            except FileNotFoundError:
+                raise JobInvalid("input %r is not in %s" % (name, self.job_dir),
+                                 Reason.TRANSFER) from None
+            if not stat.S_ISREG(info.st_mode):
+                raise JobInvalid("input %r in %s is not a regular file" % (name, self.job_dir))
+            dst = os.path.join(self.dir, name)
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                os.symlink(src, dst)
+
+    def write_script(self, workspace: str, root_as_given: str) -> None:
+        """job.sh with every spelling of W/jobs/KEY (<<workspace>>) pointed at this attempt."""
+        path = os.path.join(self.job_dir, p.SCRIPT)
+        try:
+            text = read_bounded(path, MAX_SCRIPT_BYTES)
+        except FileNotFoundError:
+            raise JobInvalid("%s is missing" % path, Reason.TRANSFER) from None
+        except ProtocolError as exc:
+            raise JobInvalid(str(exc)) from None
+        spellings = {workspace, p.job_dir(root_as_given, self.key), self.job_dir,
+                     p.job_dir(os.path.realpath(self.root), self.key)} - {""}
+        pattern = re.compile(b"(?:%s)(?![%s])" % (b"|".join(
+            re.escape(s.encode("utf-8")) for s in sorted(spellings, key=len, reverse=True)),
+            KEY_CHARS.encode()))
+        body = pattern.sub(lambda _m: self.dir.encode("utf-8"), text)
+        p.atomic_write(self.script, body, sync=False)
+
+    def open_logs(self) -> "tuple[int, int]":
+        """Create the attempt's stdout/stderr, published at once so logs show the live run."""
+        fds = []
+        for name in (p.STDOUT, p.STDERR):
+            path = os.path.join(self.dir, name)
+            fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        self.publish((p.STDOUT, p.STDERR))
+        p.atomic_write(os.path.join(self.job_dir, p.CURRENT), self.name + "\n", sync=False)
+        return fds[0], fds[1]
+
+    def publish(self, names: Iterable[str]) -> None:
+        """Hard-link the attempt's files ``names`` into W/jobs/KEY, replacing what is there."""
+        for name in names:
+            src = os.path.join(self.dir, name)
+            dst = os.path.join(self.job_dir, name)
+            try:
+                info = os.lstat(src)
+            except FileNotFoundError:
+                _remove(dst)  # the attempt did not write it: no older copy may stand in
+                continue
+            if _same_file(info, dst):
+                continue  # rename() onto a link of the same file would do nothing
+            tmp = os.path.join(self.job_dir, ".tmp-publish-%s-%s" % (self.name, name))
+            _remove(tmp)
+            os.link(src, tmp, follow_symlinks=False)
+            os.replace(tmp, dst)
+
+    def regular_file(self, name: str) -> Optional[bool]:
+        """True: a regular file; False: something else (a link, a directory); None: absent."""
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self.dir, name)).st_mode)
+        except FileNotFoundError:
+            return None
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _same_file(info: os.stat_result, path: str) -> bool:
+    try:
+        other = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino)
