@@ -85,6 +85,8 @@ def pilot_spec(cfg: Config, pilot_id: str) -> PilotSpec:
             "--idle-timeout", "%g" % pc.idle_timeout, "--walltime", "%g" % pc.walltime,
             "--poll", "%g" % pc.poll, "--heartbeat", "%g" % pc.heartbeat,
             "--grace", "%g" % pc.grace]
+    if pc.slots_per_gpu != 1:  # slots sharing one allocated GPU (hpc_worker.gpu)
+        argv += ["--slots-per-gpu", str(pc.slots_per_gpu)]
     return PilotSpec(pilot_id=pilot_id, argv=argv, env={},
                      workspace=cfg.workspace, walltime=pc.walltime, slots=pc.slots)
 
