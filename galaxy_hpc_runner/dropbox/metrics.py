@@ -42,8 +42,8 @@ def write_metrics(cfg: Config, spool: Spool, ok: bool, duration: float | None = 
     """Write the metrics file for the pass that just ended; returns its path."""
     path = metrics_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    p.atomic_write(str(path), render(cfg, spool, ok, duration, time.time() if now is None
-                                     else now), sync=False)
+    p.atomic_write(str(path), render(cfg, spool, ok, duration,
+                                     time.time() if now is None else now))
     return path
 
 

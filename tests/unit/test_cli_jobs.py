@@ -1,0 +1,142 @@
+"""The admin's views of a spool: jobs table, lookup by Galaxy id or prefix, show after the
+result file is gone, status times and exit code, pause/drain/resume, the metrics file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from galaxy_hpc_runner.cli import jobs
+from galaxy_hpc_runner.cli.exitcodes import Exit
+from galaxy_hpc_runner.config import load_config
+from galaxy_hpc_runner.dropbox import control, metrics
+from galaxy_hpc_runner.dropbox.spool import Spool
+from hpc_worker import protocol as p
+from hpc_worker.states import JobState
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def hpc_batch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), HPC_BATCH_CONFIG=str(config))
+    return subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=PROJECT)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    for sub in ("dropbox", "ws"):
+        (tmp_path / sub).mkdir()
+    path = tmp_path / "site.ini"
+    path.write_text("[dropbox]\npath = dropbox\n[hpc_env]\nworkspace = %s/ws\nscripts = /s\n"
+                    "containers = /c\n[submitter]\ninterval = 5\n" % tmp_path)
+    spool = Spool(load_config(path).spool)
+    waiting = spool.create("whisper-a1", {"script": "whisper", "meta": {"galaxy_job_id": 4711}})
+    spool.transition(waiting, JobState.STAGED)
+    running = spool.create("whisper-b2", {"script": "whisper", "meta": {"galaxy_job_id": 4712}})
+    spool.transition(running, JobState.STAGED)
+    spool.transition(running, JobState.CLAIMED, pilot="pilot-1")
+    done = spool.create("gentle-c3", {"script": "gentle"})
+    spool.transition(done, JobState.STAGED)
+    spool.transition(done, JobState.CLAIMED, pilot="pilot-1")
+    spool.transition(done, JobState.FINISHED, status="error", message="Remote command failed "
+                     "with return code 7", rc=7)
+    spool.archive(done)
+    return path
+
+
+def test_the_jobs_table_lists_every_job_with_galaxy_id_state_pilot_and_rc(config: Path) -> None:
+    proc = hpc_batch(config, "jobs")
+    assert proc.returncode == 0, proc.stderr
+    head, *rows = proc.stdout.splitlines()
+    assert head.split() == ["NAME", "GALAXY", "STATE", "AGE", "PILOT", "HOST", "RC"]
+    cells = {row.split()[0]: row.split() for row in rows}
+    assert cells["whisper-a1"][1:3] == ["4711", "staged"]
+    assert cells["whisper-b2"][1:3] == ["4712", "claimed"] and cells["whisper-b2"][4] == "pilot-1"
+    assert cells["gentle-c3"][1:3] == ["-", "finished/error"] and cells["gentle-c3"][-1] == "7"
+
+
+def test_jobs_filters_by_state_and_time_and_speaks_json(config: Path) -> None:
+    proc = hpc_batch(config, "jobs", "--state", "claimed,staged", "--json")
+    assert sorted(r["name"] for r in json.loads(proc.stdout)) == ["whisper-a1", "whisper-b2"]
+    assert hpc_batch(config, "jobs", "--since", "1h").stdout.count("\n") == 4
+    future = time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))
+    assert hpc_batch(config, "jobs", "--since", future).stdout.count("\n") == 1  # the head
+
+
+def test_a_job_is_found_by_name_galaxy_id_or_unique_prefix(config: Path) -> None:
+    spool = Spool(load_config(config).spool)
+    assert jobs.find(spool, "whisper-a1") == "whisper-a1"
+    assert jobs.find(spool, "4712") == "whisper-b2"
+    assert jobs.find(spool, "gen") == "gentle-c3"
+    with pytest.raises(jobs.NoSuchJob, match="'whisper' is ambiguous: 2 jobs start with it"):
+        jobs.find(spool, "whisper")
+    proc = hpc_batch(config, "show", "whisper")
+    assert proc.returncode == Exit.NO_SUCH_JOB and "ambiguous" in proc.stderr
+
+
+def test_show_keeps_rc_and_pilot_after_the_result_file_is_gone(config: Path) -> None:
+    data = json.loads(hpc_batch(config, "show", "gentle", "--json").stdout)
+    assert data["name"] == "gentle-c3" and data["result"] is None
+    assert data["rc"] == 7 and data["pilot"] == "pilot-1" and data["status"] == "error"
+    assert json.loads(hpc_batch(config, "show", "4711", "--json").stdout)["name"] == "whisper-a1"
+
+
+def test_logs_reads_no_log_wording(config: Path) -> None:
+    proc = hpc_batch(config, "logs", "4712")
+    assert proc.returncode == 0, proc.stderr
+    assert "== stdout\n(not there yet)" in proc.stdout
+    assert "== pilot pilot-1 log: " in proc.stdout
+
+
+def test_status_tells_ages_and_fails_after_a_failed_pass(config: Path) -> None:
+    cfg = load_config(config)
+    p.write_json(str(cfg.spool / "last_pass.json"), {"time": p.now_iso(), "ok": True,
+                                                     "errors": []})
+    proc = hpc_batch(config, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert "oldest waiting: whisper-a1 (staged, " in proc.stdout  # not the running one
+    assert "longest running: whisper-b2 (on pilot-1 for " in proc.stdout
+    assert "last pass: 0s ago" in proc.stdout or "last pass: 1s ago" in proc.stdout
+    p.write_json(str(cfg.spool / "last_pass.json"), {"time": "2020-01-01T00:00:00+00:00",
+                                                     "ok": False, "errors": ["ssh: refused"]})
+    proc = hpc_batch(config, "status")
+    assert proc.returncode == Exit.UNREACHABLE
+    assert "FAILED: ssh: refused" in proc.stdout
+    assert "WARNING: no submitter pass for" in proc.stdout
+
+
+def test_pause_drain_resume(config: Path) -> None:
+    cfg = load_config(config)
+    assert control.current(cfg.spool).stage_allowed
+    out = hpc_batch(config, "pause", "--reason", "GPU maintenance").stdout
+    assert "paused since" in out and "GPU maintenance" in out
+    state = control.current(cfg.spool)
+    assert not state.stage_allowed and not state.submit_allowed and not state.cancel_idle_pilots
+    assert "mode paused since" in hpc_batch(config, "status").stdout
+    hpc_batch(config, "drain")
+    assert control.current(cfg.spool).cancel_idle_pilots
+    hpc_batch(config, "resume")
+    assert control.current(cfg.spool).mode is control.Mode.RUNNING
+    (cfg.spool / control.CONTROL_FILE).write_text("{torn")
+    assert control.current(cfg.spool).mode is control.Mode.PAUSED  # fail safe, and says why
+
+
+def test_the_metrics_file_counts_jobs_pilots_and_the_pass(config: Path) -> None:
+    cfg = load_config(config)
+    path = metrics.write_metrics(cfg, Spool(cfg.spool), ok=False, duration=1.5)
+    text = path.read_text()
+    assert path == cfg.spool / "metrics.prom"
+    for line in ('hpc_batch_jobs{state="staged"} 1', 'hpc_batch_jobs{state="claimed"} 1',
+                 'hpc_batch_jobs{state="finished"} 1', "hpc_batch_pass_duration_seconds 1.500",
+                 "hpc_batch_last_pass_ok 0", 'hpc_batch_mode{mode="running"} 1',
+                 'hpc_batch_pilots{state="pending"} 0', "# TYPE hpc_batch_jobs gauge"):
+        assert line + "\n" in text, line
+    wait = float(text.split("\nhpc_batch_oldest_queue_wait_seconds ")[1].split()[0])
+    assert 0 <= wait < 60
