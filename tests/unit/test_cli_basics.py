@@ -3,6 +3,7 @@ Ctrl-C without a traceback, check's exit code."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -49,7 +50,8 @@ def test_version_names_the_release_and_the_pilot_protocol() -> None:
 
 def test_every_command_has_examples_and_the_top_help_has_the_exit_codes() -> None:
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    action = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
+    commands: dict[str, argparse.ArgumentParser] = dict(action.choices)  # type: ignore[arg-type]
     for name, sub in commands.items():
         if name == "simulate":  # its own parser, with its own examples
             continue
