@@ -90,13 +90,11 @@ def test_sigkilled_pilot_job_reruns_once_and_ends_ok(site: Site) -> None:
     assert site.spool.get("victim").lost == 1  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_warning_signal_releases_the_running_job_for_the_next_pilot(
-        site: Site, sig: signal.Signals) -> None:
+def test_a_stop_signal_releases_the_running_job_for_the_next_pilot(site: Site) -> None:
     site.drop("warned", site.sleepy_job("warned", 2))
     sub = site.pass_until(lambda: site.state("warned") == "claimed")
     time.sleep(0.3)
-    site.kill_pilots(sig)
+    site.kill_pilots(signal.SIGTERM)
     site.drain(["warned"], sub=sub)
     job = site.result("warned")["job"]
     assert job["status"] == "ok" and job["attempts"] == 2
@@ -104,6 +102,18 @@ def test_warning_signal_releases_the_running_job_for_the_next_pilot(
     assert site.spool.get("warned").lost == 0  # type: ignore[union-attr]
     released = [e for e in site.spool.history("warned") if "released" in e.get("message", "")]
     assert released
+
+
+def test_a_walltime_warning_lets_a_job_that_fits_finish(site: Site) -> None:
+    """SIGUSR1 (the scheduler's warning) drains the pilot: the job is not cut short."""
+    site.drop("fits", site.sleepy_job("fits", 2))
+    sub = site.pass_until(lambda: site.state("fits") == "claimed")
+    time.sleep(0.3)
+    site.kill_pilots(signal.SIGUSR1)
+    site.drain(["fits"], sub=sub)
+    job = site.result("fits")["job"]
+    assert job["status"] == "ok"
+    assert site.ledger_lines().count("completed fits") == 1
 
 
 def test_job_longer_than_the_pilots_remaining_time_waits_for_a_fresh_pilot(
