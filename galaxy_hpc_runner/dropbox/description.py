@@ -125,7 +125,7 @@ def _check_input(key: str, value: Any, cfg: Config) -> str:
     safefs.utf8_path(str(real), "input %s" % key)
     try:
         os.close(safefs.open_under(str(real), cfg.allowed_input_roots))
-    except safefs.UnsafeFile as exc:
+    except (safefs.UnsafeFile, OSError) as exc:
         raise JobError("input %s: %s does not exist or is not a regular file (%s)"
                        % (key, value, exc)) from None
     return str(real)
@@ -144,7 +144,7 @@ def _check_output(key: str, value: Any, cfg: Config) -> str:
     try:
         with safefs.opened(safefs.open_dir_under(str(parent), cfg.allowed_output_roots)) as fd:
             there = safefs.lstat_at(fd, target.name)
-    except safefs.UnsafeFile as exc:
+    except (safefs.UnsafeFile, OSError) as exc:
         raise JobError("output %s: directory %s cannot be used (%s)" % (key, parent, exc)) \
             from None
     if not os.access(parent, os.W_OK):

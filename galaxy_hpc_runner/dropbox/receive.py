@@ -92,12 +92,7 @@ def _read_description(cfg: Config, name: str) -> dict[str, Any]:
 def read_entry(cfg: Config, fname: str) -> bytes:
     """A dropbox entry's bytes: a regular file, not a link, opened without blocking, capped."""
     with safefs.opened(safefs.open_root(cfg.dropbox)) as dir_fd:
-        try:
-            return safefs.read_at(dir_fd, fname, MAX_DESCRIPTION_BYTES, fname)
-        except safefs.UnsafeFile as exc:
-            if str(exc).endswith("does not exist"):
-                raise FileNotFoundError(fname) from None
-            raise
+        return safefs.read_at(dir_fd, fname, MAX_DESCRIPTION_BYTES, fname)
 
 
 def _meta(job: d.Job) -> dict[str, Any]:

@@ -41,9 +41,10 @@ def kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
-def _unsafe(path: str, exc: OSError) -> UnsafeFile:
+def _unsafe(path: str, exc: OSError) -> Exception:
+    """The error to raise for a failed open: FileNotFoundError stays what it is."""
     if isinstance(exc, FileNotFoundError):
-        return UnsafeFile("%s does not exist" % path)
+        return exc
     if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "ENOTDIR", 20),
                      getattr(os, "EMLINK", 31)):
         return UnsafeFile("%s is reached through a symbolic link or a non-directory; "
@@ -52,7 +53,10 @@ def _unsafe(path: str, exc: OSError) -> UnsafeFile:
 
 
 def open_file_at(dir_fd: int | None, name: str, shown: str) -> int:
-    """A regular file opened without following a link or blocking on a FIFO."""
+    """A regular file opened without following a link or blocking on a FIFO.
+
+    FileNotFoundError when nothing is there; UnsafeFile for anything else wrong.
+    """
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     except OSError as exc:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import posixpath
 import secrets
+import shutil
+import stat
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import safefs
 from galaxy_hpc_runner.dropbox.description import job_node
-from galaxy_hpc_runner.dropbox.spool import JobRecord, output_temp
-from galaxy_hpc_runner.errors import TransportError
-from galaxy_hpc_runner.transport.base import Transport
+from galaxy_hpc_runner.dropbox.spool import JobRecord
+from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
+from galaxy_hpc_runner.transport import base as transport_base
+from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import protocol as p
+from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, ProtocolError, Result, parse_runs
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -64,31 +71,55 @@ class Stager:
             self.t.remove(self._pass_dir)  # the jobs' hard links keep the data
         self._shared = {}
 
-    def _put_input(self, local: str, remote: str) -> None:
-        if self._uses.get(local, 0) < 2:
-            self.t.put(local, remote)
+    def _put_input(self, local: str, remote: str, snapshots: str) -> None:
+        """Upload what was validated: the input is opened once, without following links,
+        under an allowed input root, and a private snapshot of that open file is sent."""
+        if local in self._shared:
+            self.t.link(self._shared[local], remote)
             return
-        if local not in self._shared:
-            if not self._shared:
-                self.t.makedirs(self._pass_dir)
-            shared = posixpath.join(self._pass_dir, "%d-%s" % (
-                len(self._shared), os.path.basename(local)))
-            self.t.put(local, shared)
-            self._shared[local] = shared
-        self.t.link(self._shared[local], remote)
+        snapshot = _snapshot(local, self.cfg, snapshots)
+        if self._uses.get(local, 0) < 2:
+            self.t.put(snapshot, remote)
+            return
+        if not self._shared:
+            self.t.makedirs(self._pass_dir)
+        shared = posixpath.join(self._pass_dir, "%d-%s" % (
+            len(self._shared), os.path.basename(local)))
+        self.t.put(snapshot, shared)
+        self._shared[local] = shared
+        self.t.link(shared, remote)
 
     def stage(self, rec: JobRecord) -> None:
-        """Job directory, inputs, script and job.json first; the ready marker last."""
+        """Job directory, inputs, script and job.json first; the ready marker last.
+
+        An input that is no longer the regular file validated at receive (a link
+        swapped in, gone, moved out of its root) ends the job here: its error result
+        and done marker are written instead, and the next pass collects them.
+        """
         key, meta = rec.name, rec.meta
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
         self.t.makedirs(directory)
-        for base, local in meta["inputs"].items():
-            self._put_input(local, posixpath.join(directory, base))
+        snapshots = tempfile.mkdtemp(prefix=".hpc-batch-stage-", dir=str(self.cfg.spool))
+        try:
+            for base, local in meta["inputs"].items():
+                self._put_input(local, posixpath.join(directory, base), snapshots)
+        except (safefs.UnsafeFile, OSError) as exc:
+            self._refuse(key, directory, "Input changed after it was validated, so the job "
+                         "was not run: %s" % exc)
+            return
+        finally:
+            shutil.rmtree(snapshots, ignore_errors=True)
         self.t.write_text(posixpath.join(directory, p.SCRIPT), meta["script_text"])
         self.t.write_text(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
         self.t.write_text(self.path(p.READY, key), "")
         log.info("(%s) staged in %s", key, directory)
+
+    def _refuse(self, key: str, directory: str, message: str) -> None:
+        log.error("(%s) %s", key, message)
+        result = Result(status=ResultStatus.ERROR, message=message, reason=Reason.UNSAFE)
+        self.t.write_text(posixpath.join(directory, p.RESULT), result.dumps())
+        self.t.write_text(self.path(p.DONE, key), "")
 
     def queue_view(self) -> QueueView:
         view = QueueView(ready=set(self.t.listdir(self.path(p.READY))))
@@ -122,48 +153,233 @@ class Stager:
 
     # -- results ---------------------------------------------------------------------
     def collect(self, rec: JobRecord) -> dict[str, Any]:
-        """The job node for the result; on ok, every output is in place first."""
-        directory = self.path(p.JOBS, rec.name)
-        result = json.loads(self.t.read_text(posixpath.join(directory, p.RESULT)))
-        runs = [json.loads(line) for line in
-                self.t.read_text(posixpath.join(directory, p.RUNS)).splitlines() if line]
-        node = job_node(
-            result["status"], result["message"], rc=result.get("rc"),
-            stdout=self._log(directory, p.STDOUT), stderr=self._log(directory, p.STDERR),
-            start=result.get("start"), end=result.get("end"),
-            attempts=sum(1 for run in runs if "start" in run),
-            pilot=result.get("scheduler_id"), host=result.get("host"),
-            reason=result.get("reason"))
-        if node["status"] == ResultStatus.OK:
-            try:
-                self.fetch_outputs(directory, rec.meta["outputs"])
-            except (TransportError, OSError) as exc:
-                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
-                            message="Could not retrieve outputs: %s" % exc)
+        """The job node for the result; on ok, every output is in place first.
+
+        Everything the job wrote is read with bounds and never through a link: a
+        link or an oversized record where a result, a log or an output should be is
+        an error result (Reason.UNSAFE) that says so. RemoteFileMissing (no result
+        at all) is left to the caller.
+        """
+        try:
+            with JobFiles(self.t, self.root, rec.name) as files:
+                node = self._node(files)
+                if node["status"] == ResultStatus.OK:
+                    files.check_outputs(rec.meta.get("pilot_meta", {}).get("outputs", []))
+                if node["status"] == ResultStatus.OK and rec.meta.get("outputs"):
+                    self._fetch_into(node, rec.meta["outputs"], files)
+        except _UNSAFE as exc:
+            log.error("(%s) refused what the job wrote: %s", rec.name, exc)
+            return job_node(ResultStatus.ERROR, "The job wrote something that cannot be "
+                            "trusted, so nothing was collected: %s" % exc, reason=Reason.UNSAFE)
         return node
 
-    def _log(self, directory: str, name: str) -> str:
+    def _fetch_into(self, node: dict[str, Any], outputs: dict[str, str], files: JobFiles) -> None:
+        try:
+            self.fetch_outputs(files.directory, outputs, files)
+        except UnsafeOutput as exc:
+            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
+                        message="Outputs not collected, nothing was replaced: %s" % exc)
+        except (TransportError, OSError) as exc:
+            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
+                        message="Could not retrieve outputs: %s" % exc)
+
+    def _node(self, files: JobFiles) -> dict[str, Any]:
+        result = Result.loads(files.read(p.RESULT, MAX_RECORD_BYTES), p.RESULT)
+        try:
+            runs = parse_runs(files.read(p.RUNS, MAX_RUNS_BYTES, tail=True))
+        except RemoteFileMissing:
+            runs = []
+        return job_node(
+            result.status, result.message, rc=result.rc,
+            stdout=self._log(files, p.STDOUT), stderr=self._log(files, p.STDERR),
+            start=result.start, end=result.end,
+            attempts=sum(1 for run in runs if run.start is not None),
+            pilot=result.scheduler_id, host=result.host, reason=result.reason)
+
+    def _log(self, files: JobFiles, name: str) -> str:
         limit = self.cfg.max_log_bytes
         try:
-            text = self.t.read_text(posixpath.join(directory, name), limit=limit + 1)
-        except TransportError:
+            data = files.read(name, limit + 1, tail=True)
+        except RemoteFileMissing:
             return ""
-        if len(text.encode("utf-8")) > limit:
+        if len(data) > limit:
             return "[... earlier output cut; full log: %s]\n%s" % (
-                posixpath.join(directory, name), text[-limit:])
-        return text
+                files.shown(name), data[-limit:].decode("utf-8", "replace"))
+        return data.decode("utf-8", "replace")
 
-    def fetch_outputs(self, directory: str, outputs: dict[str, str]) -> None:
-        """All outputs to temp names beside their targets, then all renamed into place."""
-        temps: list[tuple[str, str]] = []
+    def fetch_outputs(self, directory: str, outputs: dict[str, str],
+                      files: JobFiles | None = None) -> None:
+        """All outputs to temps beside their targets, then all renamed into place.
+
+        Each target directory is opened once, walked from its allowed root without
+        following links; temps are created and renamed through that descriptor (no
+        path is resolved again). On any failure no output is touched and every temp
+        is removed. An unsafe file or directory raises :class:`UnsafeOutput`.
+        """
+        if files is None:
+            with JobFiles(self.t, self.root, os.path.basename(directory)) as own:
+                return self.fetch_outputs(directory, outputs, own)
+        dirs: dict[str, int] = {}
+        temps: list[tuple[int, str, str]] = []  # (directory fd, temp name, target name)
         try:
             for base, target in outputs.items():
-                tmp = output_temp(target)  # .NAME.hpc-batch-tmp-PID-RAND: stale ones are removed
-                temps.append((tmp, target))
-                self.t.get(posixpath.join(directory, base), tmp)
-            for tmp, target in temps:
-                os.replace(tmp, target)
+                parent, name = os.path.split(target)
+                if parent not in dirs:
+                    dirs[parent] = _open_output_dir(parent, self.cfg)
+                temps.append((dirs[parent], safefs.temp_name(name), name))
+                files.fetch(base, dirs[parent], temps[-1][1])
+            _commit(temps)
         finally:
-            for tmp, _ in temps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            for dir_fd, tmp, _ in temps:
+                safefs.unlink_at(dir_fd, tmp)
+            for fd in dirs.values():
+                os.close(fd)
+        return None
+
+
+_UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tuple(
+    t for t in (getattr(transport_base, "UnsafeRemoteFile", None),) if t is not None)
+
+
+def _snapshot(local: str, cfg: Config, directory: str) -> str:
+    """A private file with the content of the validated input: a hard link to the very
+    inode opened (no copy) where the file system allows, else a copy from the descriptor."""
+    dest = os.path.join(directory, secrets.token_hex(8))
+    with safefs.opened(safefs.open_under(local, cfg.allowed_input_roots)) as fd:
+        source = safefs.fd_path(fd)
+        if source is not None:
+            try:
+                os.link(source, dest, follow_symlinks=True)
+                if os.stat(dest).st_ino == os.fstat(fd).st_ino:
+                    return dest
+                os.unlink(dest)
+            except OSError:
+                pass
+        with safefs.opened(safefs.open_root(directory)) as dir_fd, \
+                safefs.opened(safefs.create_at(dir_fd, os.path.basename(dest),
+                                               os.fstat(fd).st_mode)) as out:
+            safefs.copy_fd(fd, out)
+    return dest
+
+
+class UnsafeOutput(TransportError):
+    """An output (on either side) is a link, not a regular file, or outside its root."""
+
+
+def _open_output_dir(parent: str, cfg: Config) -> int:
+    try:
+        return safefs.open_dir_under(parent, cfg.allowed_output_roots)
+    except safefs.UnsafeFile as exc:
+        raise UnsafeOutput("output directory %s: %s" % (parent, exc)) from None
+
+
+def _commit(temps: list[tuple[int, str, str]]) -> None:
+    """Rename every temp over its target; a failure puts back the targets already replaced."""
+    done: list[tuple[int, str, str | None]] = []
+    try:
+        for dir_fd, tmp, name in temps:
+            old = safefs.lstat_at(dir_fd, name)
+            if old is not None and not (stat.S_ISREG(old.st_mode) or stat.S_ISLNK(old.st_mode)):
+                raise UnsafeOutput("output %s is now %s; nothing was replaced"
+                                   % (name, safefs.kind(old.st_mode)))
+            backup = None
+            if old is not None:
+                backup = safefs.temp_name(name)
+                os.link(name, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+            done.append((dir_fd, name, backup))
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        for dir_fd, name, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    safefs.unlink_at(dir_fd, name)
+                else:
+                    os.rename(backup, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        raise
+    finally:
+        for dir_fd, _name, backup in done:
+            if backup is not None:
+                safefs.unlink_at(dir_fd, backup)
+
+
+class JobFiles:
+    """What a job wrote in ``W/jobs/KEY``, read with bounds and never through a link.
+
+    On a local workspace the job directory is opened once without following links
+    and every file is read through that descriptor; over another transport the
+    transport's no-follow, bounded reads are used.
+    """
+
+    def __init__(self, transport: Transport, root: str, key: str) -> None:
+        self.t = transport
+        self.directory = posixpath.join(root, p.JOBS, key)
+        self.fd: int | None = None
+        if isinstance(transport, LocalTransport):
+            with safefs.opened(safefs.open_root(posixpath.join(root, p.JOBS))) as jobs:
+                try:
+                    self.fd = os.open(key, safefs.DIR_FLAGS, dir_fd=jobs)
+                except FileNotFoundError:
+                    raise RemoteFileMissing("%s does not exist" % self.directory) from None
+                except OSError as exc:
+                    raise safefs.UnsafeFile("%s: %s" % (self.directory, exc.strerror)) \
+                        from None
+
+    def __enter__(self) -> JobFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def shown(self, name: str) -> str:
+        return posixpath.join(self.directory, name)
+
+    def read(self, name: str, limit: int, tail: bool = False) -> bytes:
+        """At most ``limit`` bytes (``tail``: the last ones; else a larger file is refused)."""
+        if self.fd is None:
+            data = self.t.read_bytes(self.shown(name), limit=limit + (0 if tail else 1))
+            if len(data) > limit and not tail:
+                raise safefs.UnsafeFile("%s is larger than the %d bytes allowed"
+                                        % (self.shown(name), limit))
+            return data
+        try:
+            return safefs.read_at(self.fd, name, limit, self.shown(name), tail)
+        except FileNotFoundError:
+            raise RemoteFileMissing("%s does not exist" % self.shown(name)) from None
+
+    def check_outputs(self, names: list[str]) -> None:
+        """Each declared output is a regular file here (a link is refused, not followed)."""
+        for name in names:
+            try:
+                self.read(name, 0, tail=True)
+            except RemoteFileMissing:
+                continue  # the pilot reports a missing output itself
+            except safefs.UnsafeFile as exc:
+                raise safefs.UnsafeFile("output %s" % exc) from None
+
+    def fetch(self, name: str, dir_fd: int, tmp: str) -> None:
+        """Copy output ``name`` to ``tmp`` in the directory ``dir_fd``; mode from the source."""
+        if self.fd is not None:
+            try:
+                src = safefs.open_file_at(self.fd, name, self.shown(name))
+            except FileNotFoundError:
+                raise RemoteFileMissing("%s does not exist" % self.shown(name)) from None
+            except safefs.UnsafeFile as exc:
+                raise UnsafeOutput(str(exc)) from None
+            with safefs.opened(src):
+                mode = os.fstat(src).st_mode
+                with safefs.opened(safefs.create_at(dir_fd, tmp, mode)) as dst:
+                    copied = safefs.copy_fd(src, dst)
+                    os.fsync(dst)
+                if copied != os.fstat(src).st_size:
+                    raise TransportError("%s changed while it was copied" % self.shown(name))
+            return
+        where = safefs.fd_path(dir_fd)
+        if where is None:
+            raise TransportError("fetching outputs needs /proc/self/fd on this system")
+        self.t.get(self.shown(name), posixpath.join(where, tmp))
+        got = safefs.lstat_at(dir_fd, tmp)
+        if got is None or not stat.S_ISREG(got.st_mode):
+            raise UnsafeOutput("%s did not arrive as a regular file" % self.shown(name))
