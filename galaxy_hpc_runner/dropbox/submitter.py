@@ -103,11 +103,20 @@ class Submitter:
     def run_pass(self) -> PassReport:
         """One lock-protected pass; every problem is reported in the result, never raised."""
         report = PassReport()
+        started = time.monotonic()
         with self.spool.lock(self.cfg.lock_timeout):
+            from galaxy_hpc_runner.dropbox import control, metrics
+
+            self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
             self._guarded(report, "on the HPC side", self._hpc_steps)
             report.errors.extend(self.spool.take_problems())
             self._write_pass_status(report)
+            try:  # monitoring must never fail a pass
+                metrics.write_metrics(self.cfg, self.spool, not report.errors,
+                                      time.monotonic() - started)
+            except OSError as exc:
+                log.warning("cannot write the metrics file: %s", exc)
             if time.monotonic() - self._last_prune > PRUNE_EVERY:
                 self._last_prune = time.monotonic()
                 self.spool.prune(self.cfg.keep_finished_days)
