@@ -141,6 +141,10 @@ def _check_output(key: str, value: Any, cfg: Config) -> str:
         raise JobError("output %s: %s is outside the allowed output roots (%s)" % (
             key, value, " ".join(map(str, cfg.allowed_output_roots))))
     safefs.utf8_path(str(target), "output %s" % key)
+    if parent == Path(os.path.realpath(cfg.dropbox)) and target.name.endswith(
+            (SUFFIX, FINISHED_SUFFIX)):
+        raise JobError("output %s: %s would be a job description or result in the dropbox"
+                       % (key, target))
     try:
         with safefs.opened(safefs.open_dir_under(str(parent), cfg.allowed_output_roots)) as fd:
             there = safefs.lstat_at(fd, target.name)
