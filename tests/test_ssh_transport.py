@@ -97,3 +97,76 @@ def test_key_passphrase_comes_from_the_environment(
             _passphrase({"passphrase_env": "HPC_KEY_PASS"})
     finally:
         authorized.write_text(original)
+
+
+# -- faults: every failure is a TransportError; only idempotent work is done again ----------
+
+def _drop(t: SshTransport) -> None:
+    """Cut the TCP connection under paramiko, as a network failure would."""
+    assert t._client is not None
+    transport = t._client.get_transport()
+    assert transport is not None
+    transport.sock.close()
+
+
+def test_reads_and_uploads_survive_a_dropped_connection(
+        ssh_server: SshServer, tmp_path: Path) -> None:
+    t = connect(ssh_server)
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 5000)
+    t.put(str(src), str(tmp_path / "a"))
+    _drop(t)
+    t.put(str(src), str(tmp_path / "b"))  # paramiko's 'Socket is closed': reconnect, retry
+    _drop(t)
+    assert t.read_bytes(str(tmp_path / "b")) == b"x" * 5000
+    _drop(t)
+    assert t.listdir(str(tmp_path)) == ["a", "b", "src"]
+    t.close()
+
+
+KILL_MY_SESSION = ("if [ ! -e {m} ]; then : > {m}; kill -9 $PPID; sleep 5; fi; "
+                   "echo ran >> {m}; echo ran")
+
+
+def test_a_command_is_never_sent_twice_unless_idempotent(
+        ssh_server: SshServer, tmp_path: Path) -> None:
+    """The command kills its own sshd session the first time: the connection drops after
+    it was sent. A query is run again; anything else reports an unknown outcome."""
+    t = connect(ssh_server)
+    once = tmp_path / "once"
+    from galaxy_hpc_runner.transport.base import CommandOutcomeUnknown
+
+    with pytest.raises(CommandOutcomeUnknown, match="may or may not have run"):
+        t.run(["sh", "-c", KILL_MY_SESSION.format(m=once)])
+    assert once.read_text() == ""  # started once, never again
+    twice = tmp_path / "twice"
+    done = t.run(["sh", "-c", KILL_MY_SESSION.format(m=twice)], idempotent=True)
+    assert done.stdout == "ran\n" and twice.read_text() == "ran\n"
+    t.close()
+
+
+def test_an_unreachable_head_node_is_a_transport_error_for_every_operation(
+        tmp_path: Path, services_installed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from galaxy_hpc_runner.transport import ssh
+    from tests.services.cluster import SshServer as Server
+
+    monkeypatch.setattr(ssh, "RETRY_DELAYS", (0.01, 0.02))
+
+    server = Server(tmp_path / "sshd")
+    server.start()
+    t = connect(server)
+    t.listdir(str(tmp_path))
+    server.stop()
+    (tmp_path / "f").write_text("f")
+    calls = [lambda: t.listdir(str(tmp_path)), lambda: t.exists(str(tmp_path / "f")),
+             lambda: t.put(str(tmp_path / "f"), str(tmp_path / "g")),
+             lambda: t.get(str(tmp_path / "f"), str(tmp_path / "g")),
+             lambda: t.read_bytes(str(tmp_path / "f")),
+             lambda: t.put_many([(str(tmp_path / "f"), str(tmp_path / "g"))]),
+             lambda: t.create_exclusive(str(tmp_path / "lock"), "x"),
+             lambda: t.run(["true"]), lambda: t.run(["true"], idempotent=True)]
+    for call in calls:
+        with pytest.raises(TransportError) as info:
+            call()
+        assert "127.0.0.1" in str(info.value)
+    assert not (tmp_path / "g").exists() and not (tmp_path / "lock").exists()
