@@ -87,6 +87,7 @@ def pass_ok(report: Any) -> bool:
 
 
 def cmd_submitter(args: argparse.Namespace) -> int:
+    import signal
     import threading
 
     submitter = _submitter(load_config(args.config))
@@ -99,7 +100,9 @@ def cmd_submitter(args: argparse.Namespace) -> int:
                    if isinstance(v, (int, list)) and not isinstance(v, bool))
         log.log(logging.INFO if busy or not ok else logging.DEBUG, "pass: %s", report)
         return Exit.OK if ok else Exit.UNREACHABLE
-    submitter.loop(threading.Event())
+    stop = threading.Event()  # SIGTERM (systemctl stop): finish the pass, then leave
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    submitter.loop(stop)
     return Exit.OK
 
 

@@ -43,7 +43,8 @@ def _main(argv: list[str] | None) -> int:
         if not args.config:
             parser.error("%s needs --config FILE (or %s in the environment)" % (
                 args.command, CONFIG_ENV))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))

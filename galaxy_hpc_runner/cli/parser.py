@@ -16,7 +16,7 @@ TOP_EPILOG = """\
 examples:
   hpc-batch --config /etc/hpc-batch.ini check
   export HPC_BATCH_CONFIG=/etc/hpc-batch.ini   # then --config may be left out
-  hpc-batch submitter --once                   # one pass (cron, every minute)
+  hpc-batch --quiet submitter --once           # one pass (cron, every minute)
   hpc-batch status
   hpc-batch jobs --state claimed,staged
   hpc-batch show 4711                          # by name, Galaxy job id or name prefix
@@ -27,7 +27,7 @@ examples:
 EXAMPLES = {
     "check": ["hpc-batch -c site.ini check", "hpc-batch -c site.ini check --remote"],
     "render": ["hpc-batch render whisper-1.job"],
-    "submitter": ["* * * * * hpc-batch -c /etc/hpc-batch.ini submitter --once   (crontab)",
+    "submitter": ["* * * * * hpc-batch -q -c /etc/hpc-batch.ini submitter --once   (crontab)",
                   "hpc-batch submitter   (a loop; see examples/ops/ for a systemd unit)"],
     "status": ["hpc-batch status", "hpc-batch status --json | jq .last_pass"],
     "jobs": ["hpc-batch jobs", "hpc-batch jobs --state finished --since 2h",
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TOP_EPILOG + table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=m.version_text())
     ap.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    ap.add_argument("--quiet", "-q", action="store_true",
+                    help="log warnings and errors only (cron: mail only when something is wrong)")
     _config_arg(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
