@@ -190,14 +190,17 @@ class Attempt:
         return fds[0], fds[1]
 
     def publish(self, names: Iterable[str]) -> None:
-        """Hard-link the attempt's files ``names`` into W/jobs/KEY, replacing what is there."""
+        """Hard-link the attempt's regular files ``names`` into W/jobs/KEY, replacing what
+        is there (a link or directory the job made is never published)."""
         for name in names:
             src = os.path.join(self.dir, name)
             dst = os.path.join(self.job_dir, name)
             try:
                 info = os.lstat(src)
             except FileNotFoundError:
-                _remove(dst)  # the attempt did not write it: no older copy may stand in
+                info = None
+            if info is None or not stat.S_ISREG(info.st_mode):
+                _remove(dst)  # absent or not a plain file: no older copy may stand in
                 continue
             if _same_file(info, dst):
                 continue  # rename() onto a link of the same file would do nothing

@@ -292,13 +292,18 @@ class Pilot:
         """A job that needs more than our usable time left is left for a fresh pilot."""
         if self.release_at is None:
             return True
-        needed = d.time_needed(walltime, learned_runtime(runs))
+        learned = learned_runtime(runs)
+        needed = d.time_needed(walltime, learned)
         remaining = self.release_at - time.time()
-        if not d.job_fits(needed, remaining):
+        if d.job_fits(needed, remaining):
+            return True
+        if walltime is not None:
             log.info("(%s) walltime %ss exceeds the %.0fs this pilot has left: not taken",
-                     key, needed, remaining)
-            return False
-        return True
+                     key, walltime, remaining)
+        else:
+            log.info("(%s) ran %ss before it was released, more than the %.0fs this pilot "
+                     "has left: not taken", key, learned, remaining)
+        return False
 
     def _claim(self, key: str) -> bool:
         src = p.marker(self.s.root, p.READY, key)

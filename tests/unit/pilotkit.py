@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from hpc_worker import protocol as p
 from hpc_worker.records import JobSpec, Result, RunLine, parse_runs, read_record

@@ -1,0 +1,227 @@
+"""Faults on the real local pilot (``python -m hpc_worker``), no submitter: the pilot's
+own promises, each repeated enough to catch a race.
+
+- kill -9 of the pilot leaves no process of its jobs alive (checked in /proc);
+- the scancel race (a job killed by SIGTERM before or after its pilot gets its own)
+  never yields a result: the job is released, counted in runs.jsonl;
+- a walltime warning drains: a job that fits finishes, one that cannot is released
+  before the end, and a later pilot does not start it without the time it needs;
+- a GPU slot never gets a device outside the allocation; GPU figures from a stand-in
+  nvidia-smi reach the result and the heartbeat;
+- a stale attempt can neither write where the live one does nor be collected.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpc_worker import protocol as p
+from hpc_worker.records import Heartbeat, read_record
+from hpc_worker.states import HeartbeatState, Reason, ReleaseReason, ResultStatus
+from tests.unit.pilotkit import Workspace, pids_with_environ, wait_for
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace(tmp_path / "w")
+    yield workspace
+    workspace.stop_all()
+
+
+def _mark() -> tuple[str, dict[str, str]]:
+    value = uuid.uuid4().hex
+    return "FAULT_MARK=" + value, {"FAULT_MARK": value}
+
+
+def _started(ws: Workspace, key: str) -> bool:
+    return any(run.start for run in ws.runs(key))
+
+
+def _tool_pids(marker: str) -> list[int]:
+    """The job's processes other than its bash (the `sleep`s a tool stands for)."""
+    return [pid for pid in pids_with_environ(marker)
+            if Path("/proc/%d/comm" % pid).read_text().strip() == "sleep"]
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_kill_9_of_the_pilot_leaves_no_tool_process_alive(ws: Workspace, round_: int) -> None:
+    marker, env = _mark()
+    keys = ["k%d" % i for i in range(3)]
+    for key in keys:  # a tool in the background and one in the foreground
+        ws.stage(key, "sleep 300 &\nsleep 301\nwait\n", env=env)
+    pilot = ws.start("P1", "--slots", "3")
+    wait_for(lambda: len(_tool_pids(marker)) == 6, what="six tool processes")
+    time.sleep(random.random() * 0.2)
+    pilot.send_signal(signal.SIGKILL)
+    pilot.wait()
+    wait_for(lambda: not pids_with_environ(marker), timeout=5,
+             what="every process of the killed pilot's jobs to die")
+
+
+@pytest.mark.parametrize("round_", range(10))
+def test_scancel_race_never_turns_a_running_job_into_a_result(
+        ws: Workspace, round_: int) -> None:
+    """Slurm signals the jobs and the pilot together: in any order, 3 jobs x 10 rounds."""
+    marker, env = _mark()
+    keys = ["r%d" % i for i in range(3)]
+    for key in keys:
+        ws.stage(key, "sleep 30\necho survived > out.txt\n", outputs=("out.txt",), env=env)
+    pilot = ws.start("P1", "--slots", "3")
+    wait_for(lambda: len(_tool_pids(marker)) == 3, what="three running jobs")
+    groups = {os.getpgid(pid) for pid in pids_with_environ(marker)}
+    order = round_ % 3
+    if order == 2:  # deterministic: every job is dead before the pilot can see its signal
+        pilot.send_signal(signal.SIGSTOP)
+    if order in (0, 2):
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGTERM)
+    if order == 2:
+        wait_for(lambda: not _tool_pids(marker), what="the jobs to die")
+    time.sleep(random.random() * 0.03)
+    pilot.send_signal(signal.SIGTERM)
+    if order == 1:
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGTERM)
+    if order == 2:
+        pilot.send_signal(signal.SIGCONT)
+    assert pilot.wait(timeout=30) == 0
+    for key in keys:
+        assert not ws.done(key) and not Path(p.result_path(str(ws.root), key)).exists(), key
+        assert ws.is_ready(key), key
+        last = ws.runs(key)[-1]
+        assert last.is_release and last.reason == ReleaseReason.STOP.value
+        assert last.elapsed is not None and last.attempt == "attempt-1"
+    assert not pids_with_environ(marker)
+
+
+def test_walltime_warning_drains_finishes_what_fits_and_releases_the_rest(
+        ws: Workspace) -> None:
+    ws.stage("fits", "sleep 1.5\necho ok > out.txt\n", outputs=("out.txt",))
+    ws.stage("long", "sleep 60\n")
+    pilot = ws.start("P1", "--slots", "2", "--walltime", "10")  # releases at 9 s
+    wait_for(lambda: _started(ws, "fits") and _started(ws, "long"))
+    pilot.send_signal(signal.SIGUSR1)
+    hb = p.pilot_path(str(ws.root), "P1", p.HEARTBEAT)
+    wait_for(lambda: read_record(Heartbeat, hb).state == HeartbeatState.DRAINING)
+    ws.stage("late", "echo late\n")
+    wait_for(lambda: ws.done("fits"), what="the job that fits to finish")
+    assert ws.result("fits").status == ResultStatus.OK
+    assert pilot.wait(timeout=30) == 0
+    assert not ws.done("late") and ws.is_ready("late") and not ws.runs("late")
+    assert ws.is_ready("long") and not ws.done("long")
+    release = ws.runs("long")[-1]
+    assert release.reason == ReleaseReason.PILOT_WALLTIME.value
+    assert release.elapsed is not None and 7.0 < release.elapsed < 10.0
+    assert "SIGUSR1 received: releasing 1 running job(s)" in ws.log("P1")
+    assert read_record(Heartbeat, hb).state == HeartbeatState.STOPPED
+    # a pilot with less time than the job ran before does not start it; "late" it does
+    second = ws.start("P2", "--walltime", "6", idle=1)
+    assert second.wait(timeout=30) == 0
+    assert ws.is_ready("long") and ws.done("late")
+    assert "(long) ran" in ws.log("P2") and "not taken" in ws.log("P2")
+
+
+def test_gpu_slots_only_get_allocated_devices(ws: Workspace) -> None:
+    keys = ["g%d" % i for i in range(8)]
+    for key in keys:
+        ws.stage(key, "echo $CUDA_VISIBLE_DEVICES > dev.txt\nsleep 0.2\n", outputs=("dev.txt",))
+    pilot = ws.start("P1", "--slots", "4", env={"CUDA_VISIBLE_DEVICES": "3,5"}, idle=1)
+    assert pilot.wait(timeout=60) == 0
+    seen = {ws.output(key, "dev.txt").read_text().strip() for key in keys}
+    assert seen <= {"3", "5"} and seen
+    assert "--slots 4 but CUDA_VISIBLE_DEVICES=3,5" in ws.log("P1")
+    assert {ws.result(key).slot for key in keys} <= {0, 1}
+
+
+def _stand_in_nvidia_smi(directory: Path) -> None:
+    directory.mkdir()
+    tool = directory / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho '7, GPU-aaaa, 50, 1000'\necho '8, GPU-bbbb, 0, 1'\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+
+
+def test_shared_gpu_and_accounting_from_a_stand_in_nvidia_smi(
+        ws: Workspace, tmp_path: Path) -> None:
+    _stand_in_nvidia_smi(tmp_path / "bin")
+    for key in ("a", "b"):
+        ws.stage(key, "echo $CUDA_VISIBLE_DEVICES > dev.txt\nsleep 1\n", outputs=("dev.txt",))
+    env = {"CUDA_VISIBLE_DEVICES": "7", "PATH": "%s:%s" % (tmp_path / "bin", os.environ["PATH"])}
+    pilot = ws.start("P1", "--slots", "2", "--slots-per-gpu", "2", "--gpu-sample", "0.2",
+                     env=env, idle=1)
+    assert pilot.wait(timeout=60) == 0
+    for key in ("a", "b"):
+        result = ws.result(key)
+        assert ws.output(key, "dev.txt").read_text().strip() == "7"
+        assert result.metrics["gpu_devices"] == "7" and result.metrics["gpu_shared_by"] == 2
+        assert result.metrics["gpu_util_mean_pct"] == 50.0
+        assert result.metrics["gpu_mem_peak_mib"] == 1000.0
+        assert result.metrics["gpu_seconds"] >= 1.0
+    beat = read_record(Heartbeat, p.pilot_path(str(ws.root), "P1", p.HEARTBEAT))
+    assert beat.gpus == ["7"] and beat.gpu_busy_seconds >= 1.0 and beat.gpu_idle_seconds > 0
+
+
+def test_without_nvidia_smi_there_are_no_figures_and_no_failure(ws: Workspace) -> None:
+    ws.stage("a", "sleep 0.3\n")
+    env = {"CUDA_VISIBLE_DEVICES": "0", "PATH": "/usr/bin:/bin"}
+    assert ws.start("P1", "--gpu-sample", "0.1", env=env, idle=1).wait(timeout=30) == 0
+    metrics = ws.result("a").metrics
+    assert ws.result("a").status == ResultStatus.OK
+    assert metrics["gpu_devices"] == "0" and "gpu_util_mean_pct" not in metrics
+
+
+def test_hostile_descriptions_and_outputs_stay_inside_the_workspace(
+        ws: Workspace, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    ws.stage("escape", "echo x\n", meta='{"key": "escape", "outputs": ["../../../victim"]}')
+    ws.stage("linker", "ln -s %s out.txt\n" % victim, outputs=("out.txt",))
+    ws.stage("fine", "echo fine > out.txt\n", outputs=("out.txt",))
+    assert ws.start("P1", idle=1).wait(timeout=30) == 0
+    assert ws.result("escape").reason == Reason.INVALID
+    assert ws.result("linker").reason == Reason.UNSAFE
+    assert ws.result("fine").status == ResultStatus.OK
+    assert victim.read_text() == "keep"
+    assert not (ws.job_dir("linker") / "out.txt").exists()
+
+
+def test_a_stale_attempt_neither_writes_over_nor_is_collected_instead_of_the_live_one(
+        ws: Workspace) -> None:
+    ws.stage("k", 'if [ "$HPC_BATCH_ATTEMPT" = attempt-1 ]; then sleep 2; echo stale > %s/out.txt;'
+             ' else echo live > %s/out.txt; fi\n' % ((p.job_dir(str(ws.root), "k"),) * 2),
+             outputs=("out.txt",))
+    stale = ws.start("A", idle=30)
+    wait_for(lambda: _started(ws, "k"))
+    stale.send_signal(signal.SIGSTOP)  # judged dead: the submitter takes the claim back
+    os.rename(ws.root / p.CLAIMED / p.claim_name("k", "A"), ws.root / p.READY / "k")
+    try:
+        live = ws.start("B", idle=0.5)
+        wait_for(lambda: ws.done("k"))
+        assert live.wait(timeout=30) == 0
+        time.sleep(2.2)  # the stale attempt writes its output now
+    finally:
+        stale.send_signal(signal.SIGCONT)
+    wait_for(lambda: "its claim was taken" in ws.log("A"), what="the stale pilot to notice")
+    stale.send_signal(signal.SIGTERM)
+    assert stale.wait(timeout=30) == 0
+    result = ws.result("k")
+    assert result.attempt == "attempt-2" and result.pilot == "B"
+    assert ws.output("k", "out.txt").read_text() == "live\n"
+    assert (ws.job_dir("k") / "out.txt").read_text() == "live\n"
+    assert (ws.job_dir("k") / "attempt-1" / "out.txt").read_text() == "stale\n"
+
+
+def test_a_jobs_leftover_processes_die_with_its_attempt(ws: Workspace) -> None:
+    marker, env = _mark()
+    ws.stage("bg", "sleep 300 &\necho started\n", env=env)
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    assert ws.result("bg").status == ResultStatus.OK
+    assert not pids_with_environ(marker)
