@@ -141,6 +141,22 @@ class Config:
     def transport_type(self) -> str:
         return self.transport.get("type", "local")
 
+    @property
+    def server_tag(self) -> str:
+        """This submitting server's name in a shared workspace (``[hpc_env] server``)."""
+        return self.hpc_env.get("server") or default_server_tag()
+
+
+SERVER_TAG = re.compile(r"^[A-Za-z0-9-]{1,40}$")
+
+
+def default_server_tag() -> str:
+    """A stable tag for this machine: its short host name, [A-Za-z0-9-] only."""
+    import socket
+
+    tag = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname().split(".")[0]).strip("-")
+    return tag[:40] or "server"
+
 
 class _Reader:
     """Reads typed values from a ConfigParser and collects every problem."""
@@ -336,10 +352,16 @@ def _semantic_errors(cfg: Config) -> list[str]:
     workspace = cfg.hpc_env.get("workspace", "")
     if workspace and not workspace.startswith("/"):
         errors.append("[hpc_env] workspace = %r must be an absolute path" % workspace)
+    if "server" in cfg.hpc_env and not SERVER_TAG.match(cfg.hpc_env["server"]):
+        errors.append("[hpc_env] server = %r: use 1 to 40 letters, digits or '-' (it names "
+                      "this submitting server in a shared workspace)" % cfg.hpc_env["server"])
     if cfg.pilot.idle_timeout >= cfg.pilot.walltime:
         errors.append("[pilot] idle_timeout must be shorter than walltime")
     errors += ["[pilot] %s must be more than 0 seconds" % key for key in ("walltime", "poll",
                "heartbeat") if getattr(cfg.pilot, key) <= 0]
+    from galaxy_hpc_runner.dropbox.boundary import config_overlaps  # issue 10 (H4)
+
+    errors += config_overlaps(cfg)
     return errors
 
 
