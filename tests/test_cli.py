@@ -63,7 +63,7 @@ def test_status_show_and_logs_tell_the_story_of_a_job(make_site: Any) -> None:
     assert "job told: finished (ok: processed OK)" in text
     logs = site.cli("--config", cfg, "logs", "told").stdout
     assert "upper done on gpu 0" in logs  # the job's own output, kept after it finished
-    assert "== pilot %s log: " % show["pilot"] in logs  # where its log is, nothing grepped
+    assert "== pilot pilot-" in logs and ".log" in logs  # where its log is, nothing grepped
 
 
 def test_status_shows_waiting_jobs_and_the_pilot(site: Site) -> None:

@@ -119,7 +119,9 @@ def test_the_installed_wheel_runs_the_demo_and_check_outside_any_checkout(
         _stop_pilots(demo)
     bare = tmp_path / "bare.ini"
     (tmp_path / "drop").mkdir()
-    bare.write_text("[dropbox]\npath = drop\n[hpc_env]\nworkspace = /ws\nscripts = /s\n"
+    (tmp_path / "data").mkdir()
+    bare.write_text("[dropbox]\npath = drop\nallowed_input_roots = data\n"
+                    "allowed_output_roots = data\n[hpc_env]\nworkspace = /ws\nscripts = /s\n"
                     "containers = /c\n")
     check = run([str(venv / "bin/hpc-batch"), "check", "-c", str(bare)], tmp_path, env)
     assert ": OK" in check.stdout

@@ -174,14 +174,22 @@ def show_data(cfg: Config, query: str) -> dict[str, Any]:
     pilots = [e["pilot"] for e in history if e.get("pilot")]
     return {"name": name, "state": str(rec.state), "galaxy_job_id": row.galaxy_id,
             "description": rec.doc, "history": history,
-            "pilot": res.get("pilot") or rec.pilot or (pilots[-1] if pilots else None),
+            "pilot": rec.pilot or (pilots[-1] if pilots else None) or res.get("pilot"),
+            "scheduler_id": res.get("scheduler_id") or res.get("pilot"),
             "host": res.get("host") or row.host,
             "rc": res.get("rc") if res.get("rc") is not None else row.rc,
             "status": rec.status or None, "message": rec.message or None,
             "lost_pilots": rec.lost, "releases": getattr(rec, "releases", 0),
-            "stdout_tail": res.get("stdout") or getattr(rec, "stdout_tail", "") or None,
-            "stderr_tail": res.get("stderr") or getattr(rec, "stderr_tail", "") or None,
+            "stdout_tail": _kept(res, rec, "stdout"), "stderr_tail": _kept(res, rec, "stderr"),
             "paths": job_paths(cfg, name), "result": result}
+
+
+def _kept(result: dict[str, Any], rec: Any, stream: str) -> str | None:
+    """A stream's text: the result file's while it is there, else the spool's copy."""
+    if stream in result:
+        return str(result[stream] or "")
+    kept = getattr(rec, stream + "_tail", None)
+    return kept if isinstance(kept, str) else None
 
 
 def format_show(data: dict[str, Any]) -> str:

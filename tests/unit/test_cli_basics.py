@@ -30,11 +30,12 @@ def hpc_batch(*args: str, env: dict[str, str] | None = None,
 
 
 def site(root: Path) -> Path:
-    for sub in ("dropbox", "ws"):
+    for sub in ("dropbox", "media", "ws"):
         (root / sub).mkdir(exist_ok=True)
     config = root / "site.ini"
-    config.write_text("[dropbox]\npath = dropbox\n[hpc_env]\nworkspace = %s/ws\nscripts = /s\n"
-                      "containers = /c\n" % root)
+    config.write_text("[dropbox]\npath = dropbox\nallowed_input_roots = media\n"
+                      "allowed_output_roots = media\n[hpc_env]\nworkspace = %s/ws\n"
+                      "scripts = /s\ncontainers = /c\n" % root)
     return config
 
 

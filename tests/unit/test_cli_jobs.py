@@ -31,11 +31,12 @@ def hpc_batch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    for sub in ("dropbox", "ws"):
+    for sub in ("dropbox", "media", "ws"):
         (tmp_path / sub).mkdir()
     path = tmp_path / "site.ini"
-    path.write_text("[dropbox]\npath = dropbox\n[hpc_env]\nworkspace = %s/ws\nscripts = /s\n"
-                    "containers = /c\n[submitter]\ninterval = 5\n" % tmp_path)
+    path.write_text("[dropbox]\npath = dropbox\nallowed_input_roots = media\n"
+                    "allowed_output_roots = media\n[hpc_env]\nworkspace = %s/ws\n"
+                    "scripts = /s\ncontainers = /c\n[submitter]\ninterval = 5\n" % tmp_path)
     spool = Spool(load_config(path).spool)
     waiting = spool.create("whisper-a1", {"script": "whisper", "meta": {"galaxy_job_id": 4711}})
     spool.transition(waiting, JobState.STAGED)
