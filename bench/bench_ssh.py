@@ -1,11 +1,16 @@
 """The ssh transport against OpenSSH's scp on the same sshd, and a pass over 10,000 jobs.
 
-    python bench/bench_ssh.py [--mb 100] [--files 200] [--jobs 10000] [--repeat 3]
+    python bench/bench_ssh.py [--mb 100] [--files 200] [--many 1000] [--jobs 10000] [--repeat 3]
+                              [--only big,small,many,pass]
 
 Starts a private sshd on loopback (tests/services), then measures, side by side:
 1. one 100 MB file up and down: SshTransport.put/get vs scp (target >= 0.9x scp);
 2. 200 small files up: SshTransport.put each vs one scp of all of them;
-3. one submitter pass over 10,000 staged descriptions through the ssh transport
+3. 1,000 x 10 KB files spread over 100 job directories, staged (up) and collected
+   (down): one put/get per file vs put_many/get_many (one tar stream through one
+   exec channel) vs one plain ``tar | ssh | tar`` stream vs scp -r (target: put_many
+   and get_many within 2x of the plain tar stream);
+4. one submitter pass over 10,000 staged descriptions through the ssh transport
    (target <= 2 s).
 Medians of --repeat runs, ours and scp alternating.
 """
@@ -22,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -105,6 +111,75 @@ def small_files(root: Path, server: SshServer, count: int, repeat: int) -> dict[
     return {k: count / v for k, v in out.items()}  # files/s
 
 
+def ssh_cmd(server: SshServer, command: str) -> list[str]:
+    return ["ssh", "-q", "-p", str(server.port), "-i", str(server.client_key_path),
+            "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=%s" % server.known_hosts_path,
+            "%s@%s" % (server.user, server.host), command]
+
+
+def tar_pipe(reader: list[str], writer: list[str]) -> None:
+    """``reader | writer``, both checked."""
+    first = subprocess.Popen(reader, stdout=subprocess.PIPE)
+    second = subprocess.run(writer, stdin=first.stdout, check=False)
+    assert first.stdout is not None
+    first.stdout.close()
+    if first.wait() != 0 or second.returncode != 0:
+        raise RuntimeError("tar stream failed: %s | %s" % (reader, writer))
+
+
+def many_files(root: Path, server: SshServer, count: int, repeat: int) -> dict[str, float]:
+    """COUNT x 10 KB in 100 job directories, up and down, four ways (files/s)."""
+    src, remote, back = root / "many-src", root / "many-remote", root / "many-back"
+    pairs = []
+    for i in range(count):
+        local = src / ("job%03d" % (i % 100)) / ("in%04d.dat" % i)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(os.urandom(10240))
+        pairs.append((str(local), str(remote / local.relative_to(src))))
+    t = transport_for(server)
+    t.listdir(str(root))
+    for _, dest in pairs:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+
+    def reset(directory: Path) -> Callable[[], None]:
+        def again() -> None:
+            subprocess.run(["rm", "-rf", str(directory)], check=True)
+            directory.mkdir()
+        return again
+
+    up = {
+        "put_each": lambda: [t.put(a, b) for a, b in pairs],
+        "put_many": lambda: t.put_many(pairs),
+        "tar_stream": lambda: tar_pipe(["tar", "-cf", "-", "-C", str(src), "."],
+                                       ssh_cmd(server, "tar -xf - -C %s" % remote)),
+        "scp": lambda: scp(server, "-r", *[str(d) for d in sorted(src.iterdir())],
+                           "%s@%s:%s/" % (server.user, server.host, remote)),
+    }
+    down_pairs = [(b, str(back / Path(b).relative_to(remote))) for _, b in pairs]
+    down = {
+        "get_each": lambda: [t.get(a, b) for a, b in down_pairs],
+        "get_many": lambda: t.get_many(down_pairs),
+        "tar_stream": lambda: tar_pipe(ssh_cmd(server, "tar -cf - -C %s ." % remote),
+                                       ["tar", "-xf", "-", "-C", str(back)]),
+        "scp": lambda: scp(server, "-r", *["%s@%s:%s" % (server.user, server.host, d)
+                                           for d in sorted(remote.iterdir())], str(back)),
+    }
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeat):  # interleaved, so a load change hits every way alike
+        for name, func in up.items():
+            runs.setdefault("up_" + name, []).append(timed(func, 1))
+        for name, func in down.items():
+            reset(back)()
+            for _, local in down_pairs:
+                Path(local).parent.mkdir(parents=True, exist_ok=True)
+            runs.setdefault("down_" + name, []).append(timed(func, 1))
+    t.close()
+    step = max(1, count // 50)
+    for (_, dest), (_, local) in zip(pairs[::step], down_pairs[::step], strict=True):
+        assert Path(dest).stat().st_size == 10240 == Path(local).stat().st_size
+    return {k: count / statistics.median(v) for k, v in runs.items()}
+
+
 SSH_SECTIONS = """[scheduler]
 backend = local
 [transport]
@@ -138,32 +213,61 @@ def pass_over_staged(root: Path, server: SshServer, jobs: int, repeat: int) -> f
     return seconds
 
 
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    if "big" in figures:
+        big = figures["big"]
+        for way, word in (("put", "up  "), ("get", "down")):
+            print("  %d MB %s   ours %6.0f MB/s  scp %6.0f MB/s  ratio %.2fx (target >= 0.9x)"
+                  % (args.mb, word, big[way + "_s"], big["scp_%s_s" % way],
+                     big[way + "_s"] / big["scp_%s_s" % way]))
+    if "small" in figures:
+        small = figures["small"]
+        print("  %d small up  ours %6.0f files/s  scp %6.0f files/s  ratio %.2fx" % (
+            args.files, small["ours_s"], small["scp_s"], small["ours_s"] / small["scp_s"]))
+    if "many" in figures:
+        many = figures["many"]
+        for way, each, batch in (("up", "put_each", "put_many"), ("down", "get_each", "get_many")):
+            tar = many["%s_tar_stream" % way]
+            print("  %d x 10 KB %-4s one %s per file %6.0f files/s | %s %6.0f files/s | "
+                  "tar stream %6.0f files/s | scp -r %6.0f files/s | %s is %.2fx the tar "
+                  "stream's time (target <= 2x)" % (
+                      args.many, way, each.split("_")[0], many["%s_%s" % (way, each)], batch,
+                      many["%s_%s" % (way, batch)], tar, many["%s_scp" % way], batch,
+                      tar / many["%s_%s" % (way, batch)]))
+    if "pass_s" in figures:
+        print("  pass over %d staged descriptions: %.2f s (target <= 2 s: %.2fx of target)"
+              % (args.jobs, figures["pass_s"], figures["pass_s"] / 2))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--files", type=int, default=200)
+    ap.add_argument("--many", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=10000)
+    ap.add_argument("--only", default="big,small,many,pass",
+                    help="comma-separated parts to run (default: all)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
+    figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as tmp:
         root = Path(tmp)
         with SshServer(root / "sshd") as server:
-            big = big_file(root, server, args.mb, args.repeat)
-            small = small_files(root, server, args.files, args.repeat)
-            pass_s = pass_over_staged(root / "site", server, args.jobs, args.repeat)
-    print("ssh transport vs OpenSSH scp on the same loopback sshd (median of %d)" % args.repeat)
-    print("  %d MB up     ours %6.0f MB/s  scp %6.0f MB/s  ratio %.2fx (target >= 0.9x)"
-          % (args.mb, big["put_s"], big["scp_put_s"], big["put_s"] / big["scp_put_s"]))
-    print("  %d MB down   ours %6.0f MB/s  scp %6.0f MB/s  ratio %.2fx (target >= 0.9x)"
-          % (args.mb, big["get_s"], big["scp_get_s"], big["get_s"] / big["scp_get_s"]))
-    print("  %d small up  ours %6.0f files/s  scp %6.0f files/s  ratio %.2fx (target >= 0.9x)"
-          % (args.files, small["ours_s"], small["scp_s"], small["ours_s"] / small["scp_s"]))
-    print("  pass over %d staged descriptions: %.2f s (target <= 2 s: %.2fx of target)"
-          % (args.jobs, pass_s, pass_s / 2))
+            if "big" in parts:
+                figures["big"] = big_file(root, server, args.mb, args.repeat)
+            if "small" in parts:
+                figures["small"] = small_files(root, server, args.files, args.repeat)
+            if "many" in parts:
+                figures["many"] = many_files(root, server, args.many, args.repeat)
+            if "pass" in parts:
+                figures["pass_s"] = pass_over_staged(root / "site", server, args.jobs,
+                                                     args.repeat)
+    print("ssh transport vs OpenSSH on the same loopback sshd (median of %d)" % args.repeat)
+    report(figures, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"big": big, "small": small, "pass_s": pass_s},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
