@@ -80,7 +80,8 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
     last = _read_json_quietly(cfg.spool / "last_pass.json")
     late = pass_is_late(cfg, last, now)
-    return {"spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
+    return {"site": site_picture(cfg, transport),
+            "spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
             "mode": control.current(cfg.spool).describe(), "counts": counts, "pilots": pilots,
             "oldest_waiting": ({"name": waiting[0].name, "state": str(waiting[0].state),
                                 "since": waiting[0].received,
@@ -92,6 +93,33 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
             "last_pass_age": age_of(last.get("time") if isinstance(last, dict) else None, now),
             "pass_late": late is not None,
             "problems": list(getattr(spool, "problems", []))}
+
+
+def site_picture(cfg: Config, transport: Transport) -> dict[str, Any] | None:
+    """Every server's pilots and queue from the HPC-side registry; None when unreadable."""
+    try:
+        from galaxy_hpc_runner.dropbox.registry import Registry
+
+        server = getattr(cfg, "server_tag", "")
+        return Registry(transport, cfg.workspace, server).picture()  # type: ignore[no-any-return]
+    except (ImportError, TransportError, ValueError, TypeError):
+        return None
+
+
+def _site_lines(site: dict[str, Any] | None) -> list[str]:
+    if not site or not (set(site.get("servers", [])) - {site.get("server")}):
+        return []  # this server alone: the lines above tell everything
+    lines = ["site (workspace shared by %s):" % ", ".join(site["servers"])]
+    for server, queue in sorted(site.get("queue", {}).items()):
+        lines.append("  queue of %s: ready %s, claimed %s" % (
+            server or "-", queue.get("ready", 0), queue.get("claimed", 0)))
+    others = [pl for pl in site.get("pilots", []) if not pl.get("mine")]
+    for pilot in others[-PILOTS_SHOWN:]:
+        beat = pilot.get("heartbeat") or {}
+        lines.append("  %s of %s: %s%s" % (
+            pilot.get("pilot_id"), pilot.get("server"), pilot.get("state"),
+            ", heartbeat %s ago" % jobs.ago(beat.get("age_s")) if beat else ""))
+    return lines
 
 
 def last_pass_failed(data: dict[str, Any]) -> bool:
@@ -114,6 +142,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append("pilots:" if data["pilots"] else "pilots: none")
     for pilot in data["pilots"]:
         lines.append("  " + _pilot_line(pilot))
+    lines += _site_lines(data.get("site"))
     lines += _pass_lines(data)
     lines += ["PROBLEM: " + problem for problem in data.get("problems", [])]
     return "\n".join(lines)

@@ -55,18 +55,37 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _check_hpc_side(cfg: Config) -> int:
     """Reach the HPC side as a pass would: workspace, pilot command, scheduler."""
     submitter = _submitter(cfg)
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("workspace %s is writable" % cfg.workspace, submitter.stager.ensure_layout),
-        ("the pilot's Python imports hpc_worker", submitter.pilots.preflight),
-        ("the %s scheduler answers" % cfg.backend, submitter.backend.ping)]
-    for what, step in steps:
+    steps: list[tuple[str, str, Callable[[], object]]] = [
+        ("workspace %s is writable" % cfg.workspace,
+         "[hpc_env] workspace" + (", [transport] host, port, user, key_file, known_hosts"
+                                  if cfg.transport_type == "ssh" else ""),
+         submitter.stager.ensure_layout),
+        ("the pilot's Python imports hpc_worker", "[pilot] python, code_dir",
+         submitter.pilots.preflight),
+        ("the %s scheduler answers" % cfg.backend, "[scheduler] backend, partition, "
+         "command_timeout", submitter.backend.ping)]
+    for what, settings, step in steps:
         try:
             step()
         except HpcBatchError as exc:
-            print("  FAILED: %s: %s" % (what, exc))
+            print("  FAILED: %s: %s\n    (the settings involved: %s)" % (what, exc, settings))
             return Exit.UNREACHABLE
         print("  ok: %s" % what)
+    others = _other_servers(submitter)
+    if others is not None:
+        print("  other submitting servers sharing this workspace: %s" % (
+            ", ".join(others) or "none"))
     return Exit.OK
+
+
+def _other_servers(submitter: Submitter) -> list[str] | None:
+    seen = getattr(submitter.pilots, "servers_seen", None)
+    if seen is None:
+        return None
+    try:
+        return list(seen())
+    except HpcBatchError:
+        return None
 
 
 def cmd_render(args: argparse.Namespace) -> int:

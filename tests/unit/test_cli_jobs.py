@@ -141,3 +141,19 @@ def test_the_metrics_file_counts_jobs_pilots_and_the_pass(config: Path) -> None:
         assert line + "\n" in text, line
     wait = float(text.split("\nhpc_batch_oldest_queue_wait_seconds ")[1].split()[0])
     assert 0 <= wait < 60
+
+
+def test_status_shows_the_other_servers_sharing_the_workspace(config: Path) -> None:
+    from hpc_worker.records import PilotEntry
+    from hpc_worker.states import PilotState
+
+    cfg = load_config(config)
+    pilots = Path(cfg.workspace, p.PILOTS)
+    pilots.mkdir(parents=True)
+    entry = PilotEntry(pilot_id="pilot-galaxy2-20261127T080000-abcdef", submitted=p.now_iso(),
+                       state=PilotState.PENDING, scheduler_id="99", submitter="galaxy2",
+                       backend="slurm")
+    p.write_json(str(pilots / (entry.pilot_id + p.PILOT_SUFFIXES[0])), entry.to_json())
+    out = hpc_batch(config, "status").stdout
+    assert "site (workspace shared by " in out and "galaxy2" in out
+    assert "  pilot-galaxy2-20261127T080000-abcdef of galaxy2: pending" in out
