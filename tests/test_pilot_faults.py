@@ -46,10 +46,23 @@ def _started(ws: Workspace, key: str) -> bool:
     return any(run.start for run in ws.runs(key))
 
 
+def _beat_state(path: str) -> HeartbeatState | None:
+    try:
+        return read_record(Heartbeat, path).state
+    except FileNotFoundError:
+        return None
+
+
 def _tool_pids(marker: str) -> list[int]:
     """The job's processes other than its bash (the `sleep`s a tool stands for)."""
-    return [pid for pid in pids_with_environ(marker)
-            if Path("/proc/%d/comm" % pid).read_text().strip() == "sleep"]
+    found = []
+    for pid in pids_with_environ(marker):
+        try:
+            if Path("/proc/%d/comm" % pid).read_text().strip() == "sleep":
+                found.append(pid)
+        except OSError:
+            continue  # it ended meanwhile
+    return found
 
 
 @pytest.mark.parametrize("round_", range(5))
@@ -111,7 +124,7 @@ def test_walltime_warning_drains_finishes_what_fits_and_releases_the_rest(
     wait_for(lambda: _started(ws, "fits") and _started(ws, "long"))
     pilot.send_signal(signal.SIGUSR1)
     hb = p.pilot_path(str(ws.root), "P1", p.HEARTBEAT)
-    wait_for(lambda: read_record(Heartbeat, hb).state == HeartbeatState.DRAINING)
+    wait_for(lambda: _beat_state(hb) == HeartbeatState.DRAINING, what="a DRAINING heartbeat")
     ws.stage("late", "echo late\n")
     wait_for(lambda: ws.done("fits"), what="the job that fits to finish")
     assert ws.result("fits").status == ResultStatus.OK
@@ -166,7 +179,7 @@ def test_shared_gpu_and_accounting_from_a_stand_in_nvidia_smi(
         assert result.metrics["gpu_mem_peak_mib"] == 1000.0
         assert result.metrics["gpu_seconds"] >= 1.0
     beat = read_record(Heartbeat, p.pilot_path(str(ws.root), "P1", p.HEARTBEAT))
-    assert beat.gpus == ["7"] and beat.gpu_busy_seconds >= 1.0 and beat.gpu_idle_seconds > 0
+    assert beat.gpus == ["7"] and beat.gpu_busy_seconds >= 0.8 and beat.gpu_idle_seconds > 0
 
 
 def test_without_nvidia_smi_there_are_no_figures_and_no_failure(ws: Workspace) -> None:
