@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from galaxy_hpc_runner.backends import pilot_spec
+from galaxy_hpc_runner.dropbox import collect
 from galaxy_hpc_runner.dropbox import submitter as submitter_module
 from galaxy_hpc_runner.dropbox.policy import stale_after
 from galaxy_hpc_runner.errors import SchedulerError
@@ -153,7 +154,7 @@ def test_a_claim_of_a_dead_pilot_unknown_to_the_spool_is_reclaimed_within_the_bo
     assert time.monotonic() - seen < bound + 2.0  # + the passes' own time
     site.drain(["held"], sub=sub)
     job = site.result("held")["job"]
-    assert job["status"] == "ok" and job["attempts"] == 2
+    assert job["status"] == "ok" and job["attempts"] in (1, 2)  # killed before or after start
     assert site.ledger_lines().count("completed held") == 1
     assert site.spool.get("held").lost == 1  # type: ignore[union-attr]
 
@@ -263,8 +264,8 @@ def test_a_full_output_disk_keeps_the_hpc_outputs_and_retries(
 
 def test_collection_gives_up_past_both_bounds_naming_the_file(
         site: Site, small_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submitter_module, "FETCH_TRIES", 2)
-    monkeypatch.setattr(submitter_module, "FETCH_MAX_AGE", 0.0)
+    monkeypatch.setattr(collect, "FETCH_TRIES", 2)
+    monkeypatch.setattr(collect, "FETCH_MAX_AGE", 0.0)
     target = _big_job(site, "gone")
     site.drain(["gone"], timeout=60)
     job = site.result("gone")["job"]

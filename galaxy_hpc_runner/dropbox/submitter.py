@@ -16,7 +16,6 @@ failed collections are retried while ``policy.may_retry_collect``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus, make_ba
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox import policy
+from galaxy_hpc_runner.dropbox.collect import Collector
 from galaxy_hpc_runner.dropbox.liveness import Liveness
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
 from galaxy_hpc_runner.dropbox.receive import receive_one
@@ -41,10 +41,9 @@ from galaxy_hpc_runner.dropbox.spool import (
     PilotRecord,
     Spool,
     is_resubmission,
-    remove_stale_output_temps,
     set_aside_result,
 )
-from galaxy_hpc_runner.dropbox.staging import QueueView, Stager, UnsafeOutput
+from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
 from galaxy_hpc_runner.errors import (
     HpcBatchError,
     RemoteFileMissing,
@@ -58,8 +57,6 @@ from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
-FETCH_TRIES = 5  # failed collections of a job's outputs before it may end in error ...
-FETCH_MAX_AGE = 3600.0  # ... and seconds since the first failure (both must be reached)
 
 
 @dataclass
@@ -96,6 +93,7 @@ class Submitter:
         self.stager = Stager(cfg, self.transport)
         self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
         self.liveness = Liveness(cfg, self.transport, self.backend)
+        self.collector = Collector(self.spool, self.stager)
         self._layout_ready = False
         self._last_prune = -PRUNE_EVERY
 
@@ -110,6 +108,10 @@ class Submitter:
             self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
             self._guarded(report, "on the HPC side", self._hpc_steps)
+            if time.monotonic() - self._last_prune > PRUNE_EVERY:
+                self._last_prune = time.monotonic()
+                self._guarded(report, "pruning the spool",
+                              lambda _: self.spool.prune(self.cfg.keep_finished_days))
             report.errors.extend(self.spool.take_problems())
             self._write_pass_status(report)
             try:  # monitoring must never fail a pass
@@ -117,13 +119,10 @@ class Submitter:
                                       time.monotonic() - started)
             except OSError as exc:
                 log.warning("cannot write the metrics file: %s", exc)
-            if time.monotonic() - self._last_prune > PRUNE_EVERY:
-                self._last_prune = time.monotonic()
-                self.spool.prune(self.cfg.keep_finished_days)
         return report
 
     def _guarded(self, report: PassReport, what: str,
-                 step: Callable[[PassReport], None]) -> None:
+                 step: Callable[[PassReport], object]) -> None:
         """Run one step of the pass; any error ends the step and fails the pass."""
         try:
             step(report)
@@ -260,6 +259,8 @@ class Submitter:
         self.spool.note(rec, withdrawn=str(reason), message=message)
         if self.stager.withdraw(rec.name):
             self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
+        else:  # a pilot claimed it meanwhile: it runs; its end decides
+            self.spool.note(rec, withdrawn="", message="")
 
     def _releases(self, rec: JobRecord) -> int:
         """Times the job was given back: the release lines of its runs.jsonl, plus pilots
@@ -271,51 +272,12 @@ class Submitter:
             data = b""
         return rec.walltime_kills + sum(1 for run in parse_runs(data) if run.released)
 
-    # -- collect ---------------------------------------------------------------------
+    # -- collect and finish ----------------------------------------------------------
     def _collect_and_finish(self, rec: JobRecord, report: PassReport) -> None:
-        """Result and outputs; a failed fetch keeps the HPC side and is retried (bounded)."""
-        outputs: dict[str, str] = rec.meta.get("outputs") or {}
-        for path in remove_stale_output_temps(list(outputs.values())):
-            log.info("(%s) removed %s, left by an interrupted fetch", rec.name, path)
-        node = self._collect(rec)
-        if node["status"] == ResultStatus.OK and outputs:
-            try:
-                self.stager.fetch_outputs(self.stager.path(p.JOBS, rec.name), outputs)
-            except UnsafeOutput as exc:  # never retried: what the job wrote is not trusted
-                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
-                            message="Outputs not collected, nothing was replaced: %s" % exc)
-            except (TransportError, OSError) as exc:
-                if self._fetch_failed(rec, outputs, exc, report):
-                    return
-                node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
-                            message="Could not retrieve outputs after %d tries: %s (outputs: %s)"
-                            % (rec.fetch_failures + 1, exc, ", ".join(outputs.values())))
-        self._finish(rec, node)
-        report.finished += 1
-
-    def _collect(self, rec: JobRecord) -> dict[str, Any]:
-        """The result node (outputs not fetched); a result that vanished or broke is an error."""
-        try:
-            return self.stager.collect(dataclasses.replace(rec, meta={**rec.meta, "outputs": {}}))
-        except (RemoteFileMissing, ValueError, KeyError) as exc:
-            log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
-            return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the "
-                              "HPC side: %s" % exc, reason=Reason.LOST)
-
-    def _fetch_failed(self, rec: JobRecord, outputs: dict[str, str], exc: Exception,
-                      report: PassReport) -> bool:
-        """Note a failed fetch; True while the policy says try again on a later pass."""
-        now = time.time()
-        failures, since = rec.fetch_failures + 1, rec.fetch_since or now
-        if not policy.may_retry_collect(failures, now - since, FETCH_TRIES, FETCH_MAX_AGE):
-            return False
-        message = ("(%s) could not fetch its outputs (%s): %s; they stay on the HPC side and "
-                   "the next pass tries again (%d failure(s) so far)"
-                   % (rec.name, ", ".join(outputs.values()), exc, failures))
-        log.error("%s", message)
-        self.spool.note(rec, fetch_failures=failures, fetch_since=since, message=message)
-        report.errors.append(message)
-        return True
+        node = self.collector.collect(rec, report.errors)
+        if node is not None:  # else kept on the HPC side for the next pass
+            self._finish(rec, node)
+            report.finished += 1
 
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""

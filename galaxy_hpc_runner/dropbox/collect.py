@@ -1,0 +1,79 @@
+"""Collecting a finished job: its result node, then its outputs, retried when fetching fails.
+
+A fetch that fails for a reason that may pass (disk full, a dropped connection)
+keeps everything on the HPC side and leaves the job where it is: the next pass
+tries again, while ``policy.may_retry_collect`` allows (``FETCH_TRIES`` failures
+and ``FETCH_MAX_AGE`` seconds since the first, both). Then the job ends in error
+naming the files. Temp files an interrupted fetch left beside a job's outputs
+(``.NAME.hpc-batch-tmp-*``) are removed first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox import policy
+from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool, remove_stale_output_temps
+from galaxy_hpc_runner.dropbox.staging import Stager, UnsafeOutput
+from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
+from hpc_worker import protocol as p
+from hpc_worker.states import Reason, ResultStatus
+
+log = logging.getLogger(__name__)
+FETCH_TRIES = 5  # failed collections of a job's outputs before it may end in error ...
+FETCH_MAX_AGE = 3600.0  # ... and seconds since the first failure (both must be reached)
+
+
+class Collector:
+    def __init__(self, spool: Spool, stager: Stager) -> None:
+        self.spool, self.stager = spool, stager
+
+    def collect(self, rec: JobRecord, errors: list[str]) -> dict[str, Any] | None:
+        """The job's result node with its outputs in place; None to try again next pass
+        (the reason is appended to ``errors``, so the pass is reported failed)."""
+        outputs: dict[str, str] = rec.meta.get("outputs") or {}
+        for path in remove_stale_output_temps(list(outputs.values())):
+            log.info("(%s) removed %s, left by an interrupted fetch", rec.name, path)
+        node = self.result_node(rec)
+        if node["status"] != ResultStatus.OK or not outputs:
+            return node
+        try:
+            self.stager.fetch_outputs(self.stager.path(p.JOBS, rec.name), outputs)
+        except UnsafeOutput as exc:  # never retried: what the job wrote is not trusted
+            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
+                        message="Outputs not collected, nothing was replaced: %s" % exc)
+        except (TransportError, OSError) as exc:
+            if self._again(rec, outputs, exc, errors):
+                return None
+            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
+                        message="Could not retrieve outputs after %d tries: %s (outputs: %s)"
+                        % (rec.fetch_failures + 1, exc, ", ".join(outputs.values())))
+        return node
+
+    def result_node(self, rec: JobRecord) -> dict[str, Any]:
+        """The result node, outputs not fetched; a result that vanished or broke is an error."""
+        try:
+            return self.stager.collect(dataclasses.replace(rec, meta={**rec.meta, "outputs": {}}))
+        except (RemoteFileMissing, ValueError, KeyError) as exc:
+            log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
+            return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the "
+                              "HPC side: %s" % exc, reason=Reason.LOST)
+
+    def _again(self, rec: JobRecord, outputs: dict[str, str], exc: Exception,
+               errors: list[str]) -> bool:
+        """Note a failed fetch; True while the policy says try again on a later pass."""
+        now = time.time()
+        failures, since = rec.fetch_failures + 1, rec.fetch_since or now
+        if not policy.may_retry_collect(failures, now - since, FETCH_TRIES, FETCH_MAX_AGE):
+            return False
+        message = ("(%s) could not fetch its outputs (%s): %s; they stay on the HPC side and "
+                   "the next pass tries again (%d failure(s) so far)"
+                   % (rec.name, ", ".join(outputs.values()), exc, failures))
+        log.error("%s", message)
+        self.spool.note(rec, fetch_failures=failures, fetch_since=since, message=message)
+        errors.append(message)
+        return True
