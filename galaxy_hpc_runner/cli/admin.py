@@ -102,7 +102,7 @@ def site_picture(cfg: Config, transport: Transport) -> dict[str, Any] | None:
 
         server = getattr(cfg, "server_tag", "")
         return Registry(transport, cfg.workspace, server).picture()  # type: ignore[no-any-return]
-    except (ImportError, TransportError, ValueError, TypeError):
+    except (ImportError, OSError, TransportError, ValueError, TypeError):
         return None
 
 
