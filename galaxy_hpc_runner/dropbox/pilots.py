@@ -201,6 +201,7 @@ class PilotManager:
     def _mirror(self, entry: PilotEntry, status: PilotStatus,
                 rec: PilotRecord | None) -> PilotRecord:
         """The spool's view of a pilot; this server's pilots are saved when they change."""
+        unsaved = rec is None
         if rec is None:
             rec = PilotRecord(pilot_id=entry.pilot_id, scheduler_id=entry.scheduler_id,
                               backend=entry.backend, submitted=entry.submitted,
@@ -210,7 +211,7 @@ class PilotManager:
             rec.scheduler_id = entry.scheduler_id
             return rec
         shown = PilotState.SUBMITTING if status.reason == BEING_SUBMITTED else status.state
-        if entry.scheduler_id != rec.scheduler_id or (
+        if unsaved or entry.scheduler_id != rec.scheduler_id or (
                 shown is not rec.state and shown is not PilotState.UNKNOWN):
             rec.scheduler_id = entry.scheduler_id
             self._save_own(rec, status)

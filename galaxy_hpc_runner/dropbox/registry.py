@@ -9,9 +9,10 @@ the registry lock ``W/pilots/.lock``, which works over any transport:
 - taking it is one exclusive create (``Transport.create_exclusive``, O_EXCL locally,
   an exclusive SFTP open remotely) of a file holding the owner, the time and a token;
 - giving it back removes it after checking the token is still ours;
-- a lock older than :data:`LOCK_STALE` seconds (by the time written in it, so the
-  clocks of the submitting hosts and the head node must agree within that bound; NTP
-  does), or one whose content stays empty or unreadable for :data:`LOCK_EMPTY_STALE`
+- a lock whose holder ran on this host and is no longer alive (a killed submitter,
+  restarted), one older than :data:`LOCK_STALE` seconds (by the time written in it, so
+  the clocks of the submitting hosts must agree within that bound; NTP does), or one
+  whose content stays empty or unreadable for :data:`LOCK_EMPTY_STALE`
   seconds (its holder died between create and write), is stale. It is broken under a
   second exclusive file ``.lock.break``: the breaker re-reads the lock, and only if it
   still holds the very token judged stale renames it aside to a unique name and removes
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # hidden: listings of W/pilots skip names starting with a dot
 BREAK_SUFFIX = ".break"
-LOCK_STALE = 120.0  # seconds a lock may be held before another server breaks it
+LOCK_STALE = 60.0  # seconds a lock may be held before another server breaks it
 LOCK_EMPTY_STALE = 20.0  # seconds an empty or unreadable lock may stay so
 LOCK_WAIT = 60.0  # seconds to wait for the lock before the pass gives up
 ENTRY_SUFFIX = p.PILOT_SUFFIXES[0]  # W/pilots/PILOT.json
@@ -70,15 +71,35 @@ class LockHolder:
     epoch: float
     token: str
     raw: str  # the file's content as read (compared when it cannot be parsed)
+    host: str = ""
+    pid: int = 0
+
+    def dead_here(self) -> bool:
+        """True when the holder ran on this very host and its process is gone."""
+        if not self.pid or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
 
 def parse_lock(raw: str) -> LockHolder:
     """The holder written in a lock file; epoch 0 and no token when it is empty or torn."""
     try:
         data = json.loads(raw)
-        return LockHolder(str(data["owner"]), float(data["epoch"]), str(data["token"]), raw)
+        return LockHolder(str(data["owner"]), float(data["epoch"]), str(data["token"]), raw,
+                          str(data.get("host", "")), int(data.get("pid", 0)))
     except (ValueError, KeyError, TypeError):
         return LockHolder("", 0.0, "", raw)
+
+
+def lock_text(server: str, token: str) -> str:
+    return json.dumps({"owner": owner_name(server), "host": socket.gethostname(),
+                       "pid": os.getpid(), "epoch": time.time(), "token": token})
 
 
 class Registry:
@@ -178,7 +199,7 @@ class Registry:
                                      "deadline": beat.deadline}
             pilots.append(item)
         queue = self.queue_by_server()
-        servers = sorted(({i["server"] for i in pilots} | set(queue)) - {""})
+        servers = sorted(({i["server"] for i in pilots} | set(queue) | {self.server}) - {""})
         return {"server": self.server, "servers": servers, "pilots": pilots, "queue": queue}
 
     def prune(self, cutoff: float) -> int:
@@ -216,8 +237,7 @@ class Registry:
     def acquire(self, wait: float = LOCK_WAIT) -> str:
         self._ensure_dir()
         token = secrets.token_hex(8)
-        text = json.dumps({"owner": owner_name(self.server), "epoch": time.time(),
-                           "token": token})
+        text = lock_text(self.server, token)
         deadline = time.monotonic() + wait
         while not self.t.create_exclusive(self.lock_path, text):
             holder = self._break_if_stale()
@@ -247,7 +267,7 @@ class Registry:
 
     def _stale(self, holder: LockHolder) -> bool:
         if holder.token:
-            return time.time() - holder.epoch > LOCK_STALE
+            return holder.dead_here() or time.time() - holder.epoch > LOCK_STALE
         first = self._empty_seen.setdefault(holder.raw, time.monotonic())
         return time.monotonic() - first > LOCK_EMPTY_STALE
 
@@ -257,8 +277,7 @@ class Registry:
         if holder is None or not self._stale(holder):
             return holder
         breaker = self.lock_path + BREAK_SUFFIX
-        mine = json.dumps({"owner": owner_name(self.server), "epoch": time.time(),
-                           "token": secrets.token_hex(8)})
+        mine = lock_text(self.server, secrets.token_hex(8))
         if not self.t.create_exclusive(breaker, mine):
             other = self._read_lock(breaker)
             if other is not None and time.time() - other.epoch > 2 * LOCK_STALE:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -159,3 +160,15 @@ def test_pilot_program_is_deterministic_versioned_and_runs(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, str(target), "--help"], capture_output=True,
                           text=True, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     assert done.returncode == 0 and "--pilot-id" in done.stdout
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path) -> None:
+    reg = _registry(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock = tmp_path / p.PILOTS / registry.LOCK_NAME
+    lock.write_text(json.dumps({"owner": "killed", "host": socket.gethostname(),
+                                "pid": int(dead.stdout), "epoch": time.time(), "token": "t"}))
+    started = time.monotonic()
+    token = reg.acquire(wait=5)
+    assert time.monotonic() - started < 2 and json.loads(lock.read_text())["token"] == token

@@ -1,0 +1,234 @@
+"""Two submitting servers, each with its own dropbox and spool, sharing one HPC workspace:
+one pilot serves both (max_pilots = 1), every job ends ok at its own server; a submitter
+killed while ``sbatch`` runs never leaves an unknown pilot or a second one."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from galaxy_hpc_runner.dropbox.submitter import Submitter
+from hpc_worker.states import PilotState
+from tests.services.cluster import SlurmCluster, SshServer
+from tests.sitekit import PROJECT, Site
+
+SERVERS = ("alpha", "beta")
+
+
+def make_servers(tmp_path: Path, **sections: dict[str, str]) -> list[Site]:
+    shared = tmp_path / "shared-workspace"
+    shared.mkdir(exist_ok=True)
+    sites = []
+    for server in SERVERS:
+        root = tmp_path / server
+        root.mkdir()
+        merged = dict(sections)
+        merged["hpc_env"] = dict(sections.get("hpc_env", {}), workspace=str(shared),
+                                 server=server)
+        sites.append(Site(root, **merged))
+    return sites
+
+
+def burst(site: Site, server: str, count: int) -> list[str]:
+    names = ["%s%02d" % (server, i) for i in range(count)]  # distinct names per server
+    for name in names:
+        site.drop(name, site.upper_job(name, "%s says %s\n" % (server, name)))
+    return names
+
+
+def drain_together(sites: list[Site], names: list[list[str]], timeout: float) -> list[Submitter]:
+    """Both servers' submitters pass at once, each until its own jobs have results."""
+    subs = [site.submitter() for site in sites]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sites))
+
+    def loop(site: Site, sub: Submitter, mine: list[str]) -> None:
+        try:
+            start.wait()
+            site.drain(mine, timeout=timeout, sub=sub)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, args=args)
+               for args in zip(sites, subs, names, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return subs
+
+
+def check_results(site: Site, server: str, names: list[str]) -> None:
+    for name in names:
+        job = site.result(name)["job"]
+        assert job["status"] == "ok", job
+        assert site.out(name + ".upper").read_text() == ("%s says %s\n" % (server, name)).upper()
+    assert sorted(site.ledger_lines()) == sorted("run " + n for n in names)
+
+
+@pytest.fixture
+def local_servers(tmp_path: Path) -> Iterator[list[Site]]:
+    sites = make_servers(tmp_path, pilot={"slots": "2", "idle_timeout": "3"})
+    yield sites
+    for site in sites:
+        site.close()
+    subs = [Submitter(site.cfg) for site in sites[:1]]
+    for entry in subs[0].pilots.registry.entries().values():  # pilots of both servers
+        if entry.scheduler_id and entry.state is not PilotState.GONE:
+            subs[0].backend.cancel(entry.scheduler_id)
+
+
+def test_bursts_from_two_servers_share_one_pilot(local_servers: list[Site]) -> None:
+    names = [burst(site, server, 15) for site, server in zip(local_servers, SERVERS, strict=True)]
+    subs = drain_together(local_servers, names, timeout=120)
+    for site, server, mine in zip(local_servers, SERVERS, names, strict=True):
+        check_results(site, server, mine)
+    entries = subs[0].pilots.registry.entries()
+    assert len(entries) == 1, entries
+    (entry,) = entries.values()
+    assert entry.submitter in SERVERS
+    assert sum(len(site.spool.pilots()) for site in local_servers) == 1  # only its submitter's
+    other = next(sub for sub in subs if sub.pilots.server != entry.submitter)
+    picture = other.pilots.site_picture()
+    assert picture["server"] == other.pilots.server and picture["servers"] == sorted(SERVERS)
+    assert [i["mine"] for i in picture["pilots"]] == [False]
+    assert other.pilots.servers_seen() == [entry.submitter]
+
+
+def test_a_server_killed_mid_pass_leaves_the_other_served(local_servers: list[Site]) -> None:
+    alpha, beta = local_servers
+    doomed = burst(alpha, "alpha", 5)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    proc = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "-c",
+                             str(alpha.config_path), "submitter"], env=env, cwd=PROJECT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not alpha.spool.pilots() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    mine = burst(beta, "beta", 5)
+    beta.drain(mine, timeout=90)
+    check_results(beta, "beta", mine)
+    entries = Submitter(beta.cfg).pilots.registry.entries()
+    assert len({e.pilot_id for e in entries.values()}) <= 2  # alpha's, perhaps one after it idled
+    alpha.drain(doomed, timeout=90)  # alpha comes back and finishes its own
+    check_results(alpha, "alpha", doomed)
+
+
+# -- the real Slurm, through the real sshd ---------------------------------------------
+def ssh_sections(server: SshServer) -> dict[str, dict[str, str]]:
+    return {
+        "transport": {"type": "ssh", "host": server.host, "port": str(server.port),
+                      "user": server.user, "key_file": str(server.client_key_path),
+                      "known_hosts": str(server.known_hosts_path), "timeout": "5"},
+        "scheduler": {"backend": "slurm", "partition": "debug", "failure_backoff": "2",
+                      "command_timeout": "20"},
+        "pilot": {"python": sys.executable, "slots": "2", "idle_timeout": "3"},
+    }
+
+
+def slurm_pilots(cluster: SlurmCluster, states: str = "all") -> dict[str, str]:
+    """Slurm job id -> name of every pilot job the cluster knows."""
+    out = subprocess.run(["squeue", "-h", "-t", states, "-o", "%i %j"], capture_output=True,
+                         text=True, env=dict(os.environ, **cluster.env), check=True).stdout
+    return {i: n for i, n in (line.split() for line in out.splitlines() if line.strip())
+            if n.startswith("pilot-")}
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_two_servers_over_ssh_share_one_slurm_pilot(
+        tmp_path: Path, slurm_cluster: SlurmCluster, ssh_server: SshServer) -> None:
+    before = set(slurm_pilots(slurm_cluster))
+    sites = make_servers(tmp_path, **ssh_sections(ssh_server))
+    try:
+        names = [burst(site, server, 10) for site, server in zip(sites, SERVERS, strict=True)]
+        subs = drain_together(sites, names, timeout=240)
+        for site, server, mine in zip(sites, SERVERS, names, strict=True):
+            check_results(site, server, mine)
+        entries = subs[0].pilots.registry.entries()
+        new = {i: n for i, n in slurm_pilots(slurm_cluster).items() if i not in before}
+        assert len(entries) == 1 and set(new.values()) == set(entries)
+    finally:
+        for site in sites:
+            site.close()
+
+
+WRAPPER = """#!/bin/sh
+# sbatch as a slow head node runs it: the job is queued, the answer comes late
+touch "$MARKS/started"
+"$REAL_SBATCH" "$@"
+rc=$?
+sleep 3
+exit $rc
+"""
+
+
+@pytest.mark.slurm
+def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pilot(
+        tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    real = shutil.which("sbatch")
+    assert real, "sbatch not on PATH"
+    wrapper_dir, marks = tmp_path / "wrapper", tmp_path / "marks"
+    wrapper_dir.mkdir()
+    marks.mkdir()
+    (wrapper_dir / "sbatch").write_text(WRAPPER)
+    (wrapper_dir / "sbatch").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), REAL_SBATCH=real, MARKS=str(marks),
+               PATH="%s:%s" % (wrapper_dir, os.environ["PATH"]))
+    before = set(slurm_pilots(slurm_cluster))
+    (site,) = make_servers(tmp_path, scheduler={"backend": "slurm", "partition": "debug",
+                                                "command_timeout": "5"},
+                           pilot={"python": sys.executable, "idle_timeout": "2"})[:1]
+    rng = random.Random(9)
+    try:
+        for i in range(20):
+            name = "k%02d" % i
+            site.drop(name, site.upper_job(name, "kill %d\n" % i))
+            proc = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "-c",
+                                     str(site.config_path), "submitter", "--once"], env=env,
+                                    cwd=PROJECT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while not (marks / "started").exists() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))  # before, during or after the real sbatch
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            (marks / "started").unlink(missing_ok=True)
+            sub = site.submitter()
+            deadline = time.monotonic() + 90
+            while not site.result_path(name).exists():
+                assert time.monotonic() < deadline, "try %d: no result" % i
+                sub.run_pass()
+                alive = slurm_pilots(slurm_cluster, "pending,running")
+                assert len(set(alive) - before) <= 1, "try %d: two pilots %s" % (i, alive)
+                time.sleep(0.2)
+            assert site.result(name)["job"]["status"] == "ok"
+            known = set(sub.pilots.registry.entries())
+            slurm = {n for j, n in slurm_pilots(slurm_cluster).items() if j not in before}
+            assert slurm <= known, "try %d: pilots unknown to status: %s" % (i, slurm - known)
+    finally:
+        site.close()
+        sub = Submitter(site.cfg)
+        for entry in sub.pilots.registry.entries().values():
+            if entry.scheduler_id and entry.state is not PilotState.GONE:
+                subprocess.run(["scancel", entry.scheduler_id], check=False)
