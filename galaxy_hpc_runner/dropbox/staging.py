@@ -28,6 +28,7 @@ from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, ProtocolError, 
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
+SNAPSHOTS = ".hpc-batch-stage-"  # private snapshots of inputs, in the spool, during staging
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Stager:
         self.t = transport
         self.root = cfg.workspace
         self.tag = hashlib.sha1(str(cfg.spool).encode()).hexdigest()[:8]
-        self.begin_pass([])
+        self.begin_pass([], clean=False)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -60,8 +61,12 @@ class Stager:
     def marker_exists(self, key: str) -> bool:
         return self.queue_view().has(key)
 
-    def begin_pass(self, records: list[JobRecord]) -> None:
-        """Count input uses: a file several jobs share is uploaded once and hard-linked."""
+    def begin_pass(self, records: list[JobRecord], clean: bool = True) -> None:
+        """Count input uses: a file several jobs share is uploaded once and hard-linked.
+
+        Under the spool lock (``clean``), snapshots a killed pass left are removed."""
+        for stale in self.cfg.spool.glob(SNAPSHOTS + "*") if clean else ():
+            shutil.rmtree(stale, ignore_errors=True)
         self._uses = Counter(src for rec in records for src in rec.meta["inputs"].values())
         self._shared: dict[str, str] = {}
         self._pass_dir = self.path(p.INPUTS, "%s-%s" % (self.tag, secrets.token_hex(4)))
@@ -77,17 +82,20 @@ class Stager:
         if local in self._shared:
             self.t.link(self._shared[local], remote)
             return
-        snapshot = _snapshot(local, self.cfg, snapshots)
-        if self._uses.get(local, 0) < 2:
-            self.t.put(snapshot, remote)
-            return
-        if not self._shared:
-            self.t.makedirs(self._pass_dir)
-        shared = posixpath.join(self._pass_dir, "%d-%s" % (
-            len(self._shared), os.path.basename(local)))
-        self.t.put(snapshot, shared)
-        self._shared[local] = shared
-        self.t.link(shared, remote)
+        target = remote
+        if self._uses.get(local, 0) >= 2:
+            if not self._shared:
+                self.t.makedirs(self._pass_dir)
+            target = posixpath.join(self._pass_dir, "%d-%s" % (
+                len(self._shared), os.path.basename(local)))
+        with safefs.opened(safefs.open_under(local, self.cfg.allowed_input_roots)) as fd:
+            if isinstance(self.t, LocalTransport):  # the workspace is here: copy from the fd
+                _copy_fd_to(fd, target)
+            else:
+                self.t.put(_snapshot(fd, snapshots), target)
+        if target != remote:
+            self._shared[local] = target
+            self.t.link(target, remote)
 
     def stage(self, rec: JobRecord) -> None:
         """Job directory, inputs, script and job.json first; the ready marker last.
@@ -100,7 +108,7 @@ class Stager:
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
         self.t.makedirs(directory)
-        snapshots = tempfile.mkdtemp(prefix=".hpc-batch-stage-", dir=str(self.cfg.spool))
+        snapshots = tempfile.mkdtemp(prefix=SNAPSHOTS, dir=str(self.cfg.spool))
         try:
             for base, local in meta["inputs"].items():
                 self._put_input(local, posixpath.join(directory, base), snapshots)
@@ -241,25 +249,37 @@ _UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tupl
     t for t in (getattr(transport_base, "UnsafeRemoteFile", None),) if t is not None)
 
 
-def _snapshot(local: str, cfg: Config, directory: str) -> str:
-    """A private file with the content of the validated input: a hard link to the very
-    inode opened (no copy) where the file system allows, else a copy from the descriptor."""
+def _snapshot(fd: int, directory: str) -> str:
+    """A private file with the content of the open input: a hard link to the very inode
+    (no copy) where the file system allows, else a copy through the descriptor."""
     dest = os.path.join(directory, secrets.token_hex(8))
-    with safefs.opened(safefs.open_under(local, cfg.allowed_input_roots)) as fd:
-        source = safefs.fd_path(fd)
-        if source is not None:
-            try:
-                os.link(source, dest, follow_symlinks=True)
-                if os.stat(dest).st_ino == os.fstat(fd).st_ino:
-                    return dest
-                os.unlink(dest)
-            except OSError:
-                pass
-        with safefs.opened(safefs.open_root(directory)) as dir_fd, \
-                safefs.opened(safefs.create_at(dir_fd, os.path.basename(dest),
-                                               os.fstat(fd).st_mode)) as out:
-            safefs.copy_fd(fd, out)
+    source = safefs.fd_path(fd)
+    if source is not None:
+        try:
+            os.link(source, dest, follow_symlinks=True)
+            if os.stat(dest).st_ino == os.fstat(fd).st_ino:
+                return dest
+            os.unlink(dest)
+        except OSError:
+            pass
+    _copy_fd_to(fd, dest)
     return dest
+
+
+def _copy_fd_to(fd: int, path: str) -> None:
+    """Copy the open file to ``path`` (a temp in its directory, renamed): mode from the source."""
+    parent, name = os.path.split(path)
+    with safefs.opened(safefs.open_root(parent)) as dir_fd:
+        tmp = safefs.temp_name(name)
+        try:
+            with safefs.opened(safefs.create_at(dir_fd, tmp, os.fstat(fd).st_mode)) as out:
+                if safefs.copy_fd(fd, out) != os.fstat(fd).st_size:
+                    raise TransportError("%s changed while it was copied" % path)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            raise TransportError("cannot copy an input to %s: %s" % (path, exc)) from exc
+        finally:
+            safefs.unlink_at(dir_fd, tmp)
 
 
 class UnsafeOutput(TransportError):
