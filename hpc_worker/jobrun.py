@@ -132,7 +132,11 @@ class JobRun:
 
     def release(self, reason: ReleaseReason) -> None:
         """Give the job back to the queue: the release line first (so whoever sees the
-        marker back in ready/ can count it), then the marker."""
+        marker back in ready/ can count it), then the marker; nothing when the claim is
+        no longer ours."""
+        if not os.path.exists(self.claim_path):
+            log.error("(%s) its claim was taken from this pilot: not released", self.key)
+            return
         self._append(RunLine(pilot=self.pilot, released=p.now_iso(), host=socket.gethostname(),
                              slot=self.slot, gpu=self.gpu, reason=reason.value,
                              elapsed=round(self.elapsed(time.time()), 3),

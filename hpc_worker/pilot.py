@@ -73,12 +73,6 @@ def _scheduler_id_from_env() -> str:
     return str(os.getpid())  # the local backend's id for us
 
 
-def gpu_list(slots: int, slots_per_gpu: int = 1) -> List[str]:
-    """The device of each slot that may run (see hpc_worker.gpu)."""
-    alloc = gpu.allocation(os.environ, slots, slots_per_gpu)
-    return [alloc.device(slot) for slot in range(alloc.slots)]
-
-
 class Pilot:
     def __init__(self, settings: PilotSettings) -> None:
         self.s = settings

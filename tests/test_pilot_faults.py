@@ -17,6 +17,8 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ import pytest
 from hpc_worker import protocol as p
 from hpc_worker.records import Heartbeat, read_record
 from hpc_worker.states import HeartbeatState, Reason, ReleaseReason, ResultStatus
-from tests.unit.pilotkit import Workspace, pids_with_environ, wait_for
+from tests.unit.pilotkit import PROJECT, Workspace, pids_with_environ, wait_for
 
 
 @pytest.fixture
@@ -238,3 +240,25 @@ def test_a_jobs_leftover_processes_die_with_its_attempt(ws: Workspace) -> None:
     assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
     assert ws.result("bg").status == ResultStatus.OK
     assert not pids_with_environ(marker)
+
+
+def test_one_servers_burst_does_not_starve_another_servers_single_job(ws: Workspace) -> None:
+    burst = ["big=b%03d" % i for i in range(100)]
+    for key in burst:
+        ws.stage(key, "true\n")
+    time.sleep(0.02)
+    ws.stage("small=one", "true\n")
+    assert ws.start("P1", idle=0.5).wait(timeout=120) == 0
+    order = sorted(burst + ["small=one"], key=lambda key: ws.runs(key)[0].start or "")
+    assert order.index("small=one") <= 1
+    assert [k for k in order if k != "small=one"] == burst  # oldest first within a server
+
+
+def test_version_flag_and_bad_slot_settings(ws: Workspace) -> None:
+    out = subprocess.run([sys.executable, "-m", "hpc_worker", "--version"], cwd=str(PROJECT),
+                         capture_output=True, text=True, check=True).stdout
+    assert "protocol version" in out
+    bad = subprocess.run([sys.executable, "-m", "hpc_worker", "--workspace", str(ws.root),
+                          "--pilot-id", "P", "--slots-per-gpu", "0"], cwd=str(PROJECT),
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--slots-per-gpu" in bad.stderr
