@@ -95,7 +95,8 @@ def test_a_job_that_links_its_stdout_to_a_secret_leaks_nothing(any_site: Site) -
     _nothing_leaked(site)
 
 
-def test_a_job_growing_its_runs_file_is_read_with_bounds(site: Site) -> None:
+def test_a_job_growing_its_runs_file_is_read_with_bounds(any_site: Site) -> None:
+    site = any_site
     site.drop("grow", {"script": "grow_runs", "output_map": {"output": str(site.out("g.txt"))}})
     site.drain(["grow"])
     job = _job(site, "grow")
@@ -104,8 +105,9 @@ def test_a_job_growing_its_runs_file_is_read_with_bounds(site: Site) -> None:
 
 
 @pytest.fixture
-def claimed(site: Site) -> Iterator[tuple[Site, Any]]:
+def claimed(any_site: Site) -> Iterator[tuple[Site, Any]]:
     """A two-output job held by a pilot (it sleeps), for changes before collection."""
+    site = any_site
     (site.root / "results" / "sub").mkdir()
     site.drop("two", {"script": "two_outputs", "args": {"seconds": 1.5},
                       "output_map": {"out1": str(site.out("sub/o1.txt")),
