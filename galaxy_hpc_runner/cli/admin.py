@@ -209,15 +209,20 @@ def show_data(cfg: Config, query: str) -> dict[str, Any]:
             "rc": res.get("rc") if res.get("rc") is not None else row.rc,
             "status": rec.status or None, "message": rec.message or None,
             "lost_pilots": rec.lost, "releases": getattr(rec, "releases", 0),
-            "stdout_tail": _kept(res, rec, "stdout"), "stderr_tail": _kept(res, rec, "stderr"),
+            "stdout_tail": _kept(res, rec, finished, "stdout"),
+            "stderr_tail": _kept(res, rec, finished, "stderr"),
             "paths": job_paths(cfg, name), "result": result}
 
 
-def _kept(result: dict[str, Any], rec: Any, stream: str) -> str | None:
-    """A stream's text: the result file's while it is there, else the spool's copy."""
+def _kept(result: dict[str, Any], rec: Any, finished: list[dict[str, Any]],
+          stream: str) -> str | None:
+    """A stream's text: the result file's while it is there, else the spool's copy (the
+    record's ``stdout_tail``/``stderr_tail``, or its ``finished`` event's)."""
     if stream in result:
         return str(result[stream] or "")
     kept = getattr(rec, stream + "_tail", None)
+    if not isinstance(kept, str) and finished:
+        kept = finished[-1].get(stream + "_tail")
     return kept if isinstance(kept, str) else None
 
 

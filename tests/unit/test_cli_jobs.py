@@ -46,8 +46,11 @@ def config(tmp_path: Path) -> Path:
     done = spool.create("gentle-c3", {"script": "gentle"})
     spool.transition(done, JobState.STAGED)
     spool.transition(done, JobState.CLAIMED, pilot="pilot-1")
+    # what the pass keeps at finish (the event's detail; record fields of the same names
+    # are read first): rc, host and the tails of stdout/stderr
     spool.transition(done, JobState.FINISHED, status="error", message="Remote command failed "
-                     "with return code 7", rc=7)
+                     "with return code 7", rc=7, host="gpu7", stdout_tail="last words\n",
+                     stderr_tail="Traceback: oops\n")
     spool.archive(done)
     return path
 
@@ -60,7 +63,8 @@ def test_the_jobs_table_lists_every_job_with_galaxy_id_state_pilot_and_rc(config
     cells = {row.split()[0]: row.split() for row in rows}
     assert cells["whisper-a1"][1:3] == ["4711", "staged"]
     assert cells["whisper-b2"][1:3] == ["4712", "claimed"] and cells["whisper-b2"][4] == "pilot-1"
-    assert cells["gentle-c3"][1:3] == ["-", "finished/error"] and cells["gentle-c3"][-1] == "7"
+    assert cells["gentle-c3"][1:3] == ["-", "finished/error"] and cells["gentle-c3"][-2:] == [
+        "gpu7", "7"]
 
 
 def test_jobs_filters_by_state_and_time_and_speaks_json(config: Path) -> None:
@@ -86,6 +90,9 @@ def test_show_keeps_rc_and_pilot_after_the_result_file_is_gone(config: Path) -> 
     data = json.loads(hpc_batch(config, "show", "gentle", "--json").stdout)
     assert data["name"] == "gentle-c3" and data["result"] is None
     assert data["rc"] == 7 and data["pilot"] == "pilot-1" and data["status"] == "error"
+    assert data["host"] == "gpu7" and data["stdout_tail"] == "last words\n"
+    logs = hpc_batch(config, "logs", "gentle").stdout
+    assert "== stdout\nlast words\n" in logs and "== stderr\nTraceback: oops\n" in logs
     assert json.loads(hpc_batch(config, "show", "4711", "--json").stdout)["name"] == "whisper-a1"
 
 
