@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from galaxy_hpc_runner.errors import JobError
+from galaxy_hpc_runner.errors import JobError, TransportError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -209,3 +209,36 @@ def utf8_path(path: str, what: str) -> str:
         raise UnsafeFile("%s: the real path %r is not valid UTF-8; rename the file"
                          % (what, path)) from None
     return path
+
+
+def snapshot(fd: int, directory: str) -> str:
+    """A private file with the content of the open input: a hard link to the very inode
+    (no copy) where the file system allows, else a copy through the descriptor."""
+    dest = os.path.join(directory, secrets.token_hex(8))
+    source = fd_path(fd)
+    if source is not None:
+        try:
+            os.link(source, dest, follow_symlinks=True)
+            if os.stat(dest).st_ino == os.fstat(fd).st_ino:
+                return dest
+            os.unlink(dest)
+        except OSError:
+            pass
+    copy_to_path(fd, dest)
+    return dest
+
+
+def copy_to_path(fd: int, path: str) -> None:
+    """Copy the open file to ``path`` (a temp in its directory, renamed): mode from the source."""
+    parent, name = os.path.split(path)
+    with opened(open_root(parent)) as dir_fd:
+        tmp = temp_name(name)
+        try:
+            with opened(create_at(dir_fd, tmp, os.fstat(fd).st_mode)) as out:
+                if copy_fd(fd, out) != os.fstat(fd).st_size:
+                    raise TransportError("%s changed while it was copied" % path)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            raise TransportError("cannot copy an input to %s: %s" % (path, exc)) from exc
+        finally:
+            unlink_at(dir_fd, tmp)

@@ -90,9 +90,9 @@ class Stager:
                 len(self._shared), os.path.basename(local)))
         with safefs.opened(safefs.open_under(local, self.cfg.allowed_input_roots)) as fd:
             if isinstance(self.t, LocalTransport):  # the workspace is here: copy from the fd
-                _copy_fd_to(fd, target)
+                safefs.copy_to_path(fd, target)
             else:
-                self.t.put(_snapshot(fd, snapshots), target)
+                self.t.put(safefs.snapshot(fd, snapshots), target)
         if target != remote:
             self._shared[local] = target
             self.t.link(target, remote)
@@ -247,39 +247,6 @@ class Stager:
 
 _UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tuple(
     t for t in (getattr(transport_base, "UnsafeRemoteFile", None),) if t is not None)
-
-
-def _snapshot(fd: int, directory: str) -> str:
-    """A private file with the content of the open input: a hard link to the very inode
-    (no copy) where the file system allows, else a copy through the descriptor."""
-    dest = os.path.join(directory, secrets.token_hex(8))
-    source = safefs.fd_path(fd)
-    if source is not None:
-        try:
-            os.link(source, dest, follow_symlinks=True)
-            if os.stat(dest).st_ino == os.fstat(fd).st_ino:
-                return dest
-            os.unlink(dest)
-        except OSError:
-            pass
-    _copy_fd_to(fd, dest)
-    return dest
-
-
-def _copy_fd_to(fd: int, path: str) -> None:
-    """Copy the open file to ``path`` (a temp in its directory, renamed): mode from the source."""
-    parent, name = os.path.split(path)
-    with safefs.opened(safefs.open_root(parent)) as dir_fd:
-        tmp = safefs.temp_name(name)
-        try:
-            with safefs.opened(safefs.create_at(dir_fd, tmp, os.fstat(fd).st_mode)) as out:
-                if safefs.copy_fd(fd, out) != os.fstat(fd).st_size:
-                    raise TransportError("%s changed while it was copied" % path)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as exc:
-            raise TransportError("cannot copy an input to %s: %s" % (path, exc)) from exc
-        finally:
-            safefs.unlink_at(dir_fd, tmp)
 
 
 class UnsafeOutput(TransportError):
