@@ -26,8 +26,8 @@ from typing import Any
 
 from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus, make_backend
 from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox import control, policy
 from galaxy_hpc_runner.dropbox import description as d
-from galaxy_hpc_runner.dropbox import policy
 from galaxy_hpc_runner.dropbox.collect import Collector
 from galaxy_hpc_runner.dropbox.liveness import Liveness
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
@@ -94,6 +94,7 @@ class Submitter:
         self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
         self.liveness = Liveness(cfg, self.transport, self.backend)
         self.collector = Collector(self.spool, self.stager)
+        self.control = control.Control()  # read again at the start of every pass
         self._layout_ready = False
         self._last_prune = -PRUNE_EVERY
 
@@ -103,7 +104,7 @@ class Submitter:
         report = PassReport()
         started = time.monotonic()
         with self.spool.lock(self.cfg.lock_timeout):
-            from galaxy_hpc_runner.dropbox import control, metrics
+            from galaxy_hpc_runner.dropbox import metrics
 
             self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
@@ -141,7 +142,8 @@ class Submitter:
             self._layout_ready = True
         records = self.spool.active()
         view = self.stager.queue_view()
-        to_stage = [rec for rec in records if rec.state == RECEIVED]
+        to_stage = [rec for rec in records  # paused: received jobs wait as they are
+                    if rec.state == RECEIVED and self.control.stage_allowed]
         self.stager.begin_pass(to_stage)
         try:
             for rec in to_stage:
@@ -313,6 +315,9 @@ class Submitter:
                                                  "ended: %s" % (status.reason or "no reason"))
         for holder, cause in self.liveness.dead_holders(view, known, self.spool).items():
             report.requeued += self._reclaim(holder, view, False, cause)
+        if not self.control.submit_allowed:
+            self._let_pilots_go(known)
+            return
         count = self._pilots_wanted_now(known, len(view.ready))
         if count and self.pilots.backoff_left() > 0:
             report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
@@ -321,6 +326,16 @@ class Submitter:
         for _ in range(count):
             self.pilots.submit()
             report.pilots_submitted += 1
+
+    def _let_pilots_go(self, known: list[tuple[PilotRecord, PilotStatus]]) -> None:
+        """Paused: no new pilot. Draining: queued pilots are cancelled (running ones go on
+        with their jobs and leave when idle), so the site empties for maintenance."""
+        if not self.control.cancel_idle_pilots:
+            return
+        for pilot, status in known:
+            if status.state is PilotState.PENDING:
+                log.info("draining: cancelling queued pilot %s", pilot.pilot_id)
+                self.backend.cancel(pilot.scheduler_id)
 
     def _pilots_wanted_now(self, known: list[tuple[PilotRecord, PilotStatus]],
                            backlog: int) -> int:
