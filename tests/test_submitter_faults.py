@@ -283,3 +283,27 @@ def test_stale_temps_of_an_interrupted_fetch_are_removed_and_nothing_else(site: 
     site.drain(["tidy"])
     assert site.result("tidy")["job"]["status"] == "ok"
     assert not ours.exists() and all(path.exists() for path in foreign)
+
+
+def test_a_pass_that_cannot_reach_the_head_node_over_ssh_is_failed(make_site: Any) -> None:
+    import socket
+
+    import paramiko
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    site = make_site()
+    known_hosts = site.root / "known_hosts"
+    key = paramiko.RSAKey.generate(1024)  # the host we would trust, were it there
+    known_hosts.write_text("[127.0.0.1]:%d ssh-rsa %s\n" % (port, key.get_base64()))
+    site.write_config(transport={"type": "ssh", "host": "127.0.0.1", "port": str(port),
+                                 "timeout": "2", "known_hosts": str(known_hosts)})
+    site.drop("far", site.upper_job("far"))
+    started = time.monotonic()
+    proc = _once(site)
+    assert proc.wait(timeout=120) != 0
+    last = json.loads((site.cfg.spool / "last_pass.json").read_text())
+    assert last["ok"] is False and "127.0.0.1" in " ".join(last["errors"])
+    assert site.state("far") == JobState.RECEIVED  # kept for the next pass
+    assert time.monotonic() - started < 100
