@@ -19,6 +19,7 @@ import yaml
 
 from galaxy_hpc_runner.config import RESERVED_VARS, Config, parse_duration
 from galaxy_hpc_runner.dropbox import plainyaml, safefs
+from galaxy_hpc_runner.dropbox.templates import SUFFIX as SCRIPT_SUFFIX
 from galaxy_hpc_runner.dropbox.templates import load_template, render, template_path
 from galaxy_hpc_runner.errors import JobError
 from hpc_worker import protocol as p
@@ -159,6 +160,16 @@ def _check_output(key: str, value: Any, cfg: Config) -> str:
     return str(target)
 
 
+def _reserved(base: str) -> bool:
+    """A name the protocol uses in a job directory (files, attempt directories and scripts)."""
+    names = getattr(p, "RESERVED_NAMES", (p.SCRIPT, p.META, p.RUNS, p.RESULT, p.STDOUT,
+                                          p.STDERR))
+    is_attempt = getattr(p, "valid_attempt", lambda name: False)
+    suffix = getattr(p, "ATTEMPT_SCRIPT_SUFFIX", SCRIPT_SUFFIX)
+    stem = base[: -len(suffix)] if base.endswith(suffix) else base
+    return base in names or base[0] == "." or bool(is_attempt(stem))
+
+
 def _basenames(inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
     """file key -> basename; two files with one basename would overwrite each other."""
     seen: dict[str, str] = {}
@@ -167,8 +178,7 @@ def _basenames(inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str
         base = os.path.basename(path)
         if base in seen:
             raise JobError("files %s and %s share the basename %r" % (seen[base], key, base))
-        if base in (p.SCRIPT, p.META, p.RUNS, p.RESULT, p.STDOUT, p.STDERR) or base[0] == "." \
-                or len(base.encode("utf-8")) > MAX_BASENAME:
+        if _reserved(base) or len(base.encode("utf-8")) > MAX_BASENAME:
             raise JobError("file %s: basename %r is reserved or longer than %d bytes"
                            % (key, base, MAX_BASENAME))
         seen[base] = key
