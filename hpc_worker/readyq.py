@@ -21,6 +21,7 @@ from typing import Deque, Dict, List, Optional, Set, Tuple
 from . import protocol as p
 
 Entry = Tuple[int, str]  # (marker mtime in ns, key)
+FRESH = 1.0  # seconds: a directory time this recent may hide a change made in the same tick
 
 
 class ReadyQueue:
@@ -50,7 +51,10 @@ class ReadyQueue:
         if not (changed and (not self.known or since >= self.min_rescan)) \
                 and since < self.rescan_every:
             return False
-        self.dir_mtime, self.last_scan = mtime, now
+        # a change within the file system's timestamp granularity of this listing would
+        # leave the time as it is: while the time is that fresh, look again next time
+        self.dir_mtime = -1 if now - mtime / 1e9 < FRESH else mtime
+        self.last_scan = now
         self._scan()
         return True
 

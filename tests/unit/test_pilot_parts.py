@@ -154,15 +154,21 @@ def test_a_drain_lists_the_directory_once_not_per_claim(tmp_path: Path) -> None:
 
 def test_new_markers_are_seen_when_the_directory_changes(tmp_path: Path) -> None:
     queue = ReadyQueue(str(tmp_path), min_rescan=0, rescan_every=60)
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path, (an_hour_ago, an_hour_ago))
     assert queue.refresh(time.time()) and queue.pop() is None
     assert not queue.refresh(time.time())  # unchanged: no listing
-    time.sleep(0.01)
     (tmp_path / "late").write_text("")
     queue.refresh(time.time())
     assert queue.pop() == "late"
-    queue.never("late")
+    queue.never("late")  # this pilot will not take it: it is not offered again
+    # a directory time this fresh may hide a second change in the same tick: look again
+    (tmp_path / "later").write_text("")
+    assert queue.refresh(time.time())
+    assert queue.pop() == "later"
     queue.refresh(time.time() + 100)
-    assert queue.pop() is None  # a key the pilot will not take is not offered again
+    assert queue.pop() == "later"  # not claimed (still there): offered again
+    assert queue.pop() is None
 
 
 # -- decisions ---------------------------------------------------------------------------
