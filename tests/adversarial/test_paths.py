@@ -205,3 +205,39 @@ def test_default_roots_and_spool_overlap_and_are_refused(site: Site) -> None:
             load_config(site.config_path)
     finally:
         site.write_config()
+
+
+def test_an_output_directory_flipping_to_a_link_during_passes_is_never_written_through(
+        site: Site) -> None:
+    """The race, repeated: a thread swaps the output directory for a link elsewhere and back."""
+    sub_dir, real = site.root / "results" / "sub", site.root / "results" / "sub.real"
+    sub_dir.mkdir()
+    elsewhere = site.root / "elsewhere"
+    elsewhere.mkdir()
+    names = ["flip%02d" % i for i in range(12)]
+    for name in names:
+        doc = site.upper_job(name, "plain\n")
+        doc["output_map"]["output"] = str(sub_dir / (name + ".upper"))
+        site.drop(name, doc)
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            os.rename(sub_dir, real)
+            sub_dir.symlink_to(elsewhere)
+            time.sleep(0.002)
+            sub_dir.unlink()
+            os.rename(real, sub_dir)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    try:
+        site.drain(names, timeout=180)
+    finally:
+        stop.set()
+        thread.join()
+    assert list(elsewhere.iterdir()) == []
+    for name in names:
+        if _job(site, name)["status"] == "ok":
+            assert (sub_dir / (name + ".upper")).read_text() == "PLAIN\n"
