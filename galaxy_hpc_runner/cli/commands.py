@@ -193,6 +193,34 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from galaxy_hpc_runner.cli import jobs, report
+    from galaxy_hpc_runner.dropbox.pilots import read_heartbeat
+    from galaxy_hpc_runner.dropbox.spool import Spool
+    from hpc_worker.states import PilotState
+
+    cfg = load_config(args.config)
+    now = time.time()
+    since = jobs.since_cutoff(args.since, now) or now - 86400
+    until = jobs.since_cutoff(args.until, now) or now
+    spool = Spool(cfg.spool)
+    transport = _transport(cfg)
+    starts = {}  # pilots still known on the HPC side: their start from the heartbeat
+    for pilot in spool.pilots():
+        if pilot.state is not PilotState.GONE:
+            beat = read_heartbeat(cfg, transport, pilot.pilot_id) or {}
+            if isinstance(beat.get("started"), (int, float)) and beat["started"] > 0:
+                starts[pilot.pilot_id] = float(beat["started"])
+    built = report.build(spool, since, until, cfg.pilot.slots, starts)
+    title = "hpc-batch: %s to %s" % (time.strftime("%Y-%m-%d %H:%M", time.localtime(since)),
+                                     time.strftime("%Y-%m-%d %H:%M", time.localtime(until)))
+    Path(args.html).write_text(report.render_html(built, title), encoding="utf-8")
+    print("%s: %d pilot(s), %d job(s)" % (args.html, len(built.pilots), len(built.jobs)))
+    return Exit.OK
+
+
 def cmd_pilot(args: argparse.Namespace) -> int:
     from galaxy_hpc_runner.backends import pilot_spec
 

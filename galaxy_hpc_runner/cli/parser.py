@@ -40,6 +40,8 @@ EXAMPLES = {
     "drain": ["hpc-batch drain --reason 'scheduler upgrade at 18:00'"],
     "resume": ["hpc-batch resume"],
     "pilot": ["hpc-batch pilot --dry-run", "hpc-batch pilot"],
+    "report": ["hpc-batch report --html /var/www/hpc/today.html",
+               "hpc-batch report --html week.html --since 7d"],
     "submit": ["hpc-batch submit job.yml", "hpc-batch submit job.yml --wait --timeout 3600",
                "hpc-batch submit job.yml --wait --drive   (no cron: run passes while waiting)"],
     "demo": ["hpc-batch demo", "hpc-batch demo --dir /tmp/demo --jobs 50"],
@@ -86,6 +88,11 @@ def _admin_commands(add: Adder) -> None:
         add(name, m.cmd_mode, helptext).add_argument("--reason", default="",
                                                      help="shown by status")
     add("resume", m.cmd_mode, "undo pause or drain")
+    sp = add("report", m.cmd_report, "a self-contained HTML page of where the time went")
+    sp.add_argument("--html", required=True, metavar="FILE", help="the page to write")
+    sp.add_argument("--since", metavar="T", default="1d",
+                    help="window start: a duration back (12h, 7d) or a date (default 1d)")
+    sp.add_argument("--until", metavar="T", default=None, help="window end (default: now)")
     add("pilot", m.cmd_pilot, "submit a pilot now, or show what would be submitted"
         ).add_argument("--dry-run", action="store_true")
 
