@@ -169,11 +169,13 @@ class JobRun:
         return Result(status=ResultStatus.OK, message="processed OK", rc=0)
 
     def check_outputs(self) -> "tuple[List[str], List[str]]":
-        """(missing, not a regular file) among the declared outputs of this attempt."""
+        """(missing, not a regular file) among the declared outputs of this attempt (its
+        logs count as not regular when the job replaced or removed them)."""
         assert self.attempt is not None
         found = {name: self.attempt.regular_file(name) for name in self.spec.outputs}
+        logs = [name for name in (p.STDOUT, p.STDERR) if not self.attempt.regular_file(name)]
         return ([n for n, ok in found.items() if ok is None],
-                [n for n, ok in found.items() if ok is False])
+                logs + [n for n, ok in found.items() if ok is False])
 
 
 def report_unrunnable(root: str, key: str, pilot: str, scheduler_id: str,

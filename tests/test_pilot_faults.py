@@ -200,9 +200,12 @@ def test_hostile_descriptions_and_outputs_stay_inside_the_workspace(
     ws.stage("escape", "echo x\n", meta='{"key": "escape", "outputs": ["../../../victim"]}')
     ws.stage("linker", "ln -s %s out.txt\n" % victim, outputs=("out.txt",))
     ws.stage("fine", "echo fine > out.txt\n", outputs=("out.txt",))
+    ws.stage("logger", "rm stdout.txt; ln -s %s stdout.txt\n" % victim)
     assert ws.start("P1", idle=1).wait(timeout=30) == 0
     assert ws.result("escape").reason == Reason.INVALID
     assert ws.result("linker").reason == Reason.UNSAFE
+    assert ws.result("logger").reason == Reason.UNSAFE
+    assert p.STDOUT in ws.result("logger").message
     assert ws.result("fine").status == ResultStatus.OK
     assert victim.read_text() == "keep"
     assert not (ws.job_dir("linker") / "out.txt").exists()
