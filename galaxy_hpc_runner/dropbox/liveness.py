@@ -28,6 +28,7 @@ import datetime
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus
 from galaxy_hpc_runner.config import Config
@@ -53,12 +54,15 @@ class Liveness:
         return policy.stale_after(self.cfg.pilot.heartbeat, self.cfg.pilot.grace)
 
     def dead_holders(self, view: QueueView, known: list[tuple[PilotRecord, PilotStatus]],
-                     spool: Spool) -> dict[str, str]:
+                     spool: Spool, maybe_dead: Callable[[str], bool] = lambda _: True
+                     ) -> dict[str, str]:
         """Pilots holding claims in ``view`` that are dead, each with the cause.
 
-        ``known`` are this spool's active pilots with their scheduler states; one the
-        scheduler reports gone is left to the caller, one it cannot tell about is left
-        alone (nothing is sure then). Silent pilots the scheduler still has are cancelled.
+        ``known`` are the pilots with their scheduler states (``PilotManager.refresh``);
+        one the scheduler reports gone is left to the caller, one it cannot tell about
+        is left alone (nothing is sure then). ``maybe_dead`` is the pilot registry's
+        first word (``PilotManager.stale_or_gone``): a pilot it calls alive is left
+        alone. Silent pilots the scheduler still has are cancelled.
         """
         ours = {rec.pilot_id: (rec, status) for rec, status in known}
         holders: dict[str, list[str]] = defaultdict(list)
@@ -69,6 +73,8 @@ class Liveness:
             rec, status = ours.get(holder, (None, None))
             if status is not None and status.state is not PilotState.RUNNING:
                 continue  # gone: the caller reclaims; pending/unknown: cannot be sure
+            if not maybe_dead(holder):
+                continue
             silent = time.time() - self.last_sign(holder, keys, spool)
             if silent <= self.bound:
                 continue

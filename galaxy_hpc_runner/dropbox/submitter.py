@@ -313,7 +313,8 @@ class Submitter:
             if status.state is PilotState.GONE:
                 report.requeued += self._reclaim(pilot.pilot_id, view, status.timed_out,
                                                  "ended: %s" % (status.reason or "no reason"))
-        for holder, cause in self.liveness.dead_holders(view, known, self.spool).items():
+        dead = self.liveness.dead_holders(view, known, self.spool, self.pilots.stale_or_gone)
+        for holder, cause in dead.items():
             report.requeued += self._reclaim(holder, view, False, cause)
         if not self.control.submit_allowed:
             self._let_pilots_go(known)
