@@ -73,6 +73,14 @@ def test_changed_host_key_is_refused(ssh_server: SshServer, tmp_path: Path) -> N
         connect(ssh_server, known_hosts=str(known)).listdir("/")
 
 
+def test_unknown_host_key_is_refused_before_authentication(
+        ssh_server: SshServer, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(TransportError, match=r"unknown.*refusing.*ssh-keyscan"):
+        connect(ssh_server, known_hosts=str(empty)).listdir("/")
+
+
 def test_unreachable_host_is_a_clear_error(ssh_server: SshServer) -> None:
     with pytest.raises(TransportError, match="cannot reach"):
         connect(ssh_server, port=1).listdir("/")  # type: ignore[arg-type]
