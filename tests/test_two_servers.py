@@ -169,6 +169,13 @@ def test_two_servers_over_ssh_share_one_slurm_pilot(
             site.close()
 
 
+def wait_no_pilot(cluster: SlurmCluster, before: set[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while set(slurm_pilots(cluster, "pending,running")) - before:
+        assert time.monotonic() < deadline, "the last pilot did not leave on idle"
+        time.sleep(0.2)
+
+
 WRAPPER = """#!/bin/sh
 # sbatch as a slow head node runs it: the job is queued, the answer comes late
 touch "$MARKS/started"
@@ -198,9 +205,11 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
                                                 "command_timeout": "5"},
                            pilot={"python": sys.executable, "idle_timeout": "2"})[:1]
     rng = random.Random(9)
+    cut_short = 0  # tries whose kill left a pilot recorded only as an intent
     try:
         for i in range(20):
             name = "k%02d" % i
+            wait_no_pilot(slurm_cluster, before)  # so this try's pass must submit one
             site.drop(name, site.upper_job(name, "kill %d\n" % i))
             proc = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "-c",
                                      str(site.config_path), "submitter", "--once"], env=env,
@@ -215,6 +224,8 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
             proc.wait()
             (marks / "started").unlink(missing_ok=True)
             sub = site.submitter()
+            cut_short += any(e.state is PilotState.SUBMITTING
+                             for e in sub.pilots.registry.entries().values())
             deadline = time.monotonic() + 90
             while not site.result_path(name).exists():
                 assert time.monotonic() < deadline, "try %d: no result" % i
@@ -226,6 +237,7 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
             known = set(sub.pilots.registry.entries())
             slurm = {n for j, n in slurm_pilots(slurm_cluster).items() if j not in before}
             assert slurm <= known, "try %d: pilots unknown to status: %s" % (i, slurm - known)
+        assert cut_short >= 5, "only %d of 20 kills hit a submission" % cut_short
     finally:
         site.close()
         sub = Submitter(site.cfg)
