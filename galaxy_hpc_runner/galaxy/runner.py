@@ -128,7 +128,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
                 self._check_template_mode(job_wrapper.tool)
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
-            job_wrapper.fail(str(exc))
+            job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
             return
         include_metadata = mode == gd.Mode.GALAXY and asbool(
             params.get("embed_metadata_in_job", True))
@@ -141,7 +141,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             d.validate(name, doc, batcher.cfg)  # a bad run fails now, not after a pass
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
-            job_wrapper.fail(str(exc))
+            job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
             return
         except OSError as exc:
             log.exception("(%s) cannot write the job script", tag)
