@@ -16,7 +16,6 @@ the job and the pilot at once, in either order).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import logging
 import os
@@ -117,7 +116,7 @@ class Pilot:
                  "walltime %s, releases at %s", self.s.pilot_id, self.s.scheduler_id,
                  socket.gethostname(), self.alloc.slots, ",".join(self.gpus),
                  self.alloc.source or "no GPU variable set: nominal", self.s.idle_timeout,
-                 self.s.walltime, _iso(self.release_at))
+                 self.s.walltime, p.epoch_iso(self.release_at))
         refused = self.alloc.refused_slots_message()
         if refused:
             log.error("%s", refused)
@@ -212,8 +211,11 @@ class Pilot:
                 job.finish(self.s.scheduler_id, gpu.job_metrics(
                     self.alloc, job.gpu, job.elapsed(time.time()), job.usage))
                 self.done_count += 1
-        except OSError as exc:  # its directory was withdrawn under us
+        except OSError as exc:  # a full disk, its directory withdrawn under us
             log.error("(%s) cannot report its result: %s", job.key, exc)
+            if release is None:
+                with contextlib.suppress(OSError):
+                    job.release(ReleaseReason.REPORT_FAILED)  # never claimed forever
         del self.running[slot]
         self.last_activity = time.time()
         self._changed = True
@@ -318,6 +320,7 @@ class Pilot:
             log.exception("(%s) could not be started", job.key)
             with contextlib.suppress(OSError):
                 job.release(ReleaseReason.START_FAILED)
+            self.queue.never(job.key)  # another pilot may; this one does not loop on it
             return False
         self.guard.add(pgid)
         self.running[job.slot] = job
@@ -391,8 +394,3 @@ class Pilot:
                 return
             self._sleep(0.05)
 
-
-def _iso(epoch: Optional[float]) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")

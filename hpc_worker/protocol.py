@@ -98,6 +98,13 @@ def now_iso() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
+def epoch_iso(epoch: Optional[float]) -> str:
+    """A time.time() value as ISO 8601 in the local time zone ("-" for None)."""
+    if epoch is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
 def valid_key(key: str) -> bool:
     return bool(KEY_RE.match(key)) and CLAIM_SEP not in key
 

@@ -87,6 +87,7 @@ class ReleaseReason(str, enum.Enum):
     STOP = "stop"  # the pilot was told to stop (scancel, SIGTERM, SIGINT)
     PILOT_WALLTIME = "pilot_walltime"  # its pilot's time ran out before the job could finish
     START_FAILED = "start_failed"  # the pilot could not start it (its own trouble, not the job's)
+    REPORT_FAILED = "report_failed"  # it ended but its result could not be written (disk full)
 
     def __str__(self) -> str:
         return self.value

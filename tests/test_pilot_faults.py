@@ -200,11 +200,15 @@ def test_hostile_descriptions_and_outputs_stay_inside_the_workspace(
     ws.stage("escape", "echo x\n", meta='{"key": "escape", "outputs": ["../../../victim"]}')
     ws.stage("linker", "ln -s %s out.txt\n" % victim, outputs=("out.txt",))
     ws.stage("fine", "echo fine > out.txt\n", outputs=("out.txt",))
+    ws.stage("garbled", "echo x\n", meta='{"key": "garbled", ')
+    ws.stage("future", "echo x\n", meta='{"v": 99, "key": "future"}')
     ws.stage("logger", "rm stdout.txt; ln -s %s stdout.txt\n" % victim)
     assert ws.start("P1", idle=1).wait(timeout=30) == 0
     assert ws.result("escape").reason == Reason.INVALID
     assert ws.result("linker").reason == Reason.UNSAFE
     assert ws.result("logger").reason == Reason.UNSAFE
+    assert "not valid JSON" in ws.result("garbled").message
+    assert "protocol version 99" in ws.result("future").message
     assert p.STDOUT in ws.result("logger").message
     assert ws.result("fine").status == ResultStatus.OK
     assert victim.read_text() == "keep"
