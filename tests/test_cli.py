@@ -149,6 +149,8 @@ def test_an_idle_pass_is_quiet_and_a_failed_pass_exits_6(make_site: Any, tmp_pat
     site.cli("--config", cfg, "submitter", "--once")  # the first pass lays out the workspace
     idle = site.cli("--config", cfg, "submitter", "--once")
     assert idle.returncode == 0 and idle.stdout == "" and idle.stderr == ""  # no cron mail
+    metrics = (site.cfg.spool / "metrics.prom").read_text()  # written by every pass
+    assert "\nhpc_batch_last_pass_ok 1\n" in metrics and "pass_duration_seconds" in metrics
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     site.write_config(hpc_env={"workspace": str(blocker / "ws")})
@@ -156,6 +158,7 @@ def test_an_idle_pass_is_quiet_and_a_failed_pass_exits_6(make_site: Any, tmp_pat
     assert failed.returncode == 6, failed.stderr
     status = site.cli("--config", cfg, "status")
     assert status.returncode == 6 and "last pass: " in status.stdout and "FAILED" in status.stdout
+    assert "\nhpc_batch_last_pass_ok 0\n" in (site.cfg.spool / "metrics.prom").read_text()
 
 
 def _pass_honours_control() -> bool:
