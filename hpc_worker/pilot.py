@@ -216,6 +216,7 @@ class Pilot:
             if release is None:
                 with contextlib.suppress(OSError):
                     job.release(ReleaseReason.REPORT_FAILED)  # never claimed forever
+                self.queue.never(job.key)
         del self.running[slot]
         self.last_activity = time.time()
         self._changed = True

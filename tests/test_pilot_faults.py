@@ -269,3 +269,11 @@ def test_version_flag_and_bad_slot_settings(ws: Workspace) -> None:
                           "--pilot-id", "P", "--slots-per-gpu", "0"], cwd=str(PROJECT),
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--slots-per-gpu" in bad.stderr
+
+
+def test_a_result_that_cannot_be_written_releases_the_job_once(ws: Workspace) -> None:
+    ws.stage("blocker", "mkdir %s\n" % p.RESULT)  # what a full disk does to the result
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    assert ws.is_ready("blocker") and not ws.done("blocker")
+    releases = [run for run in ws.runs("blocker") if run.is_release]
+    assert [run.reason for run in releases] == [ReleaseReason.REPORT_FAILED.value]
