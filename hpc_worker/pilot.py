@@ -235,7 +235,7 @@ class Pilot:
             self._release_all(now)
         elif self.draining:
             for job in self.running.values():
-                if d.cannot_finish(job.elapsed(now), job.learned, left):
+                if not job.kill_reason and d.cannot_finish(job.elapsed(now), job.learned, left):
                     log.info("(%s) ran %.0fs before, cannot finish in the %.0fs left",
                              job.key, job.learned or 0, left)
                     job.terminate(ReleaseReason.PILOT_WALLTIME, self.kill_grace, now)
