@@ -34,7 +34,11 @@ TEMPLATE_TEXT = """\
 #!/bin/bash
 # hpc-batch Galaxy-script mode: run Galaxy's own job script in the job's working
 # directory. The pilot sets CUDA_VISIBLE_DEVICES and HPC_BATCH_SLOT for the slot.
-cd <<workdir>> || exit 1
+cd <<workdir>> || {
+    echo "hpc-batch: the job's working directory is not visible on $(hostname):" \
+        "Galaxy-script mode needs Galaxy's job_working_directory on a shared file system" >&2
+    exit 1
+}
 printf 'slot=%s\\ngpu=%s\\nhost=%s\\n' "${HPC_BATCH_SLOT:-}" "${CUDA_VISIBLE_DEVICES:-}" \\
     "$(hostname)" > hpc_batch_slot.txt
 /bin/bash <<job_script>>
@@ -126,6 +130,17 @@ def description(job_script: str, workdir: str, walltime: object = None,
     if meta:
         doc["meta"] = dict(meta)
     return doc
+
+
+def tool_ran(workdir: str) -> bool:
+    """Galaxy's script got as far as the tool: its stdout file is there."""
+    return any(os.path.exists(os.path.join(workdir, sub, "tool_stdout"))
+               for sub in ("outputs", ""))
+
+
+def not_run_message(rc: int | None, stderr: str) -> str:
+    tail = stderr.strip()[-2000:] or "(no stderr)"
+    return "Galaxy's job script ended with exit code %s before the tool ran: %s" % (rc, tail)
 
 
 def slot_info(workdir: str) -> dict[str, str]:

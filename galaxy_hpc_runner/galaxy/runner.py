@@ -253,6 +253,10 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         """Hand the run to Galaxy's own checks: streams, exit code, outputs, metrics."""
         outcome = job_state.outcome
         assert outcome is not None and outcome.rc is not None  # never a default exit 0
+        workdir = job_state.job_wrapper.working_directory
+        if job_state.mode == gd.Mode.GALAXY and not gs.tool_ran(workdir):
+            self.fail_job(job_state, message=gs.not_run_message(outcome.rc, outcome.stderr))
+            return
         try:
             self._record_metrics(job_state, outcome)
             if job_state.mode == gd.Mode.GALAXY:  # Galaxy's script wrote the tool's files

@@ -162,3 +162,20 @@ def test_gpu_request() -> None:
     assert gs.gpu_requested([], [NS(resource_type="cuda_device_count_min",
                                     value_or_expression=1)])
     assert gs.gpu_statements(True) == ['GALAXY_GPU_ENABLED="true"; export GALAXY_GPU_ENABLED']
+
+
+def test_a_node_without_the_working_directory_says_so(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    gs.install_template(cfg)
+    gone = tmp_path / "not-mounted"
+    job = d.validate("galaxy-8-abc", gs.description(str(gone / "galaxy_8.sh"), str(gone)), cfg)
+    proc = subprocess.run(["bash", "-c", job.rendered], cwd=tmp_path, capture_output=True,
+                          text=True, check=False, timeout=30)
+    assert proc.returncode == 1
+    assert "needs Galaxy's job_working_directory on a shared file system" in proc.stderr
+    assert not gs.tool_ran(str(gone))
+    message = gs.not_run_message(proc.returncode, proc.stderr)
+    assert message.startswith("Galaxy's job script ended with exit code 1 before the tool ran")
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "tool_stdout").write_text("")
+    assert gs.tool_ran(str(tmp_path))
