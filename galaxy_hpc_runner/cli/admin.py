@@ -341,7 +341,8 @@ def _progress(cfg: Config, spool: Spool, name: str) -> str:
     if rec is None:
         return "waiting to be received" + warning
     if rec.state == JobState.CLAIMED:
-        return "%s by %s" % (rec.state, rec.pilot) + warning
+        return "%s by %s, running %s%s" % (rec.state, rec.pilot,
+                                            _minutes(age_of(rec.updated, now)), warning)
     pilots = [pl for pl in spool.pilots() if pl.state in (PilotState.PENDING,
                                                           PilotState.RUNNING)]
     queued = [pl for pl in pilots if pl.state is PilotState.PENDING]
@@ -354,5 +355,12 @@ def _progress(cfg: Config, spool: Spool, name: str) -> str:
 
 
 def _minutes(seconds: float | None) -> str:
-    """Coarse on purpose: a progress line changes (and is printed) once a minute at most."""
-    return "<1m" if seconds is None or seconds < 60 else "%dm" % (seconds // 60)
+    """Coarse on purpose, so that a progress line changes (and is printed) seldom: each
+    minute for 10 minutes, then each 10 minutes, then each hour."""
+    if seconds is None or seconds < 60:
+        return "<1m"
+    if seconds < 600:
+        return "%dm" % (seconds // 60)
+    if seconds < 3600:
+        return "%dm" % (seconds // 600 * 10)
+    return "%dh" % (seconds // 3600)

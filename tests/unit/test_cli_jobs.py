@@ -164,3 +164,21 @@ def test_status_shows_the_other_servers_sharing_the_workspace(config: Path) -> N
     out = hpc_batch(config, "status").stdout
     assert "site (workspace shared by " in out and "galaxy2" in out
     assert "  pilot-galaxy2-20261127T080000-abcdef of galaxy2: pending" in out
+
+
+def test_submit_wait_says_when_no_submitter_pass_runs(config: Path, tmp_path: Path) -> None:
+    job = tmp_path / "x.job"
+    job.write_text("script: nothing\n")
+    proc = hpc_batch(config, "submit", str(job), "--wait", "--timeout", "1")
+    assert proc.returncode == Exit.TIMEOUT
+    name = proc.stdout.splitlines()[0]
+    assert "%s: [0s] waiting to be received; no submitter pass for ever (is cron or the " \
+           "service running?)" % name in proc.stdout
+    assert "no result within 1.0s (the job goes on" in proc.stderr
+
+
+def test_progress_times_are_coarse() -> None:
+    from galaxy_hpc_runner.cli.admin import _minutes
+
+    assert [_minutes(s) for s in (None, 59, 125, 1300, 7300)] == ["<1m", "<1m", "2m", "20m",
+                                                                   "2h"]
