@@ -76,26 +76,40 @@ class Stager:
             self.t.remove(self._pass_dir)  # the jobs' hard links keep the data
         self._shared = {}
 
-    def _put_input(self, local: str, remote: str, snapshots: str) -> None:
-        """Upload what was validated: the input is opened once, without following links,
-        under an allowed input root, and a private snapshot of that open file is sent."""
-        if local in self._shared:
-            self.t.link(self._shared[local], remote)
-            return
-        target = remote
-        if self._uses.get(local, 0) >= 2:
-            if not self._shared:
-                self.t.makedirs(self._pass_dir)
-            target = posixpath.join(self._pass_dir, "%d-%s" % (
-                len(self._shared), os.path.basename(local)))
-        with safefs.opened(safefs.open_under(local, self.cfg.allowed_input_roots)) as fd:
-            if isinstance(self.t, LocalTransport):  # the workspace is here: copy from the fd
-                safefs.copy_to_path(fd, target)
-            else:
-                self.t.put(safefs.snapshot(fd, snapshots), target)
-        if target != remote:
-            self._shared[local] = target
-            self.t.link(target, remote)
+    def _put_inputs(self, inputs: dict[str, str], directory: str, snapshots: str) -> None:
+        """Upload what was validated: each input is opened once, without following links,
+        under an allowed input root, and copied from that descriptor (a local workspace)
+        or sent as a private snapshot of it, all of a job's in one transfer."""
+        pairs: list[tuple[str, str]] = []
+        links: list[tuple[str, str]] = []
+        for base, local in inputs.items():
+            remote = posixpath.join(directory, base)
+            if local in self._shared:
+                links.append((self._shared[local], remote))
+                continue
+            target = remote if self._uses.get(local, 0) < 2 else self._shared_path(local)
+            with safefs.opened(safefs.open_under(local, self.cfg.allowed_input_roots)) as fd:
+                if isinstance(self.t, LocalTransport):  # the workspace is here
+                    safefs.copy_to_path(fd, target)
+                else:
+                    pairs.append((safefs.snapshot(fd, snapshots), target))
+            if target != remote:
+                self._shared[local] = target
+                links.append((target, remote))
+        put_many = getattr(self.t, "put_many", None)
+        if put_many is not None and len(pairs) > 1:
+            put_many(pairs)
+        else:
+            for snapshot, target in pairs:
+                self.t.put(snapshot, target)
+        for src, dst in links:
+            self.t.link(src, dst)
+
+    def _shared_path(self, local: str) -> str:
+        if not self._shared:
+            self.t.makedirs(self._pass_dir)
+        return posixpath.join(self._pass_dir, "%d-%s" % (len(self._shared),
+                                                         os.path.basename(local)))
 
     def stage(self, rec: JobRecord) -> None:
         """Job directory, inputs, script and job.json first; the ready marker last.
@@ -110,8 +124,7 @@ class Stager:
         self.t.makedirs(directory)
         snapshots = tempfile.mkdtemp(prefix=SNAPSHOTS, dir=str(self.cfg.spool))
         try:
-            for base, local in meta["inputs"].items():
-                self._put_input(local, posixpath.join(directory, base), snapshots)
+            self._put_inputs(meta["inputs"], directory, snapshots)
         except (safefs.UnsafeFile, OSError) as exc:
             self._refuse(key, directory, "Input changed after it was validated, so the job "
                          "was not run: %s" % exc)

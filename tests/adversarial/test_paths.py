@@ -241,3 +241,14 @@ def test_an_output_directory_flipping_to_a_link_during_passes_is_never_written_t
     for name in names:
         if _job(site, name)["status"] == "ok":
             assert (sub_dir / (name + ".upper")).read_text() == "PLAIN\n"
+
+
+def test_several_inputs_are_staged_from_what_was_validated(any_site: Site) -> None:
+    site = any_site
+    first, second = site.media("one.txt", "one\n"), site.media("-two.txt", "two\n")
+    site.drop("cat", {"script": "concat", "input_map": {"first": str(first), "second": str(second)},
+                      "output_map": {"output": str(site.out("cat.txt"))}})
+    site.drain(["cat"])
+    assert _job(site, "cat")["status"] == "ok"
+    assert site.out("cat.txt").read_text() == "one\ntwo\n"
+    assert not list(site.cfg.spool.glob(".hpc-batch-stage-*"))

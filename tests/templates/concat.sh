@@ -1,0 +1,4 @@
+#!/bin/bash
+# Concatenates <<first>> and <<second>> into <<output>>.
+set -eu
+cat <<first>> <<second>> > <<output>>
