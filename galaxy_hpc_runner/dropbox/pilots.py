@@ -1,35 +1,23 @@
-"""Keeping track of pilots, of every submitting server, through the HPC-side registry.
+"""Keeping track of the pilots of every submitting server, through the HPC-side registry.
 
-The registry (:mod:`galaxy_hpc_runner.dropbox.registry`, ``W/pilots/PILOT.json``) is
-the truth about pilots; this server's spool keeps a copy of its own (for ``status``
-and the failure back-off). What the submitter uses:
-
-- :meth:`PilotManager.refresh`: every pilot of every server that is queued, running
-  or being submitted, with its scheduler state, plus each pilot seen gone for the
-  first time (so its claims are reclaimed, whoever submitted it). The policy counts
-  these: one pilot serves the backlog of every server.
-- :meth:`PilotManager.submit`: records the pilot's intent (registry, then spool)
-  BEFORE the scheduler sees it, under the registry lock, and declines when another
-  server queued a pilot since this pass's refresh. An uncertain outcome is resolved
-  by looking the pilot up by name, never by submitting again.
-- :meth:`PilotManager.live_pilot_ids` and :meth:`PilotManager.stale_or_gone`: liveness
-  of the pilots holding claims (scheduler state and heartbeat age).
-- :meth:`PilotManager.site_picture` / :meth:`PilotManager.servers_seen`: the site-wide
-  picture for ``status`` and ``check --remote``.
-
-A pilot being submitted (``submitting``, no scheduler id yet) counts as pending for
-:func:`submit_settle` seconds after its intent was written; by then the submission
-has ended one way or the other, and a pilot the scheduler does not know by name and
-that never wrote a heartbeat is recorded gone ("never reached the scheduler").
+The registry (:mod:`.registry`, ``W/pilots/PILOT.json``) is the truth about pilots;
+the spool keeps a copy of this server's own (``status``, failure back-off). The
+submitter uses :meth:`PilotManager.refresh` (every server's pilots: the policy counts
+them all, so one pilot serves every server's backlog), :meth:`PilotManager.submit`
+(intent recorded BEFORE the scheduler sees it; an uncertain outcome is looked up by
+name, never submitted again), :meth:`PilotManager.live_pilot_ids` and
+:meth:`PilotManager.stale_or_gone` (liveness of claim holders). ``status`` and
+``check --remote`` use :meth:`PilotManager.site_picture` and
+:meth:`PilotManager.servers_seen`. A pilot being submitted (no scheduler id yet)
+counts as pending for :func:`.registry.submit_settle` seconds; after that, one the
+scheduler does not know by name and that never wrote a heartbeat is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -37,7 +25,14 @@ from galaxy_hpc_runner.backends import Backend, PilotStatus, SubmissionUncertain
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import deploy
 from galaxy_hpc_runner.dropbox.policy import stale_after
-from galaxy_hpc_runner.dropbox.registry import Registry, iso_epoch
+from galaxy_hpc_runner.dropbox.registry import (
+    Registry,
+    iso_epoch,
+    new_pilot_id,
+    pilot_file,
+    read_heartbeat,
+    submit_settle,
+)
 from galaxy_hpc_runner.dropbox.spool import PilotRecord, Spool
 from galaxy_hpc_runner.errors import SchedulerError, TransportError
 from galaxy_hpc_runner.transport.base import Transport
@@ -45,6 +40,7 @@ from hpc_worker import protocol as p
 from hpc_worker.records import Heartbeat, PilotEntry
 from hpc_worker.states import HeartbeatState, PilotState
 
+__all__ = ["PilotManager", "new_pilot_id", "pilot_file", "read_heartbeat", "submit_settle"]
 log = logging.getLogger(__name__)
 ACTIVE_STATES = frozenset(s for s in PilotState if s.active)
 BACKOFF_MAX = 3600.0
@@ -54,30 +50,6 @@ BEING_SUBMITTED = "being submitted"
 GONE_SEEN_FILE = "registry-gone.json"  # SPOOL/...: gone pilots already reported
 PRUNE_STAMP = "pilots-pruned"  # SPOOL/...: touched at each prune of pilot files
 PRUNE_EVERY = 86400.0
-
-
-def pilot_file(cfg: Config, pilot_id: str, suffix: str) -> str:
-    """W/pilots/PILOT.SUFFIX, ``suffix`` one of ``hpc_worker.protocol.PILOT_SUFFIXES``."""
-    return p.pilot_path(cfg.workspace, pilot_id, suffix)
-
-
-def read_heartbeat(cfg: Config, transport: Transport, pilot_id: str) -> dict[str, Any] | None:
-    """A pilot's last heartbeat, None when it has none (yet) or it cannot be read."""
-    try:
-        data = json.loads(transport.read_text(pilot_file(cfg, pilot_id, HEARTBEAT)))
-    except (TransportError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def new_pilot_id(server: str) -> str:
-    """``pilot-SERVER-YYYYmmddTHHMMSS-RANDOM``: also the scheduler job name."""
-    return "pilot-%s-%s-%s" % (server, time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
-
-
-def submit_settle(cfg: Config) -> float:
-    """Seconds after its intent by which a pilot's submission has surely ended."""
-    return 2.0 * float(cfg.scheduler.get("command_timeout") or 60) + 10.0
 
 
 class PilotManager:
@@ -305,9 +277,8 @@ class PilotManager:
     def backoff_left(self) -> float:
         """Seconds to wait before the next pilot, after pilots that failed to start.
 
-        Each failure in a row doubles the wait (``[scheduler] failure_backoff``, 30 s
-        by default, up to an hour), so a broken
-        pilot command does not become a stream of scheduler submissions.
+        Each failure in a row doubles the wait (``[scheduler] failure_backoff``, 30 s by
+        default, up to an hour): a broken pilot command is no stream of submissions.
         """
         failures = 0
         last: PilotRecord | None = None

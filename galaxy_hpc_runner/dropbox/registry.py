@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
@@ -295,6 +296,30 @@ class Registry:
             self.t.remove(breaker)
         self._empty_seen.pop(holder.raw, None)
         return holder
+
+
+def pilot_file(cfg: Config, pilot_id: str, suffix: str) -> str:
+    """W/pilots/PILOT.SUFFIX, ``suffix`` one of ``hpc_worker.protocol.PILOT_SUFFIXES``."""
+    return p.pilot_path(cfg.workspace, pilot_id, suffix)
+
+
+def read_heartbeat(cfg: Config, transport: Transport, pilot_id: str) -> dict[str, Any] | None:
+    """A pilot's last heartbeat, None when it has none (yet) or it cannot be read."""
+    try:
+        data = json.loads(transport.read_text(pilot_file(cfg, pilot_id, HEARTBEAT_SUFFIX)))
+    except (TransportError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def new_pilot_id(server: str) -> str:
+    """``pilot-SERVER-YYYYmmddTHHMMSS-RANDOM``: also the scheduler job name."""
+    return "pilot-%s-%s-%s" % (server, time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
+
+
+def submit_settle(cfg: Config) -> float:
+    """Seconds after its intent by which a pilot's submission has surely ended."""
+    return 2.0 * float(cfg.scheduler.get("command_timeout") or 60) + 10.0
 
 
 def iso_epoch(stamp: str) -> float:
