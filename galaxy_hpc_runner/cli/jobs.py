@@ -18,10 +18,11 @@ from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.metrics import timestamp
 from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
 from galaxy_hpc_runner.errors import HpcBatchError
+from galaxy_hpc_runner.galaxy.descriptions import META_GALAXY_JOB_ID
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState
 
-GALAXY_ID_KEY = "galaxy_job_id"  # in the description's meta: (the Galaxy runner sets it)
+GALAXY_ID_KEY = META_GALAXY_JOB_ID  # in the description's meta: (the Galaxy runner sets it)
 SERVER_KEY = "server"  # in meta: the submitting server, when servers share a workspace
 RESULT_READS = 200  # result files read for hosts the spool does not hold (newest first)
 
