@@ -59,6 +59,7 @@ class _Frame:
     word_at_cmd: bool = False
     word_marks: list[Occurrence] = field(default_factory=list)
     redirect: bool = False
+    array: bool = False  # the elements of x=( ... )
 
 
 _CONTEXT = {"'": "inside single quotes", '"': "inside double quotes", "`": "inside backquotes",
@@ -177,7 +178,7 @@ class _Lexer:
         elif c == "\n":
             self._end_word(top)
             self.i += 1
-            top.cmd_start, top.command = True, ""
+            top.cmd_start, top.command = not top.array, ""
             self._heredoc_bodies()
         elif c in " \t":
             self._end_word(top)
@@ -232,11 +233,18 @@ class _Lexer:
             top.command = word.replace("\0", "")
 
     def _operator(self, top: _Frame) -> None:
+        assigning = "".join(top.word).endswith("=")
         self._end_word(top)
         t, i = self.text, self.i
         if t.startswith("((", i) and top.cmd_start:
             self.stack.append(_Frame("(("))
             self.i += 2
+        elif t[i] == "(" and assigning:  # x=( a b ): array elements, not commands
+            self.stack.append(_Frame("N", closer=")", cmd_start=False, array=True))
+            self.i += 1
+        elif t.startswith("&>", i):
+            self.i += 2 + t.startswith("&>>", i)
+            top.redirect = True
         elif t.startswith("<<", i) and not t.startswith("<<<", i):
             self._heredoc_start()
         elif t[i] in "<>":

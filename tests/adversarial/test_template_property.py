@@ -30,6 +30,7 @@ CONTEXTS = {
     "command substitution": ("x=$(printf '%%s.' <<%s>>); printf '%%s\\0' \"${x%%.}\"",
                              lambda v: v),
     "for list": ("for f in <<%s>>; do printf '%%s\\0' \"$f\"; done", lambda v: v),
+    "array element": ("arr=(first <<%s>>); printf '%%s\\0' \"${arr[1]}\"", lambda v: v),
 }
 
 

@@ -29,6 +29,8 @@ ALLOWED = {
     "redirection": "tr a b < <<v>> > <<v>>\n",
     "subshell": "(cd <<v>> && ls)\n",
     "after a pipe": "echo x | tee <<v>>\n",
+    "array elements": "x=( <<v>> b\n  <<v>> )\n",
+    "after &> redirection": "tool &> log <<v>>\n",
 }
 REFUSED = {
     "double quotes": ('echo "x <<v>>"\n', "inside double quotes"),
