@@ -379,7 +379,10 @@ class JobFiles:
         where = safefs.fd_path(dir_fd)
         if where is None:
             raise TransportError("fetching outputs needs /proc/self/fd on this system")
-        self.t.get(self.shown(name), posixpath.join(where, tmp))
+        try:
+            self.t.get(self.shown(name), posixpath.join(where, tmp))
+        except _UNSAFE as exc:  # the HPC side refused a link or a non-file: final
+            raise UnsafeOutput(str(exc)) from None
         got = safefs.lstat_at(dir_fd, tmp)
         if got is None or not stat.S_ISREG(got.st_mode):
             raise UnsafeOutput("%s did not arrive as a regular file" % self.shown(name))
