@@ -37,6 +37,7 @@ sys.path.insert(0, str(BENCH))
 
 import contention_report as rep  # noqa: E402
 import contention_slurm as cs  # noqa: E402
+import contention_two as ct  # noqa: E402
 
 from galaxy_hpc_runner.dropbox.templates import render  # noqa: E402
 from tests.services.slurm import SlurmCluster  # noqa: E402
@@ -64,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ways", nargs="+", default=list(rep.WAYS), choices=rep.WAYS,
                     help="warm runs for the stream pattern only")
     ap.add_argument("--pass-interval", type=float, default=0.2, help="submitter pass interval")
-    ap.add_argument("--patterns", nargs="+", default=["stream", "burst"],
-                    choices=["stream", "burst"])
+    ap.add_argument("--patterns", nargs="+", default=["stream", "burst", "two"],
+                    choices=["stream", "burst", "two"],
+                    help="two: the two-server stream, separate pilots vs the shared registry")
+    ct.add_args(ap)
     ap.add_argument("--json", type=Path, default=BENCH / "results" / "contention.json")
     ap.add_argument("--png", type=Path, default=PROJECT / "docs" / "contention.png")
     ap.add_argument("--max-seconds", type=float, default=1000.0,
@@ -262,6 +265,12 @@ def pilot_beats(site: Site) -> dict[str, dict[str, Any]]:
 def run_phases(root: Path, args: argparse.Namespace) -> list[rep.Phase]:
     phases = []
     for pattern in args.patterns:
+        if pattern == ct.PATTERN:
+            for way in ct.WAYS:
+                log.info("=== two servers, %s ===", way)
+                phases.append(ct.run(root, args, way, pilot_sections(args), gpu_job))
+                cs.wait_no_jobs([cs.PILOT_NAME], timeout=120)
+            continue
         for way in args.ways:
             if way == "warm" and pattern != "stream":
                 continue
@@ -325,7 +334,7 @@ def report(rows: dict[str, dict[str, Any]], setup: dict[str, Any],
             s = row["steady"]
             print("%s, jobs dropped once the first pilot ran (%d): mean %.1f s, p95 %.1f s"
                   % (key, s["jobs"], s["mean"], s["p95"]))
-    for line in rep.held_lines(rows) + rep.verdicts(rat):
+    for line in rep.held_lines(rows) + rep.verdicts(rat) + ct.lines(rows):
         print(line)
     rep.write_json(args.json, setup, rows, rat)
     rep.plot(args.png, rows, setup["measured_wait_W"])

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 OTHER_NAME = "other-user"
 AMP_NAME = "amp-sbatch"
-PILOT_NAME = "hpc-batch-pilot"
+PILOT_NAME = "pilot-*"  # pilots are named by their id (pilot-SERVER-TIME-RANDOM)
 
 
 def slurm(argv: list[str], stdin: str | None = None, timeout: float = 30.0) -> str:
@@ -39,11 +39,19 @@ def sbatch(name: str, script: str, gres: str = "gpu:1", output: str = "/dev/null
     return out.strip().split(";")[0]
 
 
+def job_ids(name: str, states: str = "PENDING") -> list[str]:
+    """Jobs called ``name`` (``prefix*``: whose name starts with it) in ``states``."""
+    if not name.endswith("*"):
+        return slurm(["squeue", "--noheader", "--states=%s" % states, "--name=%s" % name,
+                      "--format=%i"]).split()
+    out = slurm(["squeue", "--noheader", "--states=%s" % states, "--format=%i %j"])
+    return [line.split()[0] for line in out.splitlines()
+            if len(line.split()) > 1 and line.split()[1].startswith(name[:-1])]
+
+
 def count_jobs(name: str, states: str = "PENDING") -> int:
-    """Jobs called ``name`` in ``states`` (a squeue --states list)."""
-    out = slurm(["squeue", "--noheader", "--states=%s" % states, "--name=%s" % name,
-                 "--format=%i"])
-    return len(out.split())
+    """Jobs called ``name`` (or ``prefix*``) in ``states`` (a squeue --states list)."""
+    return len(job_ids(name, states))
 
 
 def wait_no_jobs(names: list[str], timeout: float) -> None:
@@ -55,7 +63,9 @@ def wait_no_jobs(names: list[str], timeout: float) -> None:
         time.sleep(0.5)
     log.warning("jobs %s still queued after %.0fs: cancelling them", names, timeout)
     for name in names:
-        slurm(["scancel", "--name=%s" % name])
+        ids = job_ids(name, "PENDING,RUNNING,COMPLETING")
+        if ids:
+            slurm(["scancel", *ids])
 
 
 def _epoch(text: str) -> float | None:

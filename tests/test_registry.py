@@ -4,6 +4,7 @@ happen, found again by name after a submitter died, raced by two servers."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -173,3 +174,28 @@ def race_submit(subs: tuple[Submitter, Submitter]) -> dict[str, str]:
     for thread in threads:
         thread.join()
     return got
+
+
+def test_liveness_from_the_registry_and_heartbeats(tmp_path: Path) -> None:
+    alpha, beta = _sites(tmp_path, heartbeat="60")  # one beat at start, then quiet
+    try:
+        sub, other = alpha.submitter(), beta.submitter()
+        rec = sub.pilots.submit()
+        hb = Path(p.pilot_path(sub.cfg.workspace, rec.pilot_id, p.PILOT_SUFFIXES[1]))
+        deadline = time.monotonic() + 20
+        while not hb.exists():
+            assert time.monotonic() < deadline, "no first heartbeat"
+            time.sleep(0.05)
+        other.pilots.refresh()
+        assert other.pilots.live_pilot_ids() == {rec.pilot_id}  # another server's pilot
+        assert not other.pilots.stale_or_gone(rec.pilot_id)
+        beat = json.loads(hb.read_text())
+        hb.write_text(json.dumps(dict(beat, epoch=beat["epoch"] - 1000)))
+        other.pilots.refresh()
+        assert other.pilots.stale_or_gone(rec.pilot_id)  # silent far beyond stale_after
+        assert other.pilots.live_pilot_ids() == set()
+        assert other.pilots.stale_or_gone("pilot-nobody-knows")
+    finally:
+        _kill_all(alpha.submitter())
+        alpha.close()
+        beta.close()

@@ -164,8 +164,9 @@ class PilotManager:
         with self.registry.lock():
             for entry in changed:
                 current = self.registry.read(entry.pilot_id)
-                if current is not None and current.state is PilotState.GONE:
-                    continue
+                if current == entry or (current is not None
+                                        and current.state is PilotState.GONE):
+                    continue  # another server wrote it first / never brought back
                 if current is not None and current.scheduler_id and not entry.scheduler_id:
                     continue  # its submitter recorded it meanwhile
                 self.registry.write(entry)
