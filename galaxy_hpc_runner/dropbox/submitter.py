@@ -251,18 +251,20 @@ class Submitter:
             self.spool.transition(rec, STAGED, message="released by pilot %s (%d of "
                                   "max_releases = %d)" % (rec.pilot, count, cap))
             return
-        self._withdraw_and_fail(rec, Reason.RELEASED,
-                                policy.released_message(count, cap, rec.pilot))
-        view.ready.discard(rec.name)
-        report.finished += 1
+        if self._withdraw_and_fail(rec, Reason.RELEASED,
+                                   policy.released_message(count, cap, rec.pilot)):
+            view.ready.discard(rec.name)
+            report.finished += 1
 
-    def _withdraw_and_fail(self, rec: JobRecord, reason: Reason, message: str) -> None:
-        """Take a queued job out of the queue, then end it; safe to kill at any instant."""
+    def _withdraw_and_fail(self, rec: JobRecord, reason: Reason, message: str) -> bool:
+        """Take a queued job out of the queue, then end it; safe to kill at any instant.
+        False when a pilot claimed it meanwhile: it runs, and its end decides."""
         self.spool.note(rec, withdrawn=str(reason), message=message)
-        if self.stager.withdraw(rec.name):
-            self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
-        else:  # a pilot claimed it meanwhile: it runs; its end decides
+        if not self.stager.withdraw(rec.name):
             self.spool.note(rec, withdrawn="", message="")
+            return False
+        self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
+        return True
 
     def _releases(self, rec: JobRecord) -> int:
         """Times the job was given back: the release lines of its runs.jsonl, plus pilots
