@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_hpc_runner.dropbox.registry import LOCK_NAME
 from galaxy_hpc_runner.dropbox.submitter import Submitter
+from hpc_worker import protocol as p
 from hpc_worker.states import PilotState
 from tests.services.cluster import SlurmCluster, SshServer
 from tests.sitekit import PROJECT, Site
@@ -244,3 +246,37 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
         for entry in sub.pilots.registry.entries().values():
             if entry.scheduler_id and entry.state is not PilotState.GONE:
                 subprocess.run(["scancel", entry.scheduler_id], check=False)
+
+
+@pytest.mark.ssh
+def test_the_registry_lock_over_sftp_is_exclusive(tmp_path: Path,
+                                                  ssh_server: SshServer) -> None:
+    """Two servers' submitters, each its own ssh connection, take the lock 25 times each."""
+    sites = make_servers(tmp_path, **ssh_sections(ssh_server))
+    subs = [Submitter(site.cfg) for site in sites]
+    inside, overlaps = [0], [0]
+    barrier = threading.Barrier(len(subs))
+
+    def worker(sub: Submitter) -> None:
+        sub.stager.ensure_layout()
+        barrier.wait()
+        for _ in range(25):
+            with sub.pilots.registry.lock(wait=60):
+                inside[0] += 1
+                overlaps[0] += inside[0] > 1
+                time.sleep(0.002)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=worker, args=(sub,)) for sub in subs]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for sub in subs:
+            sub.transport.close()
+        for site in sites:
+            site.close()
+    assert overlaps[0] == 0
+    assert not (tmp_path / "shared-workspace" / p.PILOTS / LOCK_NAME).exists()
