@@ -307,3 +307,28 @@ def test_a_pass_that_cannot_reach_the_head_node_over_ssh_is_failed(make_site: An
     assert last["ok"] is False and "127.0.0.1" in " ".join(last["errors"])
     assert site.state("far") == JobState.RECEIVED  # kept for the next pass
     assert time.monotonic() - started < 100
+
+
+def test_cancels_racing_a_pilot_end_each_job_once_and_never_start_a_withdrawn_one(
+        make_site: Any) -> None:
+    site = make_site(pilot={"slots": "2"})
+    rng = random.Random(7)
+    names = ["race%02d" % i for i in range(20)]
+    for name in names:
+        site.drop(name, site.sleepy_job(name, 0.2))
+    sub = site.submitter()
+    sub.run_pass()  # staged, a pilot submitted: it claims while we cancel
+    for name in rng.sample(names, len(names)):
+        time.sleep(rng.uniform(0.0, 0.15))
+        sub.cancel(name)
+    site.drain(names, sub=sub)
+    ledger = site.ledger_lines()
+    for name in names:
+        job = site.result(name)["job"]
+        assert ledger.count("start " + name) <= 1, name
+        if job["message"] == "Cancelled before it started":
+            assert "start " + name not in ledger, name
+        elif job["status"] == "ok":
+            assert ledger.count("completed " + name) == 1, name
+        else:
+            assert job["reason"] == Reason.CANCELLED, (name, job)
