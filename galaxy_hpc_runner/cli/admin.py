@@ -8,8 +8,9 @@ import posixpath
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from galaxy_hpc_runner.cli import jobs
 from galaxy_hpc_runner.config import Config
@@ -22,8 +23,9 @@ from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
 from hpc_worker import records
-from hpc_worker.states import JobState, PilotState
+from hpc_worker.states import JobState, PilotState, ResultStatus
 
+T = TypeVar("T")
 WAITING = (JobState.RECEIVED, JobState.STAGED)
 PILOTS_SHOWN = 20
 STALE_PASS_FACTOR = 3  # a pass older than this many intervals (and a minute) is "late"
@@ -36,6 +38,33 @@ def _read_json_quietly(path: Path) -> Any:
         return None
 
 
+@dataclass
+class LastPass:
+    """SPOOL/last_pass.json as the submitter writes it (unknown keys ignored)."""
+
+    time: str = ""
+    ok: bool = True
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Beat:
+    """The parts of a pilot's heartbeat that status shows (unknown keys ignored)."""
+
+    epoch: float | None = None
+    time: str = ""
+    running: list[str] = field(default_factory=list)
+    done: int | None = None
+
+
+def view(cls: type[T], data: Any) -> T | None:
+    """``cls`` from a JSON object, keeping only its fields; None when there is none."""
+    if not isinstance(data, dict):
+        return None
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
 def age_of(iso: str | None, now: float) -> float | None:
     ts = timestamp(iso)
     return None if ts is None else max(0.0, now - ts)
@@ -43,7 +72,8 @@ def age_of(iso: str | None, now: float) -> float | None:
 
 def pass_is_late(cfg: Config, last: dict[str, Any] | None, now: float) -> float | None:
     """Seconds since the last pass when no pass ran for a while (cron or service stopped?)."""
-    age = age_of(last.get("time") if isinstance(last, dict) else None, now)
+    seen = view(LastPass, last)
+    age = age_of(seen.time if seen else None, now)
     limit = max(60.0, STALE_PASS_FACTOR * cfg.interval)
     if age is None or age > limit:
         return age if age is not None else float("inf")
@@ -59,9 +89,10 @@ def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> d
     if pilot.state is not PilotState.GONE:
         hb = read_heartbeat(cfg, transport, pilot.pilot_id)
         entry["heartbeat"] = hb
-        epoch = hb.get("epoch") if isinstance(hb, dict) else None
+        beat = view(Beat, hb)
+        epoch = beat.epoch if beat else None
         entry["heartbeat_age"] = (max(0.0, now - epoch) if isinstance(epoch, (int, float))
-                                  else age_of(hb.get("time"), now) if hb else None)
+                                  else age_of(beat.time, now) if beat else None)
     return entry
 
 
@@ -80,6 +111,7 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
     last = _read_json_quietly(cfg.spool / "last_pass.json")
     late = pass_is_late(cfg, last, now)
+    passed = view(LastPass, last)
     return {"site": site_picture(cfg, transport),
             "spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
             "mode": control.current(cfg.spool).describe(), "counts": counts, "pilots": pilots,
@@ -90,7 +122,8 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
                                  "since": running[0].updated,
                                  "age": age_of(running[0].updated, now)} if running else None),
             "last_pass": last,
-            "last_pass_age": age_of(last.get("time") if isinstance(last, dict) else None, now),
+            "last_pass_age": age_of(passed.time if passed else None, now),
+            "last_pass_ok": passed.ok if passed else None,
             "pass_late": late is not None,
             "problems": list(getattr(spool, "problems", []))}
 
@@ -112,7 +145,7 @@ def _site_lines(site: dict[str, Any] | None) -> list[str]:
     lines = ["site (workspace shared by %s):" % ", ".join(site["servers"])]
     for server, queue in sorted(site.get("queue", {}).items()):
         lines.append("  queue of %s: ready %s, claimed %s" % (
-            server or "-", queue.get("ready", 0), queue.get("claimed", 0)))
+            server or "-", queue.get("ready", 0), queue.get(JobState.CLAIMED, 0)))
     others = [pl for pl in site.get("pilots", []) if not pl.get("mine")]
     for pilot in others[-PILOTS_SHOWN:]:
         beat = pilot.get("heartbeat") or {}
@@ -123,14 +156,13 @@ def _site_lines(site: dict[str, Any] | None) -> list[str]:
 
 
 def last_pass_failed(data: dict[str, Any]) -> bool:
-    last = data.get("last_pass")
-    return isinstance(last, dict) and not last.get("ok", True)
+    return data.get("last_pass_ok") is False
 
 
 def format_status(data: dict[str, Any]) -> str:
     ago = jobs.ago
     lines = ["spool %s  workspace %s  backend %s  mode %s" % (
-        data["spool"], data["workspace"], data["backend"], data.get("mode", "running")),
+        data["spool"], data["workspace"], data["backend"], data.get("mode")),
         "jobs: " + "  ".join("%s %d" % kv for kv in data["counts"].items())]
     oldest, longest = data["oldest_waiting"], data.get("longest_running")
     lines.append("oldest waiting: %s" % ("%s (%s, %s ago, since %s)" % (
@@ -150,7 +182,7 @@ def format_status(data: dict[str, Any]) -> str:
 
 def _pilot_line(pilot: dict[str, Any]) -> str:
     ago = jobs.ago
-    hb = pilot.get("heartbeat") or {}
+    hb = view(Beat, pilot.get("heartbeat"))
     text = "%s  %s job %s  %s%s  submitted %s ago" % (
         pilot["pilot_id"], pilot["backend"], pilot["scheduler_id"] or "-", pilot["state"],
         " (%s)" % pilot["reason"] if pilot.get("reason") else "", ago(pilot.get("age")))
@@ -158,18 +190,18 @@ def _pilot_line(pilot: dict[str, Any]) -> str:
         text += ", queued %s so far" % ago(pilot["queue_wait"])
     if hb:
         text += "  heartbeat %s ago, running %s, done %s" % (
-            ago(pilot.get("heartbeat_age")), ",".join(hb.get("running") or []) or "-",
-            hb.get("done", "?"))
+            ago(pilot.get("heartbeat_age")), ",".join(hb.running or []) or "-",
+            "?" if hb.done is None else hb.done)
     return text
 
 
 def _pass_lines(data: dict[str, Any]) -> list[str]:
-    last = data["last_pass"]
-    if not isinstance(last, dict):
+    last = view(LastPass, data["last_pass"])
+    if last is None:
         return ["last pass: none yet (is the submitter running? hpc-batch submitter --once)"]
     lines = ["last pass: %s ago (%s) %s" % (
-        jobs.ago(data.get("last_pass_age")), last.get("time"),
-        "ok" if last.get("ok") else "FAILED: " + "; ".join(last.get("errors") or []))]
+        jobs.ago(data.get("last_pass_age")), last.time,
+        ResultStatus.OK if last.ok else "FAILED: " + "; ".join(last.errors or []))]
     if data.get("pass_late"):
         lines.append("WARNING: no submitter pass for %s: is its cron job or service running?"
                      % jobs.ago(data.get("last_pass_age")))
@@ -264,11 +296,11 @@ def logs_text(cfg: Config, transport: Transport, query: str) -> str:
         else " yet"))
     for run in runs:
         out.append("  %s %s on %s slot %s%s%s" % (
-            "released" if run.released else "started", run.released or run.start,
+            "given back" if run.released else "started", run.released or run.start,
             run.host or "?", run.slot, " gpu %s" % run.gpu if run.gpu else "",
             " (%s)" % run.reason if run.reason else ""))
     for pilot in _pilot_ids(cfg, data):
-        out.append("== pilot %s log: %s" % (pilot, pilot_file(cfg, pilot, ".log")))
+        out.append("== pilot %s log: %s" % (pilot, pilot_file(cfg, pilot, p.PILOT_LOG)))
     return "\n".join(out)
 
 

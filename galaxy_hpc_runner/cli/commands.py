@@ -99,12 +99,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def pass_ok(report: Any) -> bool:
-    """A pass report's verdict: ``.ok`` when the report has it, else no errors."""
-    ok = getattr(report, "ok", None)
-    return bool(ok) if ok is not None else not getattr(report, "errors", None)
-
-
 def cmd_submitter(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -112,7 +106,7 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     submitter = _submitter(load_config(args.config))
     if args.once:
         report = submitter.run_pass()
-        ok = pass_ok(report)
+        ok = report.ok
         # quiet when idle: cron mails whatever is printed, so only a pass that did or
         # met something says so at INFO
         busy = any(v for v in vars(report).values()

@@ -17,10 +17,13 @@ from typing import Any
 
 from galaxy_hpc_runner.dropbox.metrics import timestamp
 from galaxy_hpc_runner.dropbox.spool import PilotRecord, Spool
-from hpc_worker.states import JobState, PilotState
+from hpc_worker.states import JobState, PilotState, ResultStatus
 
-COLOURS = {"queued": "#b0b0b0", "running": "#2e7d32", "idle": "#a5d6a7",
-           "waiting": "#f9a825", "job": "#1565c0", "error": "#c62828"}
+# span kinds: a pilot is queued, busy (running a job) or idle; a job waits or runs
+QUEUED, BUSY, IDLE, WAITING, RUN, RUN_FAILED = "queued", "busy", "idle", "waiting", "run", \
+    "run-failed"
+COLOURS = {QUEUED: "#b0b0b0", BUSY: "#2e7d32", IDLE: "#a5d6a7", WAITING: "#f9a825",
+           RUN: "#1565c0", RUN_FAILED: "#c62828"}
 Busy = dict[str, list[tuple[float, float]]]  # pilot -> intervals it ran a job
 MAX_ROWS = 400  # rows drawn (the newest); the figures count everything in the window
 
@@ -79,9 +82,9 @@ class _Tracker:
         if self.opened is None:
             return
         start, kind = self.opened
-        if kind == "job":
+        if kind == RUN:
             self.busy[self.holder].append((start, at))
-            kind = "error" if status == "error" else kind
+            kind = RUN_FAILED if status == ResultStatus.ERROR else kind
         self.row.spans.append(Span(start, at, kind))
         self.opened = None
 
@@ -89,17 +92,17 @@ class _Tracker:
         at, to = timestamp(event["time"]) or 0.0, event.get("to")
         if to == JobState.CLAIMED:
             self.close(at, "")
-            self.opened, self.holder = (at, "job"), str(event.get("pilot") or "")
+            self.opened, self.holder = (at, RUN), str(event.get("pilot") or "")
         elif to in (JobState.RECEIVED, JobState.STAGED):
-            if self.opened is None or self.opened[1] == "job":
+            if self.opened is None or self.opened[1] == RUN:
                 self.close(at, "")
-                self.opened = (at, "waiting")
+                self.opened = (at, WAITING)
         elif to == JobState.FINISHED:
             if self.opened is None:  # refused at once: a zero-length mark
-                self.opened = (at, "job")
+                self.opened = (at, RUN)
             self.close(at, str(event.get("status") or ""))
             rc = event.get("rc")
-            self.row.note = "%s%s" % (event.get("status") or "finished",
+            self.row.note = "%s%s" % (event.get("status") or str(JobState.FINISHED),
                                       " rc %s" % rc if rc not in (None, 0) else "")
 
 
@@ -116,9 +119,9 @@ def _pilot_rows(pilots: list[PilotRecord], busy: Busy, starts: dict[str, float],
         row = Row(pilot.pilot_id, "pilot", note=str(pilot.state) + (" (never started)"
                                                                     if pilot.failed else ""))
         if start is None:
-            row.spans.append(Span(submitted, end, "queued"))
+            row.spans.append(Span(submitted, end, QUEUED))
         else:
-            row.spans.append(Span(submitted, start, "queued"))
+            row.spans.append(Span(submitted, start, QUEUED))
             row.spans += _running_and_idle(start, max(start, end), _union(mine))
         rows.append(row)
     return rows
@@ -141,11 +144,11 @@ def _running_and_idle(start: float, end: float, busy: list[tuple[float, float]])
         if b_end <= b_start:
             continue
         if b_start > at:
-            spans.append(Span(at, b_start, "idle"))
-        spans.append(Span(b_start, b_end, "running"))
+            spans.append(Span(at, b_start, IDLE))
+        spans.append(Span(b_start, b_end, BUSY))
         at = b_end
     if at < end:
-        spans.append(Span(at, end, "idle"))
+        spans.append(Span(at, end, IDLE))
     return spans
 
 
@@ -183,20 +186,20 @@ def _figures(spool: Spool, pilots: list[Row], jobs: list[Row], since: float,
 
     submitted = [p for p in spool.pilots() if (timestamp(p.submitted) or 0) >= since]
     queue_waits = [r.spans[0].end - r.spans[0].start for r in pilots
-                   if len(r.spans) > 1 and r.spans[0].kind == "queued"]
+                   if len(r.spans) > 1 and r.spans[0].kind == QUEUED]
     latencies, waits = [], []
     for row in jobs:
         if row.note:  # finished in the window
             latencies.append(row.spans[-1].end - row.spans[0].start)
-        ran = [i for i, s in enumerate(row.spans) if s.kind != "waiting"]
+        ran = [i for i, s in enumerate(row.spans) if s.kind != WAITING]
         if ran:  # waited until its first run
             waits.append(sum(s.end - s.start for s in row.spans[:ran[0]]))
-    held = total(pilots, "running", "idle") * slots
-    used = total(jobs, "job", "error")
+    held = total(pilots, BUSY, IDLE) * slots
+    used = total(jobs, RUN, RUN_FAILED)
     return {"pilots_submitted": len(submitted),
             "pilots_never_started": sum(1 for p in submitted if p.failed),
             "jobs_finished": sum(1 for r in jobs if r.note),
-            "jobs_failed": sum(1 for r in jobs if r.note.startswith("error")),
+            "jobs_failed": sum(1 for r in jobs if r.note.startswith(ResultStatus.ERROR)),
             "queue_wait_p50": percentile(queue_waits, 50),
             "queue_wait_max": max(queue_waits, default=None),
             "job_wait_p50": percentile(waits, 50), "job_wait_p90": percentile(waits, 90),

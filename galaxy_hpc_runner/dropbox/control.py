@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_worker import protocol as p
+from hpc_worker.states import HeartbeatState
 
 CONTROL_FILE = "control.json"
 
 
 class Mode(str, enum.Enum):
-    RUNNING = "running"
+    RUNNING = HeartbeatState.RUNNING.value  # the same words as a pilot's own states
     PAUSED = "paused"
-    DRAINING = "draining"
+    DRAINING = HeartbeatState.DRAINING.value
 
     def __str__(self) -> str:
         return self.value

@@ -68,14 +68,14 @@ def test_the_figures_say_where_the_time_went(spool: Spool) -> None:
     assert f["gpu_slot_seconds_idle"] == 100
     [pilot] = built.pilots
     assert [(s.kind, s.end - s.start) for s in pilot.spans] == [
-        ("queued", 600), ("running", 200), ("idle", 50), ("running", 100), ("idle", 50)]
+        ("queued", 600), ("busy", 200), ("idle", 50), ("busy", 100), ("idle", 50)]
     assert {r.label: r.note for r in built.jobs} == {"a": "ok", "b": "error rc 3"}
 
 
 def test_a_window_clips_the_timeline(spool: Spool) -> None:
     [pilot] = report.build(spool, T0 + 700, T0 + 900, slots=1).pilots
     assert [(s.kind, s.start - T0, s.end - T0) for s in pilot.spans] == [
-        ("running", 700, 800), ("idle", 800, 850), ("running", 850, 900)]
+        ("busy", 700, 800), ("idle", 800, 850), ("busy", 850, 900)]
     assert report.percentile([], 50) is None
     assert report.percentile([5.0, 1.0, 3.0], 50) == 3.0
 
@@ -91,7 +91,7 @@ def test_chromium_renders_the_page(spool: Spool, tmp_path: Path) -> None:
     dom = subprocess.run(browse + ["--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
     assert 'data-rendered="yes"' in dom  # its script ran
-    assert "9 spans drawn: error 1, idle 2, job 1, queued 1, running 2, waiting 2" in dom
+    assert "9 spans drawn: busy 2, idle 2, queued 1, run 1, run-failed 1, waiting 2" in dom
     assert '<td id="fig-latency_p50">800 s</td>' in dom
     shot = tmp_path / "shot.png"
     subprocess.run(browse + ["--screenshot=%s" % shot, "--window-size=1200,400",
@@ -99,7 +99,7 @@ def test_chromium_renders_the_page(spool: Spool, tmp_path: Path) -> None:
     from PIL import Image
 
     colours = {rgb for _, rgb in Image.open(shot).convert("RGB").getcolors(1 << 24) or []}
-    for kind in ("queued", "running", "idle", "waiting", "job", "error"):
+    for kind in report.COLOURS:
         rgb = tuple(int(report.COLOURS[kind][i:i + 2], 16) for i in (1, 3, 5))
         assert rgb in colours, kind
 
