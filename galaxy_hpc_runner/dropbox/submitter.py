@@ -40,6 +40,7 @@ from galaxy_hpc_runner.dropbox.spool import (
     JobRecord,
     PilotRecord,
     Spool,
+    SpoolError,
     is_resubmission,
     set_aside_result,
 )
@@ -359,7 +360,10 @@ class Submitter:
         """Claims a dead pilot still holds: requeued, or failed by the policy."""
         requeued = 0
         for key, pilot in list(view.claimed.items()):
-            rec = self.spool.get(key) if pilot == holder else None
+            try:
+                rec = self.spool.get(key) if pilot == holder else None
+            except SpoolError:  # reported by name in this pass; the others go on
+                continue
             if rec is None or rec.state == FINISHED:
                 continue
             del view.claimed[key]
