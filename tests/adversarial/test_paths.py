@@ -150,8 +150,9 @@ def test_a_file_named_like_an_option_reaches_the_tool_as_a_file(site: Site) -> N
     assert site.out("dash.txt").read_text() == "dash\n"
 
 
-def test_inputs_flipping_to_a_link_during_passes_never_leak(site: Site) -> None:
+def test_inputs_flipping_to_a_link_during_passes_never_leak(any_site: Site) -> None:
     """The race, repeated: a thread flips every input between a file and a link to a secret."""
+    site = any_site
     secret = _secret(site)
     names = ["race%02d" % i for i in range(12)]
     inputs = []
