@@ -72,7 +72,11 @@ def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Fi
         log.exception("(%r) unexpected error while reading its description", name)
         message = "Invalid job description: it could not be handled (%s: %s)" % (
             type(exc).__name__, _text(exc))
-    _reject(cfg, spool, name, doc, message, finish)
+    try:
+        _reject(cfg, spool, name, doc, message, finish)
+    except Exception:  # not even an error result could be written: say so, go on
+        log.exception("(%r) could not write its error result (%s)", name, message)
+        return
     report.rejected += 1
 
 
