@@ -31,7 +31,7 @@ PILOTS_SHOWN = 20
 STALE_PASS_FACTOR = 3  # a pass older than this many intervals (and a minute) is "late"
 
 
-def _read_json_quietly(path: Path) -> Any:
+def read_json_quietly(path: Path) -> Any:
     try:
         return p.read_json(str(path))
     except (OSError, ValueError):
@@ -109,7 +109,7 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
                      key=lambda r: r.updated)
     pilots = [_pilot_entry(cfg, transport, pilot, now)
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
-    last = _read_json_quietly(cfg.spool / "last_pass.json")
+    last = read_json_quietly(cfg.spool / "last_pass.json")
     late = pass_is_late(cfg, last, now)
     passed = view(LastPass, last)
     return {"site": site_picture(cfg, transport),
@@ -366,7 +366,7 @@ def wait_for(cfg: Config, name: str, timeout: float | None, on_change: Callable[
 def _progress(cfg: Config, spool: Spool, name: str) -> str:
     """One line: the job's state, its pilot's queue state, and a late-pass warning."""
     now = time.time()
-    late = pass_is_late(cfg, _read_json_quietly(cfg.spool / "last_pass.json"), now)
+    late = pass_is_late(cfg, read_json_quietly(cfg.spool / "last_pass.json"), now)
     warning = "; no submitter pass for %s (is cron or the service running?)" % (
         _minutes(late) if late != float("inf") else "ever") if late is not None else ""
     rec = spool.get(name)

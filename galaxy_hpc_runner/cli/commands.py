@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONFIG_ENV = "HPC_BATCH_CONFIG"
+STUCK_PASS = 600.0  # seconds without an ended pass before a held lock is reported
 
 
 def _print_json(obj: Any) -> None:
@@ -103,9 +104,15 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    submitter = _submitter(load_config(args.config))
+    from galaxy_hpc_runner.dropbox.spool import LockTimeout
+
+    cfg = load_config(args.config)
+    submitter = _submitter(cfg)
     if args.once:
-        report = submitter.run_pass()
+        try:
+            report = submitter.run_pass()
+        except LockTimeout as exc:  # a long pass still runs: not this pass's failure
+            return _pass_still_running(cfg, exc)
         ok = report.ok
         # quiet when idle: cron mails whatever is printed, so only a pass that did or
         # met something says so at INFO
@@ -117,6 +124,22 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     submitter.loop(stop)
     return Exit.OK
+
+
+def _pass_still_running(cfg: Config, exc: Exception) -> int:
+    """Cron started a pass while the previous one runs on: quiet, unless it looks stuck."""
+    import time
+
+    from galaxy_hpc_runner.cli import admin
+
+    last = admin.view(admin.LastPass, admin.read_json_quietly(cfg.spool / "last_pass.json"))
+    age = admin.age_of(last.time if last else None, time.time())
+    if age is not None and age < max(STUCK_PASS, 3 * cfg.interval):
+        log.info("%s: the previous pass is still running; this one is skipped", exc)
+        return Exit.OK
+    log.warning("%s, and no pass ended for %s: is a pass stuck? (hpc-batch status)",
+                exc, "ever" if age is None else "%.0fs" % age)
+    return Exit.UNREACHABLE
 
 
 def cmd_status(args: argparse.Namespace) -> int:

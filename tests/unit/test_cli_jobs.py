@@ -36,7 +36,8 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "site.ini"
     path.write_text("[dropbox]\npath = dropbox\nallowed_input_roots = media\n"
                     "allowed_output_roots = media\n[hpc_env]\nworkspace = %s/ws\n"
-                    "scripts = /s\ncontainers = /c\n[submitter]\ninterval = 5\n" % tmp_path)
+                    "scripts = /s\ncontainers = /c\n[submitter]\ninterval = 5\nlock_timeout = 0.5\n"
+                    % tmp_path)
     spool = Spool(load_config(path).spool)
     waiting = spool.create("whisper-a1", {"script": "whisper", "meta": {"galaxy_job_id": 4711}})
     spool.transition(waiting, JobState.STAGED)
@@ -182,3 +183,19 @@ def test_progress_times_are_coarse() -> None:
 
     assert [_minutes(s) for s in (None, 59, 125, 1300, 7300)] == ["<1m", "<1m", "2m", "20m",
                                                                    "2h"]
+
+
+def test_a_pass_started_while_another_runs_is_quiet_unless_that_one_looks_stuck(
+        config: Path) -> None:
+    cfg = load_config(config)
+    spool = Spool(cfg.spool)
+    with spool.lock(5):  # the previous pass, still running
+        p.write_json(str(cfg.spool / "last_pass.json"), {"time": p.now_iso(), "ok": True,
+                                                         "errors": []})
+        skipped = hpc_batch(config, "--quiet", "submitter", "--once")
+        assert skipped.returncode == 0 and skipped.stderr == "" and skipped.stdout == ""
+        p.write_json(str(cfg.spool / "last_pass.json"), {
+            "time": "2020-01-01T00:00:00+00:00", "ok": True, "errors": []})
+        stuck = hpc_batch(config, "--quiet", "submitter", "--once")
+        assert stuck.returncode == Exit.UNREACHABLE
+        assert "is a pass stuck? (hpc-batch status)" in stuck.stderr
