@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from galaxy_hpc_runner.backends import PilotSpec, SubmissionUncertain, pilot_spec
+from galaxy_hpc_runner.backends import Backend, PilotSpec, SubmissionUncertain, pilot_spec
 from galaxy_hpc_runner.backends.local import LocalBackend
 from galaxy_hpc_runner.dropbox import pilots as pm
 from galaxy_hpc_runner.dropbox.submitter import Submitter
@@ -199,3 +199,25 @@ def test_liveness_from_the_registry_and_heartbeats(tmp_path: Path) -> None:
         _kill_all(alpha.submitter())
         alpha.close()
         beta.close()
+
+
+class NoLookup(LocalBackend):
+    """A scheduler that cannot list jobs by name (DRMAA 1.0)."""
+
+    find_by_name = Backend.find_by_name
+
+
+def test_without_lookup_by_name_an_old_silent_intent_does_not_block_forever(
+        two: tuple[Submitter, Submitter]) -> None:
+    alpha, beta = two
+    beta.pilots.backend = NoLookup(beta.cfg)
+    entry = PilotEntry(pilot_id=pm.new_pilot_id("alpha"), submitted=p.now_iso(),
+                       submitter="alpha")
+    alpha.pilots.registry.write(entry)
+    states = {r.pilot_id: s for r, s in beta.pilots.refresh()}
+    assert states[entry.pilot_id].state is PilotState.UNKNOWN  # nothing submitted meanwhile
+    old = time.time() - pm.submit_settle(alpha.cfg) - 5
+    entry.submitted = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(old))
+    alpha.pilots.registry.write(entry)
+    states = {r.pilot_id: s for r, s in beta.pilots.refresh()}
+    assert states[entry.pilot_id].state is PilotState.GONE

@@ -138,12 +138,13 @@ class PilotManager:
         asked); else its status: pending while its submission may still be running,
         gone once that cannot be, unknown when the lookup fails.
         """
+        settled = time.time() - iso_epoch(entry.submitted) >= submit_settle(self.cfg)
         try:
             sid = self.backend.find_by_name(entry.pilot_id)
         except SchedulerError as exc:
             log.warning("pilot %s: cannot look it up by name: %s", entry.pilot_id, exc)
             sid = None
-            if not self._beat(entry.pilot_id):
+            if not self._beat(entry.pilot_id) and (self._can_find() or not settled):
                 return PilotStatus(PilotState.UNKNOWN, "cannot look it up: %s" % exc)
         beat = self._beat(entry.pilot_id)
         sid = sid or (beat.scheduler_id if beat else None)
@@ -152,10 +153,15 @@ class PilotManager:
             log.warning("pilot %s was submitted (job %s) but not recorded: recorded now",
                         entry.pilot_id, sid)
             return None
-        if time.time() - iso_epoch(entry.submitted) < submit_settle(self.cfg):
+        if not settled:
             return PilotStatus(PilotState.PENDING, BEING_SUBMITTED)
         entry.state = PilotState.GONE
         return PilotStatus(PilotState.GONE, NEVER_REACHED)
+
+    def _can_find(self) -> bool:
+        """Whether the backend can look pilots up by name at all (DRMAA 1.0 cannot: a pilot
+        whose submitter died mid-submit and that never beat is then taken as never queued)."""
+        return type(self.backend).find_by_name is not Backend.find_by_name
 
     def _write_changes(self, changed: list[PilotEntry]) -> None:
         """Registry updates, under the lock; a gone entry is never brought back."""
