@@ -25,6 +25,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                          "not started (no effect where no GPU variable is set)")
     ap.add_argument("--gpu-sample", type=float, default=10.0,
                     help="seconds between nvidia-smi samples for GPU accounting (0: none)")
+    ap.add_argument("--settle", type=float, default=0.2,
+                    help="seconds a job that ended by itself waits before it is reported, "
+                         "so a stop signal sent to it and the pilot at once releases it")
     ap.add_argument("--keep-env", action="append", default=[], metavar="NAME",
                     help="also pass this variable (NAME, or PREFIX*) of the pilot's "
                          "environment to jobs; repeatable")
@@ -57,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              idle_timeout=args.idle_timeout, walltime=args.walltime,
                              poll=args.poll, heartbeat=args.heartbeat, grace=args.grace,
                              slots_per_gpu=args.slots_per_gpu, gpu_sample=args.gpu_sample,
-                             keep_env=args.keep_env)
+                             keep_env=args.keep_env, settle=args.settle)
     return Pilot(settings).run()
 
 

@@ -6,7 +6,8 @@ from typing import Optional
 
 RELEASE_MARGIN = 5.0  # seconds kept, beyond the kill grace, to give jobs back before the end
 MAX_MARGIN_SHARE = 0.1  # ...but never more than this share of a (short) pilot walltime
-SETTLE = 1.0  # seconds a job that died of a signal waits for the pilot's own stop signal
+SETTLE = 1.0  # seconds a job that died of a stop signal waits for the pilot's own
+# (a job that ended otherwise waits the pilot's --settle, 0.2 s by default)
 
 
 def job_fits(job_walltime: Optional[float], pilot_remaining: Optional[float]) -> bool:

@@ -19,11 +19,10 @@ import contextlib
 import errno
 import logging
 import os
-import select
 import signal
 import socket
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from . import decisions as d
 from . import gpu
@@ -33,43 +32,17 @@ from .guard import GroupGuard
 from .jobrun import JobRun, report_unrunnable
 from .readyq import ReadyQueue
 from .records import Heartbeat, RunLine, learned_runtime
+from .settings import PilotSettings
 from .states import HeartbeatState, Reason, ReleaseReason
+from .wake import Handler, Waker
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 DRAIN_SIGNALS = frozenset((signal.SIGUSR1, signal.SIGUSR2))
 SIGNALLED = frozenset(STOP_SIGNALS | DRAIN_SIGNALS)
+__all__ = ["Pilot", "PilotSettings"]
 TICK = 0.05  # seconds between looks at ready/ while slots are free (a stat each)
-
-
-class PilotSettings:
-    """What a pilot is told on its command line."""
-
-    def __init__(self, root: str, pilot_id: str, slots: int = 1, idle_timeout: float = 300.0,
-                 walltime: Optional[float] = None, poll: float = 0.5, heartbeat: float = 10.0,
-                 grace: float = 10.0, scheduler_id: str = "", slots_per_gpu: int = 1,
-                 gpu_sample: float = 10.0, keep_env: Sequence[str] = ()) -> None:
-        self.root_as_given = root
-        self.root = os.path.abspath(root)
-        self.pilot_id = pilot_id
-        self.slots = slots
-        self.idle_timeout = idle_timeout
-        self.walltime = walltime
-        self.poll = poll
-        self.heartbeat = heartbeat
-        self.grace = grace
-        self.scheduler_id = scheduler_id or _scheduler_id_from_env()
-        self.slots_per_gpu = slots_per_gpu
-        self.gpu_sample = gpu_sample
-        self.keep_env = tuple(keep_env)
-
-
-def _scheduler_id_from_env() -> str:
-    for name in ("SLURM_JOB_ID", "JOB_ID", "PBS_JOBID"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return str(os.getpid())  # the local backend's id for us
 
 
 class Pilot:
@@ -83,13 +56,14 @@ class Pilot:
         self.alloc = gpu.allocation(os.environ, settings.slots, settings.slots_per_gpu)
         self.gpus = [self.alloc.device(slot) for slot in range(self.alloc.slots)]
         self.running: Dict[int, JobRun] = {}
+        self.settling: List[JobRun] = []  # ended by themselves, reported after settle time
         self.stopping = ""
         self.draining = ""
         self.last_activity = self.started
         self.last_heartbeat = 0.0
         self._changed = False  # a job started or ended since the last heartbeat
         self.done_count = 0
-        self._wake_r, self._wake_w = os.pipe()
+        self.waker = Waker()
         self._env = dict(os.environ)
         self.queue = ReadyQueue(os.path.join(self.s.root, p.READY), min_rescan=settings.poll,
                                 rescan_every=max(10.0, 10 * settings.poll))
@@ -129,23 +103,26 @@ class Pilot:
         started = 0 if self.draining or self.stopping else self._fill_slots(now)
         self._account(now)
         self._heartbeat(force=self._changed)
-        if self.draining and not self.running:
+        held = len(self.running) + len(self.settling)
+        if self.draining and not held:
             log.info("drained: stopping")
             return False
         idle = self._idle_for()
-        if not started and d.should_stop(idle, self.s.idle_timeout, len(self.running)):
+        if not started and d.should_stop(idle, self.s.idle_timeout, held):
             log.info("idle for %.0fs: stopping", idle)
             return False
         if not started:
-            self._sleep(self._nap())
+            self.waker.sleep(self._nap())
         return True
 
     def _nap(self) -> float:
         nap = self.s.poll
         if len(self.running) < self.alloc.slots and not self.draining:
             nap = min(nap, TICK)
-        if any(job.settle_until or job.kill_due for job in self.running.values()):
+        if any(job.kill_due for job in self.running.values()):
             nap = min(nap, 0.1)
+        for job in self.settling:
+            nap = min(nap, max(0.01, (job.settle_until or 0) - time.time()))
         if self.release_at is not None and self.release_at > time.time():
             nap = min(nap, self.release_at - time.time() + 0.01)
         return nap
@@ -153,25 +130,10 @@ class Pilot:
     def _idle_for(self) -> float:
         return time.time() - self.last_activity
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep until the timeout, a child exit or a signal, whichever comes first."""
-        try:
-            ready, _, _ = select.select([self._wake_r], [], [], seconds)
-        except InterruptedError:
-            return
-        if ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_r, 4096)
-
     def _install_signals(self) -> None:
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
-        signal.set_wakeup_fd(self._wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_stop_signal)
-        for sig in DRAIN_SIGNALS:
-            signal.signal(sig, self._on_drain_signal)
+        handlers: Dict[int, Handler] = {sig: self._on_stop_signal for sig in STOP_SIGNALS}
+        handlers.update({sig: self._on_drain_signal for sig in DRAIN_SIGNALS})
+        self.waker.install(handlers)
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
         self.stopping = signal.Signals(signum).name
@@ -191,19 +153,41 @@ class Pilot:
                 continue  # may be cut short by the same stop signal: _shutdown releases it
             if isinstance(job.kill_reason, ReleaseReason):
                 self._end(slot, job, release=job.kill_reason)
-            elif job.kill_reason or rc == 0 or not d.stop_signalled(rc, SIGNALLED):
+            elif job.kill_reason:
                 self._end(slot, job)
-            elif job.settle_until is None:
-                job.settle_until = now + d.SETTLE  # wait for our own stop signal, if any
-            elif self.draining and d.stop_signalled(rc, DRAIN_SIGNALS):
-                self._end(slot, job, release=ReleaseReason.PILOT_WALLTIME)
-            elif now >= job.settle_until:
-                self._end(slot, job)
+            else:
+                self._settle(slot, job, rc, now)
+        if self.stopping:
+            return  # what settles was maybe cut short by the stop: _shutdown releases it
+        for job in list(self.settling):
+            if self.draining and d.stop_signalled(job.poll() or 0, DRAIN_SIGNALS):
+                self._close(job, release=ReleaseReason.PILOT_WALLTIME)
+            elif now >= (job.settle_until or 0):
+                self._close(job)
 
-    def _end(self, slot: int, job: JobRun, release: Optional[ReleaseReason] = None) -> None:
+    def _settle(self, slot: int, job: JobRun, rc: int, now: float) -> None:
+        """A job that ended by itself frees its slot, but is reported only once no stop
+        signal of our own followed within the settle time (the scheduler signals the job's
+        processes and the pilot at once; a script may even carry on and exit 0)."""
+        self._detach(slot, job)
+        signalled = d.stop_signalled(rc, SIGNALLED)
+        job.settle_until = now + (max(d.SETTLE, self.s.settle) if signalled else self.s.settle)
+        self.settling.append(job)
+
+    def _detach(self, slot: int, job: JobRun) -> None:
+        del self.running[slot]
         job.end_group()
         if job.proc is not None:
             self.guard.remove(job.proc.pid)
+
+    def _end(self, slot: int, job: JobRun, release: Optional[ReleaseReason] = None) -> None:
+        self._detach(slot, job)
+        self._close(job, release)
+
+    def _close(self, job: JobRun, release: Optional[ReleaseReason] = None) -> None:
+        """Report or release a job whose processes are gone."""
+        if job in self.settling:
+            self.settling.remove(job)
         try:
             if release is not None:
                 job.release(release)
@@ -217,7 +201,6 @@ class Pilot:
                 with contextlib.suppress(OSError):
                     job.release(ReleaseReason.REPORT_FAILED)  # never claimed forever
                 self.queue.never(job.key)
-        del self.running[slot]
         self.last_activity = time.time()
         self._changed = True
 
@@ -351,7 +334,8 @@ class Pilot:
         beat = Heartbeat(
             pilot=self.s.pilot_id, state=state, epoch=now, scheduler_id=self.s.scheduler_id,
             host=socket.gethostname(), pid=os.getpid(), time=p.now_iso(), started=self.started,
-            deadline=self.deadline, running=sorted(job.key for job in self.running.values()),
+            deadline=self.deadline, running=sorted(
+                job.key for job in list(self.running.values()) + self.settling),
             done=self.done_count, slots=self.alloc.slots, gpus=list(self.alloc.devices),
             slots_per_gpu=self.alloc.slots_per_gpu, release_at=self.release_at,
             gpu_idle_seconds=round(self.ledger.idle, 3),
@@ -365,9 +349,9 @@ class Pilot:
     def _shutdown(self) -> None:
         now = time.time()
         self._reap(now)  # reports what ended before a stop signal, or that we killed
-        if self.stopping and self.running:
+        if self.stopping and (self.running or self.settling):
             log.info("%s received: releasing %d running job(s)", self.stopping,
-                     len(self.running))
+                     len(self.running) + len(self.settling))
         for job in self.running.values():
             job.terminate(ReleaseReason.STOP, self.kill_grace, now)
         self._wait_for_jobs(now + self.kill_grace)
@@ -378,6 +362,8 @@ class Pilot:
                 reason = job.kill_reason if isinstance(job.kill_reason, ReleaseReason) \
                     else ReleaseReason.STOP
                 self._end(slot, job, release=reason)
+        for job in list(self.settling):
+            self._close(job, release=ReleaseReason.STOP)
         self._account(time.time())
         self._write_heartbeat(HeartbeatState.STOPPED, time.time())
         self.guard.stop()
@@ -393,5 +379,5 @@ class Pilot:
                     if job.proc is not None:
                         job.proc.wait()
                 return
-            self._sleep(0.05)
+            self.waker.sleep(0.05)
 

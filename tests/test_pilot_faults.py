@@ -29,6 +29,7 @@ import pytest
 from hpc_worker import protocol as p
 from hpc_worker.records import Heartbeat, read_record
 from hpc_worker.states import HeartbeatState, Reason, ReleaseReason, ResultStatus
+from tests.services.cluster import SlurmCluster
 from tests.unit.pilotkit import PROJECT, Workspace, pids_with_environ, wait_for
 
 
@@ -277,3 +278,61 @@ def test_a_result_that_cannot_be_written_releases_the_job_once(ws: Workspace) ->
     assert ws.is_ready("blocker") and not ws.done("blocker")
     releases = [run for run in ws.runs("blocker") if run.is_release]
     assert [run.reason for run in releases] == [ReleaseReason.REPORT_FAILED.value]
+
+
+# -- on a real Slurm: scancel signals every process of the pilot's job at once -------------------
+def _sbatch(cluster: SlurmCluster, ws: Workspace, pilot_id: str, *args: str,
+            sbatch: tuple[str, ...] = ()) -> str:
+    command = " ".join([sys.executable, "-m", "hpc_worker", "--workspace", str(ws.root),
+                        "--pilot-id", pilot_id, "--poll", "0.1", "--heartbeat", "1",
+                        "--idle-timeout", "30", "--grace", "2", *args])
+    out = p.pilot_path(str(ws.root), pilot_id, p.PILOT_OUT)
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--job-name", pilot_id, "--output", out, "--time", "5",
+         "--chdir", str(PROJECT), "--export", "ALL,PYTHONPATH=%s" % PROJECT, *sbatch,
+         "--wrap", "exec " + command],
+        env=dict(os.environ, **cluster.env), capture_output=True, text=True, check=True)
+    return proc.stdout.strip().split(";")[0]
+
+
+def _gone(cluster: SlurmCluster, job_id: str) -> bool:
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"],
+                          env=dict(os.environ, **cluster.env), capture_output=True, text=True)
+    return proc.stdout.strip() in ("", "COMPLETED", "CANCELLED", "FAILED")
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("round_", range(10))
+def test_scancel_on_real_slurm_releases_every_job_in_flight(
+        slurm_cluster: SlurmCluster, ws: Workspace, round_: int) -> None:
+    marker, env = _mark()
+    keys = ["s%d" % i for i in range(3)]
+    for key in keys:
+        ws.stage(key, "sleep 30\necho survived > out.txt\n", outputs=("out.txt",), env=env)
+    job_id = _sbatch(slurm_cluster, ws, "S%d" % round_, "--slots", "3")
+    try:
+        wait_for(lambda: len(_tool_pids(marker)) == 3, timeout=60, what="three running jobs")
+        time.sleep(random.random() * 0.3)
+        subprocess.run(["scancel", job_id], env=dict(os.environ, **slurm_cluster.env),
+                       check=True)
+        wait_for(lambda: _gone(slurm_cluster, job_id), timeout=60, what="the pilot to end")
+    finally:
+        subprocess.run(["scancel", job_id], env=dict(os.environ, **slurm_cluster.env))
+    wait_for(lambda: not pids_with_environ(marker), timeout=10, what="no job process left")
+    for key in keys:
+        assert not ws.done(key) and ws.is_ready(key), key
+        assert ws.runs(key)[-1].reason == ReleaseReason.STOP.value, key
+
+
+@pytest.mark.slurm
+def test_real_slurm_gpu_allocation_bounds_the_slots(
+        slurm_cluster: SlurmCluster, ws: Workspace) -> None:
+    keys = ["gpu%d" % i for i in range(4)]
+    for key in keys:
+        ws.stage(key, "echo $CUDA_VISIBLE_DEVICES > dev.txt\n", outputs=("dev.txt",))
+    job_id = _sbatch(slurm_cluster, ws, "G1", "--slots", "2", "--idle-timeout", "1",
+                     sbatch=("--gres", "gpu:1"))
+    wait_for(lambda: _gone(slurm_cluster, job_id), timeout=90, what="the pilot to end")
+    devices = {ws.output(key, "dev.txt").read_text().strip() for key in keys}
+    assert len(devices) == 1 and devices <= {"0", "1"}
+    assert "--slots 2 but CUDA_VISIBLE_DEVICES=" in ws.log("G1")
