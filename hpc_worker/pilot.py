@@ -8,9 +8,10 @@ point, ``release_margin`` before its own hard end (start + ``--walltime``); ther
 releases what still runs, and it releases earlier any job an earlier attempt showed
 cannot finish in time. It drains by itself at the release point without a warning.
 
-A job that dies of a stop signal is reported only after ``decisions.SETTLE``
-seconds without the pilot receiving a stop signal of its own (the scheduler signals
-the job and the pilot at once, in either order).
+A job that ends by itself frees its slot at once and is reported once ``--settle``
+seconds (``decisions.SETTLE`` when it died of a stop signal) passed without a stop
+signal reaching the pilot: the scheduler signals the job and the pilot at once, in
+either order, and a script may carry on and exit 0 after its tool was killed.
 """
 
 from __future__ import annotations
