@@ -178,3 +178,32 @@ def test_an_unreachable_head_node_is_a_transport_error_for_every_operation(
             call()
         assert "127.0.0.1" in str(info.value)
     assert not (tmp_path / "g").exists() and not (tmp_path / "lock").exists()
+
+
+class DropAfterLink(SshTransport):
+    """The connection fails right after the lock file was linked into place (first try)."""
+
+    dropped = False
+
+    def _link_new(self, tmp: str, remote: str, retried: bool) -> bool:
+        made = super()._link_new(tmp, remote, retried)
+        if not self.dropped:
+            self.dropped = True
+            _drop(self)
+            raise EOFError("connection lost before the answer arrived")
+        return made
+
+
+def test_a_retried_exclusive_create_knows_its_own_file(
+        ssh_server: SshServer, tmp_path: Path) -> None:
+    options = {"host": ssh_server.host, "port": ssh_server.port, "user": ssh_server.user,
+               "key_file": str(ssh_server.client_key_path),
+               "known_hosts": str(ssh_server.known_hosts_path)}
+    mine = DropAfterLink(**options)  # type: ignore[arg-type]
+    assert mine.create_exclusive(str(tmp_path / "lock"), "same text\n")  # its own: not taken
+    other, late = SshTransport(**options), DropAfterLink(**options)  # type: ignore[arg-type]
+    assert other.create_exclusive(str(tmp_path / "lock2"), "same text\n")
+    assert not late.create_exclusive(str(tmp_path / "lock2"), "same text\n")  # another's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "lock2"]
+    for t in (mine, other, late):
+        t.close()

@@ -174,10 +174,12 @@ class SshSession:
                     what, path, self.host)) from exc
             except DROPPED as exc:
                 failure = exc
-            except OSError as exc:  # SFTP status errors, and paramiko's "Socket is closed"
-                if exc.errno is not None or self._alive():
+            except (OSError, ValueError) as exc:  # SFTP status errors; paramiko's "Socket is
+                # closed" (OSError) and "I/O operation on closed file" (ValueError)
+                errno = exc.errno if isinstance(exc, OSError) else None
+                if errno is not None or self._alive():
                     raise TransportError("%s %s on %s failed: %s" % (
-                        what, path, self.host, exc.strerror or exc)) from exc
+                        what, path, self.host, getattr(exc, "strerror", None) or exc)) from exc
                 failure = exc
             if not delays:
                 if isinstance(failure, TransportError):
