@@ -84,7 +84,8 @@ def unpack(stream: IO[bytes]) -> dict[str, str]:
                 handle = tar.extractfile(member)
                 manifest = json.loads(handle.read().decode("utf-8")) if handle else []
                 continue
-            if manifest is None or not member.name.isdigit() or not member.isfile():
+            if manifest is None or not member.name.isdigit() or not member.isfile() or \
+                    int(member.name) >= len(manifest):
                 raise ValueError("unexpected member %r in the upload stream" % member.name)
             index = int(member.name)
             dest, size, mode = (str(manifest[index][0]), int(str(manifest[index][1])),
