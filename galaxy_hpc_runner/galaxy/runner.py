@@ -138,7 +138,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         try:
             batcher = self._pool_for(params)
             doc = self._description(job_wrapper, mode, batcher.cfg, write_script=True)
-            d.validate(name, doc, batcher.cfg)  # a bad run fails now, not after a pass
+            checked = d.validate(name, doc, batcher.cfg)  # a bad run fails now, not later
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
             job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
@@ -147,6 +147,9 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             log.exception("(%s) cannot write the job script", tag)
             job_wrapper.fail("Cannot prepare the HPC job script: %s" % exc)
             return
+        if mode == gd.Mode.TEMPLATE:  # Galaxy shows what runs, not the tool's <command>
+            job_wrapper.command_line = checked.rendered
+            job_wrapper.get_job().command_line = checked.rendered
         self._enqueue(job_wrapper, name, doc, batcher, mode)
 
     def _enqueue(self, job_wrapper: Any, name: str, doc: dict[str, Any], batcher: Batcher,
@@ -263,7 +266,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
                 self._write_job_streams(job_state, outcome)
             else:
                 self._write_streams(job_state, outcome)
-                self._set_metadata(job_state)
+                if self._metadata_on_host(job_state.job_wrapper):
+                    self._set_metadata(job_state)
             super().finish_job(job_state)
         finally:
             self._consume(job_state)
@@ -302,6 +306,14 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             job_state.error_file: "",
             job_state.exit_code_file: "%s\n" % outcome.rc,
         })
+
+    def _metadata_on_host(self, job_wrapper: Any) -> bool:
+        """Template mode: unless Galaxy may set metadata in-process (directory strategy,
+        ``retry_metadata_internally``: per destination, else global), set it here first."""
+        strategy = str(job_wrapper.metadata_strategy or self.app.config.metadata_strategy)
+        retry = asbool(job_wrapper.get_destination_configuration(
+            "retry_metadata_internally", True))
+        return "extended" in strategy or not retry
 
     def _set_metadata(self, job_state: HpcJobState) -> None:
         """Template mode: set metadata on the Galaxy host, as Galaxy's Pulsar runner does."""

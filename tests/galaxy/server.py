@@ -116,7 +116,8 @@ class GalaxySite:
     """Config files and directories of one test site; ``start``/``stop`` the server."""
 
     def __init__(self, root: Path, slots: int = 4,
-                 galaxy_overrides: dict[str, Any] | None = None) -> None:
+                 galaxy_overrides: dict[str, Any] | None = None,
+                 template_metadata_in_process: bool = True) -> None:
         self.root = root
         self.hpc = root / "hpc"
         self.gx = root / "galaxy"
@@ -128,6 +129,10 @@ class GalaxySite:
         self.log_path = root / "galaxy.log"
         self.env: dict[str, str] = {}
         self.galaxy_overrides = dict(galaxy_overrides or {})
+        # Template-mode environments may let Galaxy set metadata in-process (fast); the
+        # server-wide retry_metadata_internally is false, so that is a per-destination choice.
+        self.template_env = {"retry_metadata_internally": True} \
+            if template_metadata_in_process else {}
 
     # -- files -------------------------------------------------------------------------
     def write(self) -> None:
@@ -187,8 +192,8 @@ class GalaxySite:
                 "local_inproc": {"runner": "local", "embed_metadata_in_job": False},
                 "hpc": {"runner": "hpc"},
                 "hpc_slots": {"runner": "hpc", "galaxy_slots": 3},
-                "hpc_template": {"runner": "hpc", "mode": "template"},
-                "hpc_bench": {"runner": "hpc", "template": "bench_cat"}}},
+                "hpc_template": {"runner": "hpc", "mode": "template", **self.template_env},
+                "hpc_bench": {"runner": "hpc", "template": "bench_cat", **self.template_env}}},
             "tools": [{"id": tool, "environment": "hpc_bench" if tool.startswith("bench")
                        else "hpc_template"} for tool in TEMPLATE_TOOLS]
             + [{"id": "bench_cat_local", "environment": "local"},

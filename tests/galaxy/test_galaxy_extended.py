@@ -23,7 +23,8 @@ def ext_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
     install_galaxy()
     become_subreaper()
     site = GalaxySite(tmp_path_factory.mktemp("galaxy-extended"), slots=4, galaxy_overrides={
-        "metadata_strategy": "extended", "retry_metadata_internally": False})
+        "metadata_strategy": "extended", "retry_metadata_internally": False},
+        template_metadata_in_process=False)  # template mode: metadata set on the Galaxy host
     site.write()
     try:
         site.start()

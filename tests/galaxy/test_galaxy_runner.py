@@ -70,6 +70,7 @@ def test_tool_ends_ok_with_exact_output(galaxy_site: GalaxySite, api: GalaxyApi,
     assert info["exit_code"] == 0
     assert info["tool_stdout"].startswith("shouted dataset_")
     assert info["tool_stderr"] == "note from the HPC side\n"
+    assert "tr '[:lower:]' '[:upper:]' < " in info["command_line"]  # the template that ran
     assert_cleaned_up(galaxy_site, info["external_id"])
 
 

@@ -117,17 +117,19 @@ def test_galaxy_shows_what_ran(api: GalaxyApi,
 
 def test_gpu_tool_sees_its_slots_device(galaxy_site: GalaxySite, api: GalaxyApi) -> None:
     history = api.history("gpu")
-    runs = {tool: start(api, history, tool, {"label": "x"}) for tool in ("gx_gpu", "gx_cpu")}
-    gpu, cpu = (result(api, runs[tool]) for tool in ("gx_gpu", "gx_cpu"))
-    for run in (gpu, cpu):
-        assert run["job"]["state"] == "ok", run["job"]
-    seen = dict(line.split("=", 1) for line in gpu["outputs"]["output"][1].splitlines())
-    metrics = api.metrics(gpu["job"]["id"])
-    assert seen["gpu_enabled"] == "true"
-    assert seen["cuda"] == metrics[("hpc_batch", "gpu")]  # the slot's device
-    assert seen["cuda"] == GPU_DEVICES.split(",")[int(metrics[("hpc_batch", "slot")])]
-    assert seen["slots"] == "1"  # no scheduler CPUs on the local backend
-    seen = dict(line.split("=", 1) for line in cpu["outputs"]["output"][1].splitlines())
+    tools = ("gx_gpu", "gx_gpu_res", "gx_cpu")
+    runs = {tool: start(api, history, tool, {"label": "x"}) for tool in tools}
+    done = {tool: result(api, runs[tool]) for tool in tools}
+    for tool in tools:
+        assert done[tool]["job"]["state"] == "ok", done[tool]["job"]
+    for tool in ("gx_gpu", "gx_gpu_res"):  # a compute requirement, a CUDA device resource
+        seen = dict(line.split("=", 1) for line in done[tool]["outputs"]["output"][1].split())
+        metrics = api.metrics(done[tool]["job"]["id"])
+        assert seen["gpu_enabled"] == "true"
+        assert seen["cuda"] == metrics[("hpc_batch", "gpu")]  # the slot's device
+        assert seen["cuda"] == GPU_DEVICES.split(",")[int(metrics[("hpc_batch", "slot")])]
+        assert seen["slots"] == "1"  # no scheduler CPUs on the local backend
+    seen = dict(line.split("=", 1) for line in done["gx_cpu"]["outputs"]["output"][1].split())
     assert seen["gpu_enabled"] == "false"
     assert seen["slots"] == "3"  # the destination's galaxy_slots
 
