@@ -312,6 +312,8 @@ def setup_of(args: argparse.Namespace, others: int, elapsed: float) -> dict[str,
             "pilot_idle_timeout": args.idle_timeout, "submitter_interval": args.pass_interval,
             "warm": {"min_pilots": 1, "idle_timeout": args.warm_idle_timeout,
                      "patterns": ["stream"]},
+            "two_servers": {"jobs_per_source": args.two_jobs,
+                            "interval_per_source": args.two_interval},
             "other_jobs_submitted": others, "wall_seconds": elapsed}
 
 
