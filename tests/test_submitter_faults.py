@@ -332,3 +332,34 @@ def test_cancels_racing_a_pilot_end_each_job_once_and_never_start_a_withdrawn_on
             assert ledger.count("completed " + name) == 1, name
         else:
             assert job["reason"] == Reason.CANCELLED, (name, job)
+
+
+# -- the same on a real Slurm behind a real sshd ----------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_on_slurm_a_claim_whose_killed_pilot_no_pass_saw_go_is_reclaimed(
+        tmp_path: Path, ssh_server: Any) -> None:
+    """kill -9 of the pilot; the pass that saw it gone died before requeueing its job."""
+    from tests.test_hpc_slurm import SlurmSite, hpc_sections
+
+    site = SlurmSite(tmp_path, **hpc_sections(ssh_server, pilot={
+        "heartbeat": "1", "grace": "2", "idle_timeout": "5"}))
+    try:
+        site.drop("held", site.sleepy_job("held", 4))
+        sub = site.pass_until(lambda: site.state("held") == JobState.CLAIMED, timeout=120)
+        pilot = site.spool.pilots()[0]
+        beat = Path(site.cfg.workspace) / p.PILOTS / (pilot.pilot_id + p.PILOT_SUFFIXES[1])
+        deadline = time.monotonic() + 30
+        while not beat.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(json.loads(beat.read_text())["pid"], signal.SIGKILL)  # the node is this host
+        deadline = time.monotonic() + 60
+        while any(s.state.active for p_, s in sub.pilots.refresh() if p_.pilot_id ==
+                  pilot.pilot_id) and time.monotonic() < deadline:
+            time.sleep(0.2)  # only refresh(): it records the pilot gone, nothing requeues
+        site.drain(["held"], sub=site.submitter(), timeout=180)
+        job = site.result("held")["job"]
+        assert job["status"] == "ok" and site.ledger_lines().count("completed held") == 1
+        assert site.spool.get("held").lost == 1  # type: ignore[union-attr]
+    finally:
+        site.close()

@@ -110,17 +110,25 @@ class Liveness:
         return beat.epoch
 
     def scheduler_id_of(self, pilot_id: str) -> str | None:
-        """The scheduler id of a pilot this spool does not follow, if it is queued or running.
+        """The scheduler id of a pilot this spool does not follow while it is queued or
+        running (or the scheduler cannot say which: then it is not taken for dead).
 
         The hook the HPC-side pilot registry (``dropbox/pilots.py``) may replace with its own
-        lookup across servers; here the scheduler is asked by job name, and a backend that
-        cannot look up names counts as "not there".
+        lookup across servers; here the scheduler is asked by job name (that lookup also
+        finds recently ended jobs, so their state is asked too), and a backend that cannot
+        look up names counts as "not there".
         """
         try:
-            return self.backend.find_by_name(pilot_id)
+            scheduler_id = self.backend.find_by_name(pilot_id)
+            if not scheduler_id:
+                return None
+            status = self.backend.status([scheduler_id]).get(scheduler_id)
         except SchedulerError as exc:
             log.debug("cannot look pilot %s up by name: %s", pilot_id, exc)
             return None
+        if status is not None and status.state is PilotState.GONE:
+            return None
+        return scheduler_id
 
     def _cancel(self, holder: str, scheduler_id: str, silent: float) -> None:
         log.error("pilot %s (%s job %s) silent for %.0fs but still in the scheduler: "
