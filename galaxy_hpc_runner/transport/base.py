@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport.runcmd import Completed, run_command
@@ -232,10 +232,24 @@ def _tail(fd: int, limit: int | None, max_bytes: int, path: str) -> bytes:
     return b"".join(chunks)
 
 
-def _ignore_missing(func: object, path: str, exc_info: tuple[type, BaseException, object]
-                    ) -> None:
+def _ignore_missing(func: Callable[[str], object], path: str,
+                    exc_info: tuple[type, BaseException, object]) -> None:
+    """rmtree's error hook: a file already gone is no error."""
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
+
+
+def _open_up(top: str) -> None:
+    """Make every directory of a tree writable by its owner (a job may have locked one),
+    never following a link."""
+    with contextlib.suppress(OSError):
+        os.chmod(top, 0o700)  # the caller made sure it is a directory, not a link
+    for root, dirs, _ in os.walk(top):  # top-down: a child is opened up before it is listed
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
 
 
 class LocalTransport(Transport):
@@ -299,7 +313,11 @@ class LocalTransport(Transport):
     def remove(self, path: str) -> None:
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, onerror=_ignore_missing)
+                try:
+                    shutil.rmtree(path, onerror=_ignore_missing)
+                except PermissionError:
+                    _open_up(path)
+                    shutil.rmtree(path, onerror=_ignore_missing)
             else:
                 os.unlink(path)
         except FileNotFoundError:

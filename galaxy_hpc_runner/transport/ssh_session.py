@@ -206,7 +206,7 @@ class SshSession:
                 done = self._exec(argv, timeout, stdin, channel)
             except (CommandTimeout, CommandOutcomeUnknown):
                 raise
-            except (OSError, *DROPPED) as exc:
+            except (OSError, ValueError, *DROPPED) as exc:
                 self.close()
                 raise CommandOutcomeUnknown(
                     "%s on %s: the connection failed after it was sent (%s); it may or may "
