@@ -265,3 +265,38 @@ def test_pilot_found_by_name_and_without_the_submitters_environment(
         time.sleep(0.1)
     assert backend.find_by_name(pilot_id) == sid  # an ended job is still found while listed
     backend.cancel(sid)  # cancelling an ended pilot is no error
+
+
+class CutAfterSbatch(SlurmBackend):
+    """sbatch runs, then the ssh session dies before its answer comes back."""
+
+    def submit_argv(self, spec: PilotSpec) -> list[str]:
+        return ["sh", "-c", 'sbatch "$@" >/dev/null; kill -9 $PPID; sleep 5', "sh",
+                *super().submit_argv(spec)[1:]]
+
+
+def test_a_submission_cut_off_after_sbatch_is_found_by_name_not_repeated(
+        hpc: tuple[SlurmCluster, SshServer], tmp_path: Path) -> None:
+    from galaxy_hpc_runner.backends.base import SubmissionUncertain
+    from galaxy_hpc_runner.transport.ssh import SshTransport
+
+    server = hpc[1]
+    t = SshTransport(server.host, server.port, server.user, str(server.client_key_path),
+                     known_hosts=str(server.known_hosts_path), timeout=10)
+    backend = CutAfterSbatch(SimpleNamespace(scheduler={"command_timeout": "20"}),  # type: ignore[arg-type]
+                             t)
+    (tmp_path / "pilots").mkdir()
+    pilot_id = "pilot-cut-%d" % os.getpid()
+    spec = PilotSpec(pilot_id=pilot_id, argv=["sleep", "30"], workspace=str(tmp_path),
+                     walltime=120)
+    before = set(squeue_ids(hpc[0]))
+    with pytest.raises(SubmissionUncertain, match="look it up by name"):
+        backend.submit(spec)
+    sid = backend.find_by_name(pilot_id)  # a fresh connection
+    try:
+        assert sid is not None and set(squeue_ids(hpc[0])) - before == {sid}
+        assert backend.status([sid])[sid].state in (PilotState.PENDING, PilotState.RUNNING)
+    finally:
+        if sid:
+            backend.cancel(sid)
+        t.close()

@@ -1,5 +1,14 @@
 """How the submitting side reaches the HPC side: files and commands, locally or over ssh."""
 
-from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from galaxy_hpc_runner.transport.base import (
+    READ_CAP,
+    TMP_PREFIX,
+    CommandOutcomeUnknown,
+    LocalTransport,
+    ManyTransferError,
+    Transport,
+    UnsafeRemoteFile,
+)
 
-__all__ = ["LocalTransport", "Transport"]
+__all__ = ["READ_CAP", "TMP_PREFIX", "CommandOutcomeUnknown", "LocalTransport",
+           "ManyTransferError", "Transport", "UnsafeRemoteFile"]
