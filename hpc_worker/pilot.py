@@ -227,11 +227,13 @@ class Pilot:
     def _release_all(self, now: float) -> None:
         """The release point: give back what still runs, take nothing new."""
         if not self.draining:
-            self.draining = "the end of the pilot's walltime"
+            self.draining = "release point"
             self._changed = True
         pending = [job for job in self.running.values() if not job.kill_reason]
         if pending:
-            log.info("%s received: releasing %d running job(s)", self.draining, len(pending))
+            cause = self.draining + (" received" if self.draining.startswith("SIG") else "")
+            log.info("%s: releasing %d running job(s) before the pilot's walltime ends",
+                     cause, len(pending))
         for job in pending:
             job.terminate(ReleaseReason.PILOT_WALLTIME, self.kill_grace, now)
 

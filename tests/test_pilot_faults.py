@@ -336,3 +336,14 @@ def test_real_slurm_gpu_allocation_bounds_the_slots(
     devices = {ws.output(key, "dev.txt").read_text().strip() for key in keys}
     assert len(devices) == 1 and devices <= {"0", "1"}
     assert "--slots 2 but CUDA_VISIBLE_DEVICES=" in ws.log("G1")
+
+
+def test_without_a_warning_the_pilot_releases_at_its_release_point(ws: Workspace) -> None:
+    ws.stage("endless", "sleep 60\n")
+    pilot = ws.start("P1", "--walltime", "4")  # releases at 3.6 s
+    assert pilot.wait(timeout=30) == 0
+    assert ws.is_ready("endless")
+    release = ws.runs("endless")[-1]
+    assert release.reason == ReleaseReason.PILOT_WALLTIME.value
+    assert release.elapsed is not None and release.elapsed < 4.0
+    assert "release point: releasing 1 running job(s)" in ws.log("P1")
