@@ -347,3 +347,17 @@ def test_without_a_warning_the_pilot_releases_at_its_release_point(ws: Workspace
     assert release.reason == ReleaseReason.PILOT_WALLTIME.value
     assert release.elapsed is not None and release.elapsed < 4.0
     assert "release point: releasing 1 running job(s)" in ws.log("P1")
+
+
+def test_jobs_see_an_allowlist_and_their_own_variables_not_the_pilots_environment(
+        ws: Workspace) -> None:
+    ws.stage("envy", "env > env.txt\n", outputs=("env.txt",),
+             env={"MINE": "yes", "CUDA_VISIBLE_DEVICES": "99"})
+    pilot = ws.start("P1", "--keep-env", "SITE_*", idle=0.5, env={
+        "SECRET_TOKEN": "hunter2", "SITE_A": "kept", "CUDA_VISIBLE_DEVICES": "4"})
+    assert pilot.wait(timeout=30) == 0
+    lines = set(ws.output("envy", "env.txt").read_text().splitlines())
+    assert {"MINE=yes", "SITE_A=kept", "CUDA_VISIBLE_DEVICES=4", "HPC_BATCH_JOB=envy",
+            "HPC_BATCH_ATTEMPT=attempt-1"} <= lines
+    names = {line.split("=", 1)[0] for line in lines}
+    assert "SECRET_TOKEN" not in names and "PYTHONPATH" not in names
