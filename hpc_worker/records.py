@@ -21,6 +21,11 @@ the file and the field. The version rule: a record without ``v`` is version 1
 this side's is refused with a message naming both versions, so a submitter and
 a pilot of different releases never misread each other.
 
+Readers of ``runs.jsonl``: :func:`parse_runs` on its bounded end, then
+:func:`count_releases` (how often pilots gave the job back, by ``ReleaseReason``)
+and :func:`learned_runtime` (the longest a released attempt ran). A result's
+``attempt`` names the attempt directory its outputs came from (see protocol.py).
+
 Standard library only, Python 3.8.
 """
 
