@@ -3,5 +3,5 @@
 set -euo pipefail
 tr '[:lower:]' '[:upper:]' < <<input>> > <<output>>
 printf '%s\n' <<suffix>> >> <<output>>
-echo "shouted <<input>>"
+echo shouted <<input>>
 echo "note from the HPC side" >&2

@@ -6,4 +6,4 @@ for _ in $(seq 1 1200); do
     sleep 0.1
 done
 [ -e <<release>> ] || { echo "never released" >&2; exit 9; }
-echo "released <<label>>" > <<output>>
+echo released <<label>> > <<output>>
