@@ -175,11 +175,12 @@ class Registry:
         """Jobs waiting (ready) and running (claimed) on the HPC side, by submitting server
         (the server part of their workspace key; "" for keys without one)."""
         out: dict[str, dict[str, int]] = {}
-        for queue, label in ((p.READY, "ready"), (p.CLAIMED, "claimed")):
+        queues = (p.READY, p.CLAIMED)  # counted under their names: ready, claimed
+        for queue in queues:
             for name in self.t.listdir(posixpath.join(self.root, queue)):
                 counts = out.setdefault(p.server_of(p.split_claim(name)[0]),
-                                        {"ready": 0, "claimed": 0})
-                counts[label] += 1
+                                        {posixpath.basename(q): 0 for q in queues})
+                counts[posixpath.basename(queue)] += 1
         return out
 
     def picture(self) -> dict[str, Any]:
@@ -196,7 +197,7 @@ class Registry:
             if beat is not None:
                 item["heartbeat"] = {"state": str(beat.state), "host": beat.host,
                                      "age_s": round(time.time() - beat.epoch, 1),
-                                     "running": beat.running, "done": beat.done,
+                                     "jobs": beat.running, "done": beat.done,
                                      "deadline": beat.deadline}
             pilots.append(item)
         queue = self.queue_by_server()
@@ -344,4 +345,4 @@ def owner_name(server: str) -> str:
 
 
 def _clock(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch)) if epoch else "unknown"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch)) if epoch else "an unknown time"
