@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,3 +125,35 @@ def metrics(node: Mapping[str, Any]) -> dict[str, str | int | float]:
         elif value not in (None, ""):
             out[key] = str(value)
     return out
+
+
+# -- the files Galaxy's finish_job reads ------------------------------------------------
+def job_script_streams(job_state: Any, outcome: Outcome) -> dict[str, str]:
+    """Galaxy-script mode: the script's own streams; its exit code file only if the
+    script never wrote it (it writes the tool's ``outputs/tool_stdout`` itself)."""
+    files = {job_state.output_file: outcome.stdout, job_state.error_file: outcome.stderr}
+    if not os.path.exists(job_state.exit_code_file):
+        files[job_state.exit_code_file] = "%s\n" % outcome.rc
+    return files
+
+
+def template_streams(job_state: Any, outcome: Outcome) -> dict[str, str]:
+    """Template mode: the template's streams are the tool's; the exit code from ``rc``."""
+    work = job_state.job_wrapper.working_directory
+    outputs = os.path.join(work, "outputs")
+    streams = outputs if os.path.isdir(outputs) else work
+    node = outcome.node
+    return {
+        os.path.join(streams, "tool_stdout"): outcome.stdout,
+        os.path.join(streams, "tool_stderr"): outcome.stderr,
+        job_state.output_file: "hpc-batch job %s: %s (pilot %s on %s)\n" % (
+            job_state.job_id, node.get("message"), node.get("pilot"), node.get("host")),
+        job_state.error_file: "",
+        job_state.exit_code_file: "%s\n" % outcome.rc,
+    }
+
+
+def write_all(files: Mapping[str, str]) -> None:
+    for path, text in files.items():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)

@@ -130,9 +130,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
             job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
             return
-        include_metadata = mode == gd.Mode.GALAXY and asbool(
-            params.get("embed_metadata_in_job", True))
-        if not self.prepare_job(job_wrapper, include_metadata=include_metadata):
+        if not self.prepare_job(job_wrapper, include_metadata=_embedded(mode, params)):
             return
         name = gd.new_job_name(self.runner_params["job_prefix"], tag)
         try:
@@ -263,11 +261,13 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         try:
             self._record_metrics(job_state, outcome)
             if job_state.mode == gd.Mode.GALAXY:  # Galaxy's script wrote the tool's files
-                self._write_job_streams(job_state, outcome)
+                go.write_all(go.job_script_streams(job_state, outcome))
             else:
-                self._write_streams(job_state, outcome)
-                if self._metadata_on_host(job_state.job_wrapper):
-                    self._set_metadata(job_state)
+                go.write_all(go.template_streams(job_state, outcome))
+            wrapper = job_state.job_wrapper
+            if not _embedded(job_state.mode, wrapper.job_destination.params) \
+                    and self._metadata_on_host(wrapper):
+                self._set_metadata(job_state)
             super().finish_job(job_state)
         finally:
             self._consume(job_state)
@@ -286,30 +286,9 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             if isinstance(job_state, HpcJobState) and outcome is not None:
                 self._consume(job_state)
 
-    def _write_job_streams(self, job_state: HpcJobState, outcome: go.Outcome) -> None:
-        """The job script's own streams; its exit code file only if the script never wrote it."""
-        files = {job_state.output_file: outcome.stdout, job_state.error_file: outcome.stderr}
-        if not os.path.exists(job_state.exit_code_file):
-            files[job_state.exit_code_file] = "%s\n" % outcome.rc
-        _write_all(files)
-
-    def _write_streams(self, job_state: HpcJobState, outcome: go.Outcome) -> None:
-        work = job_state.job_wrapper.working_directory
-        outputs = os.path.join(work, "outputs")
-        streams = outputs if os.path.isdir(outputs) else work
-        node = outcome.node
-        _write_all({
-            os.path.join(streams, "tool_stdout"): outcome.stdout,
-            os.path.join(streams, "tool_stderr"): outcome.stderr,
-            job_state.output_file: "hpc-batch job %s: %s (pilot %s on %s)\n" % (
-                job_state.job_id, node.get("message"), node.get("pilot"), node.get("host")),
-            job_state.error_file: "",
-            job_state.exit_code_file: "%s\n" % outcome.rc,
-        })
-
     def _metadata_on_host(self, job_wrapper: Any) -> bool:
-        """Template mode: unless Galaxy may set metadata in-process (directory strategy,
-        ``retry_metadata_internally``: per destination, else global), set it here first."""
+        """Metadata not set in the job: unless Galaxy may set it in-process (directory
+        strategy, ``retry_metadata_internally``: per destination, else global), set it here."""
         strategy = str(job_wrapper.metadata_strategy or self.app.config.metadata_strategy)
         retry = asbool(job_wrapper.get_destination_configuration(
             "retry_metadata_internally", True))
@@ -393,7 +372,6 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         batcher.wake()
 
 
-def _write_all(files: dict[str, str]) -> None:
-    for path, text in files.items():
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+def _embedded(mode: gd.Mode, params: Any) -> bool:
+    """Metadata is set inside the job script (Galaxy-script mode, unless turned off)."""
+    return mode == gd.Mode.GALAXY and bool(asbool(params.get("embed_metadata_in_job", True)))

@@ -179,3 +179,21 @@ def test_a_node_without_the_working_directory_says_so(tmp_path: Path) -> None:
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "tool_stdout").write_text("")
     assert gs.tool_ran(str(tmp_path))
+
+
+def test_finish_files_never_overwrite_the_scripts_exit_code(tmp_path: Path) -> None:
+    from galaxy_hpc_runner.galaxy import outcomes as go
+    state = NS(output_file=str(tmp_path / "g.o"), error_file=str(tmp_path / "g.e"),
+               exit_code_file=str(tmp_path / "g.ec"), job_id="galaxy-1-abc",
+               job_wrapper=NS(working_directory=str(tmp_path)))
+    outcome = go.outcome_from_node({"status": "error", "reason": "failed", "rc": 2,
+                                    "stdout": "o", "stderr": "e", "pilot": "p1", "host": "h"})
+    go.write_all(go.job_script_streams(state, outcome))
+    assert (tmp_path / "g.ec").read_text() == "2\n"  # the script never wrote one
+    (tmp_path / "g.ec").write_text("0\n")  # the tool's own exit code, as the script wrote it
+    go.write_all(go.job_script_streams(state, outcome))
+    assert (tmp_path / "g.ec").read_text() == "0\n"
+    assert (tmp_path / "g.e").read_text() == "e"
+    files = go.template_streams(state, outcome)
+    assert files[str(tmp_path / "tool_stderr")] == "e" and files[state.exit_code_file] == "2\n"
+    assert go.metrics(outcome.node) == {"pilot": "p1", "host": "h"}
