@@ -280,3 +280,37 @@ def test_the_registry_lock_over_sftp_is_exclusive(tmp_path: Path,
             site.close()
     assert overlaps[0] == 0
     assert not (tmp_path / "shared-workspace" / p.PILOTS / LOCK_NAME).exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_two_servers_racing_over_ssh_queue_one_slurm_pilot_in_50_tries(
+        tmp_path: Path, slurm_cluster: SlurmCluster, ssh_server: SshServer) -> None:
+    from tests.test_registry import race_submit
+
+    sites = make_servers(tmp_path, **ssh_sections(ssh_server))
+    subs = [Submitter(site.cfg) for site in sites]
+    before = set(slurm_pilots(slurm_cluster))
+    try:
+        for sub in subs:
+            sub.stager.ensure_layout()
+            sub.pilots.preflight()
+        for attempt in range(50):
+            for sub in subs:
+                sub.pilots.refresh()  # both decide on a registry without a live pilot
+            got = race_submit((subs[0], subs[1]))
+            active = [e for e in subs[0].pilots.registry.entries().values()
+                      if e.state is not PilotState.GONE]
+            queued = {n for j, n in slurm_pilots(slurm_cluster).items() if j not in before}
+            assert len(active) == 1 and queued == {active[0].pilot_id}, (attempt, queued)
+            assert set(got.values()) == {active[0].pilot_id}
+            subprocess.run(["scancel", active[0].scheduler_id], check=True,
+                           env=dict(os.environ, **slurm_cluster.env))
+            before |= set(slurm_pilots(slurm_cluster))
+            active[0].state = PilotState.GONE  # as the next refresh would find
+            subs[0].pilots.registry.write(active[0])
+    finally:
+        for sub in subs:
+            sub.transport.close()
+        for site in sites:
+            site.close()
