@@ -221,3 +221,28 @@ def test_without_lookup_by_name_an_old_silent_intent_does_not_block_forever(
     alpha.pilots.registry.write(entry)
     states = {r.pilot_id: s for r, s in beta.pilots.refresh()}
     assert states[entry.pilot_id].state is PilotState.GONE
+
+
+def test_old_pilots_are_pruned_from_registry_spool_and_workspace(
+        two: tuple[Submitter, Submitter]) -> None:
+    alpha, beta = two
+    rec = alpha.pilots.submit()
+    _kill_all(alpha)
+    deadline = time.monotonic() + 20
+    while alpha.pilots.registry.read(rec.pilot_id).state is not PilotState.GONE:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "pilot not seen gone"
+        alpha.pilots.refresh()
+        time.sleep(0.05)
+    assert beta.pilots.prune(keep_days=1) == 0  # young: kept
+    entry = alpha.pilots.registry.read(rec.pilot_id)
+    assert entry is not None
+    entry.submitted = "2020-01-01T00:00:00+00:00"
+    alpha.pilots.registry.write(entry)
+    spooled = alpha.spool.pilots()[0]
+    spooled.submitted = entry.submitted
+    alpha.spool.save_pilot(spooled)
+    assert Submitter(beta.cfg).pilots.prune(keep_days=1) == 1  # any server (a later pass)
+    assert alpha.pilots.prune(keep_days=1) == 0 and alpha.spool.pilots() == []
+    left = [n for n in os.listdir(Path(alpha.cfg.workspace) / p.PILOTS)
+            if n.startswith(rec.pilot_id)]
+    assert left == []

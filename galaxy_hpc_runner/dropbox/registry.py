@@ -54,6 +54,7 @@ BREAK_SUFFIX = ".break"
 LOCK_STALE = 60.0  # seconds a lock may be held before another server breaks it
 LOCK_EMPTY_STALE = 20.0  # seconds an empty or unreadable lock may stay so
 LOCK_WAIT = 60.0  # seconds to wait for the lock before the pass gives up
+GONE_REREAD = 300.0  # a gone entry is re-read this often (its submitter may correct it)
 ENTRY_SUFFIX = p.PILOT_SUFFIXES[0]  # W/pilots/PILOT.json
 HEARTBEAT_SUFFIX = p.PILOT_SUFFIXES[1]  # W/pilots/PILOT.hb
 ENTRY_LIMIT = 64 << 10  # bytes read of one entry (an entry is a few hundred)
@@ -112,7 +113,8 @@ class Registry:
         self.server = server
         self.dir = posixpath.join(workspace, p.PILOTS)
         self.lock_path = posixpath.join(self.dir, LOCK_NAME)
-        self._gone: dict[str, PilotEntry] = {}  # gone entries never change: read once
+        # gone entries (almost) never change: read again only every GONE_REREAD seconds
+        self._gone: dict[str, tuple[float, PilotEntry]] = {}
         self._empty_seen: dict[str, float] = {}  # unreadable lock content -> first seen
         self._dir_ready = False
 
@@ -136,14 +138,16 @@ class Registry:
             log.error("pilot registry entry skipped: %s", exc)
             return None
         if entry.state is PilotState.GONE:
-            self._gone[pilot_id] = entry
+            self._gone[pilot_id] = (time.monotonic(), entry)
         return entry
 
     def entries(self) -> dict[str, PilotEntry]:
         """Every readable entry by pilot id (gone ones are read once per process)."""
         out = {}
         for pilot_id in self.ids():
-            entry = self._gone.get(pilot_id) or self.read(pilot_id)
+            cached = self._gone.get(pilot_id)
+            fresh = cached is not None and time.monotonic() - cached[0] < GONE_REREAD
+            entry = cached[1] if cached is not None and fresh else self.read(pilot_id)
             if entry is not None:
                 out[pilot_id] = entry
         return out
@@ -153,7 +157,7 @@ class Registry:
         self._ensure_dir()
         self.t.write_text(self.entry_path(entry.pilot_id), entry.dumps() + "\n")
         if entry.state is PilotState.GONE:
-            self._gone[entry.pilot_id] = entry
+            self._gone[entry.pilot_id] = (time.monotonic(), entry)
         else:
             self._gone.pop(entry.pilot_id, None)
 
