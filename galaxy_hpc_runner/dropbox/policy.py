@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from hpc_worker.decisions import release_margin
+
 
 def pilots_wanted(backlog: int, max_pilots: int = 1, backlog_per_pilot: int = 0) -> int:
     """Pilots the backlog deserves: one, or one per ``backlog_per_pilot`` jobs up to the max."""
@@ -96,3 +98,32 @@ def lost_message(count: int, max_attempts: int, pilot: str, cause: str) -> str:
     """The error of a job whose pilot died under it ``max_attempts`` times."""
     return ("Job lost its pilot %d time(s) (max_attempts = %d); the last one, %s, %s"
             % (count, max_attempts, pilot, cause))
+
+
+def usable_time(pilot_walltime: float, grace: float) -> float:
+    """Seconds a fresh pilot can run jobs: its walltime less the margin at which it gives
+    back what still runs (the pilot's own ``release_margin``)."""
+    return pilot_walltime - release_margin(pilot_walltime, grace)
+
+
+def may_start_again(needed: float | None, pilot_walltime: float, grace: float) -> bool:
+    """A job given back can start again only while what it needs (its declared walltime,
+    else the longest an earlier attempt ran before it was given back) fits a fresh pilot's
+    usable time, less a slack for the pilot's own start (a tenth, at most a minute).
+
+    Otherwise no pilot would ever take it: each one leaves it in the queue, and pilots
+    would be submitted for it forever. It ends in error at once instead.
+    """
+    if needed is None:
+        return True
+    usable = usable_time(pilot_walltime, grace)
+    return needed <= usable - min(60.0, 0.1 * usable)
+
+
+def never_fits_message(needed: float, pilot_walltime: float, grace: float) -> str:
+    """The error of a job that needs more than any pilot can give."""
+    return ("Job ran %.0fs before a stopping pilot gave it back, and a pilot can run jobs for "
+            "at most %.0fs ([pilot] walltime %.0fs less the release margin): no pilot can "
+            "finish it. Declare its `walltime:` in the description if it is shorter than "
+            "that, or raise [pilot] walltime" % (
+                needed, usable_time(pilot_walltime, grace), pilot_walltime))

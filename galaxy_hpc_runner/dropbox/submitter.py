@@ -53,7 +53,8 @@ from galaxy_hpc_runner.errors import (
 )
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import protocol as p
-from hpc_worker.records import MAX_RUNS_BYTES, parse_runs
+from hpc_worker.decisions import time_needed
+from hpc_worker.records import MAX_RUNS_BYTES, RunLine, learned_runtime, parse_runs
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -246,14 +247,21 @@ class Submitter:
             self.spool.transition(rec, RECEIVED, message="queue marker missing")
 
     def _released(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
-        """A stopping pilot gave the job back: requeued, or past max_releases an error."""
-        count, cap = self._releases(rec), self.cfg.pilot.max_releases
-        if policy.may_requeue_released(count, cap):
+        """A stopping pilot gave the job back: requeued, or an error past max_releases or
+        when no fresh pilot could ever finish it."""
+        runs, pc = self._runs(rec), self.cfg.pilot
+        count, cap = self._releases(rec, runs), pc.max_releases
+        declared = (rec.meta.get("pilot_meta") or {}).get("walltime")
+        needed = time_needed(declared, learned_runtime(runs))
+        if not policy.may_requeue_released(count, cap):
+            message = policy.released_message(count, cap, rec.pilot)
+        elif not policy.may_start_again(needed, pc.walltime, pc.grace):
+            message = policy.never_fits_message(needed or 0.0, pc.walltime, pc.grace)
+        else:
             self.spool.transition(rec, STAGED, message="released by pilot %s (%d of "
                                   "max_releases = %d)" % (rec.pilot, count, cap))
             return
-        if self._withdraw_and_fail(rec, Reason.RELEASED,
-                                   policy.released_message(count, cap, rec.pilot)):
+        if self._withdraw_and_fail(rec, Reason.RELEASED, message):
             view.ready.discard(rec.name)
             report.finished += 1
 
@@ -267,15 +275,19 @@ class Submitter:
         self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
         return True
 
-    def _releases(self, rec: JobRecord) -> int:
-        """Times the job was given back: the release lines of its runs.jsonl, plus pilots
-        that hit their hard walltime holding it (no line: they had no time to write one)."""
+    def _runs(self, rec: JobRecord) -> list[RunLine]:
+        """The starts and releases of the job (the end of its runs.jsonl, bounded)."""
         path = self.stager.path(p.JOBS, rec.name, p.RUNS)
         try:
-            data = self.transport.read_bytes(path, limit=MAX_RUNS_BYTES)
+            return parse_runs(self.transport.read_bytes(path, limit=MAX_RUNS_BYTES))
         except RemoteFileMissing:
-            data = b""
-        return rec.walltime_kills + sum(1 for run in parse_runs(data) if run.released)
+            return []
+
+    def _releases(self, rec: JobRecord, runs: list[RunLine] | None = None) -> int:
+        """Times the job was given back: the release lines of its runs.jsonl, plus pilots
+        that hit their hard walltime holding it (no line: they had no time to write one)."""
+        runs = self._runs(rec) if runs is None else runs
+        return rec.walltime_kills + sum(1 for run in runs if run.released)
 
     # -- collect and finish ----------------------------------------------------------
     def _collect_and_finish(self, rec: JobRecord, report: PassReport) -> None:

@@ -201,3 +201,23 @@ def test_last_pass_records_a_failed_pass(site: Site) -> None:
     assert not report.ok and "on the HPC side" in report.errors[0]
     last = json.loads((site.cfg.spool / "last_pass.json").read_text())
     assert last["ok"] is False and last["errors"] == report.errors
+
+
+@pytest.mark.parametrize("needed,walltime,allowed", [
+    (None, 60.0, True),  # nothing learned yet
+    (10.0, 86400.0, True),  # cut short by a scancel early on: plenty of room
+    (86400.0 - 200.0, 86400.0, True),  # fits with the minute of slack
+    (86400.0 - 70.0, 86400.0, False),  # ran (nearly) a whole pilot: no pilot takes it
+    (3.6, 4.0, False),  # the 4 s test pilot: usable 3.6 s
+])
+def test_a_released_job_starts_again_only_if_a_fresh_pilot_could_take_it(
+        needed: float | None, walltime: float, allowed: bool) -> None:
+    assert policy.may_start_again(needed, walltime, grace=10.0) is allowed
+
+
+def test_usable_time_is_the_pilots_own_release_point() -> None:
+    from hpc_worker.decisions import release_margin
+
+    assert policy.usable_time(3600.0, 10.0) == 3600.0 - release_margin(3600.0, 10.0)
+    text = policy.never_fits_message(3.6, 4.0, 1.0)
+    assert "no pilot can finish it" in text and "`walltime:`" in text
