@@ -153,6 +153,7 @@ def test_two_servers_racing_submit_one_pilot_in_50_tries(
         active = _active(alpha)
         assert len(active) == 1, "try %d: %s" % (attempt, active)
         assert got["alpha"] == got["beta"] == active[0].pilot_id
+        assert sum(sub.pilots.declined for sub in two) == attempt + 1
         _kill_all(alpha)
         for entry in active:  # gone, as the next refresh would find
             entry.state = PilotState.GONE

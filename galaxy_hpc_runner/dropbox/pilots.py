@@ -61,6 +61,7 @@ class PilotManager:
         self._snapshot: set[str] | None = None  # active pilots the last refresh saw
         self._last: dict[str, PilotStatus] = {}  # the last refresh's states, all servers
         self._beats: dict[str, Heartbeat | None] = {}
+        self.declined = 0  # submissions declined: another server had queued a pilot meanwhile
 
     # -- the site-wide picture -------------------------------------------------------
     def refresh(self) -> list[tuple[PilotRecord, PilotStatus]]:
@@ -314,9 +315,10 @@ class PilotManager:
         """Submit one pilot, its intent recorded first; a refused one is recorded and raised.
 
         When another server queued a pilot since the last :meth:`refresh` (the
-        decision was taken without it), nothing is submitted and that pilot's record
-        is returned. SubmissionUncertain when the scheduler may have it but cannot
-        say: its entry stays ``submitting`` and the next refresh looks it up by name.
+        decision was taken without it), nothing is submitted, that pilot's record is
+        returned and ``declined`` counts it. SubmissionUncertain when the scheduler may
+        have it but cannot say: its entry stays ``submitting``, the next refresh looks it
+        up by name.
         """
         rec = PilotRecord(pilot_id=new_pilot_id(self.server), scheduler_id="",
                           backend=self.backend.name, submitted=p.now_iso(),
@@ -358,6 +360,7 @@ class PilotManager:
         if not new:
             return None
         self._snapshot |= set(new)
+        self.declined += 1
         entry = fresh[new[-1]]
         log.info("pilot %s of server %s was queued since this pass looked: not submitting "
                  "another", entry.pilot_id, entry.submitter)
