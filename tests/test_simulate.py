@@ -128,12 +128,21 @@ def test_resubmit_ahead_overlaps_the_next_wait_with_the_current_pilot() -> None:
     assert without.submissions == ahead.submissions == 2
 
 
-def test_max_releases_fails_a_run_longer_than_any_pilot() -> None:
-    out = run_pilots([Job(0.0, 5000.0)], walltime=1000.0)
-    assert out.failed == 1 and out.released == 3 and out.latencies == []
-    more = run_pilots([Job(0.0, 5000.0)], Site(wait=parse_dist("fixed:1h"), interval=60.0,
-                                                max_releases=5), walltime=1000.0)
-    assert more.failed == 1 and more.released == 5
+def test_a_run_longer_than_any_pilot_fails_at_its_first_cut_like_the_submitter() -> None:
+    out = run_pilots([Job(0.0, 5000.0)], walltime=1000.0)  # it had a whole pilot: no rerun
+    assert out.failed == 1 and out.released == 1 and out.latencies == []
+    assert out.submissions == 1
+
+
+def test_max_releases_caps_the_reruns_of_a_run_cut_off_late_in_its_pilot() -> None:
+    jobs = [Job(0.0, 600.0), Job(0.0, 800.0)]  # the second starts 600 s into a 1000 s pilot
+    out = run_pilots(jobs, walltime=1000.0)
+    assert out.released == 1 and out.failed == 0
+    # pilot 1 ends at W + 1000; the next pass (every 60 s) submits pilot 2, W later it runs
+    assert out.latencies == [W + 600.0, 4620.0 + W + 800.0]
+    capped = run_pilots(jobs, Site(wait=parse_dist("fixed:1h"), interval=60.0,
+                                   max_releases=1), walltime=1000.0)
+    assert capped.released == 1 and capped.failed == 1 and len(capped.latencies) == 1
 
 
 def test_the_simulator_requeues_by_the_submitters_own_release_rule(

@@ -171,6 +171,7 @@ class PilotSim:
         self.pilots: list[Pilot] = []
         self.live: list[Pilot] = []  # pending or running
         self.releases = [0] * len(jobs)  # times a pilot's walltime cut each job off
+        self.learned = [0.0] * len(jobs)  # the longest each ran before it was cut off
         self.open = len(jobs)  # tool runs neither finished nor given up
 
     def run(self) -> Outcome:
@@ -278,7 +279,8 @@ class PilotSim:
 
     def _walltime(self, pilot: Pilot) -> None:
         """Runs still going at the walltime are given back: requeued while the submitter's
-        own rule (``policy.may_requeue_released``) allows, else they end in error."""
+        own rules allow (``policy.may_requeue_released``, and ``may_start_again`` with the
+        longest it ran: a run that had a whole pilot is not rerun), else they fail."""
         if pilot.state is not PilotState.RUNNING:
             return
         requeue = []
@@ -286,7 +288,9 @@ class PilotSim:
             self.out.busy += self.loop.now - started
             self.out.released += 1
             self.releases[index] += 1
-            if shared.may_requeue_released(self.releases[index], self.site.max_releases):
+            self.learned[index] = max(self.learned[index], self.loop.now - started)
+            if shared.may_requeue_released(self.releases[index], self.site.max_releases) \
+                    and shared.may_start_again(self.learned[index], self.policy.walltime, 0.0):
                 requeue.append(index)
             else:
                 self.out.failed += 1
