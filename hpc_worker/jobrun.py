@@ -187,9 +187,10 @@ def report_unrunnable(root: str, key: str, pilot: str, scheduler_id: str,
     try:
         p.atomic_write(p.result_path(root, key), result.dumps() + "\n")
     except OSError as write_exc:
+        # its directory is gone: done without a result (the submitter reports that),
+        # never claimed for ever by a live pilot
         log.error("(%s) cannot be run (%s) and its result cannot be written: %s",
                   key, exc, write_exc)
-        return
     p.try_rename(p.marker(root, p.CLAIMED, p.claim_name(key, pilot)),
                  p.marker(root, p.DONE, key))
     log.error("(%s) cannot be run: %s", key, exc)

@@ -361,3 +361,10 @@ def test_jobs_see_an_allowlist_and_their_own_variables_not_the_pilots_environmen
             "HPC_BATCH_ATTEMPT=attempt-1"} <= lines
     names = {line.split("=", 1)[0] for line in lines}
     assert "SECRET_TOKEN" not in names and "PYTHONPATH" not in names
+
+
+def test_a_claimed_job_without_its_directory_is_done_not_held(ws: Workspace) -> None:
+    ws.ready("ghost")  # a marker whose job directory is gone
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    assert ws.done("ghost") and not ws.claimed("ghost")
+    assert "(ghost) cannot be run" in ws.log("P1")
