@@ -102,18 +102,22 @@ def ensure_deployed(cfg: Config, transport: Transport) -> str:
 
 
 def verify(cfg: Config, transport: Transport) -> str:
-    """Deploy, then run ``python PROGRAM --help`` on the HPC side; what it printed first.
+    """Deploy, then run ``python PROGRAM --version`` on the HPC side; what it answered.
 
-    A wrong ``[pilot] python`` (missing, or older than 3.8) or an unwritable
-    workspace shows here, before any queue wait. SchedulerError naming both.
+    A wrong ``[pilot] python`` (missing, or older than 3.8) or an unwritable workspace
+    shows here, before any queue wait; so would a program that does not speak this
+    side's protocol version. SchedulerError naming the setting.
     """
     path = ensure_deployed(cfg, transport)
     python = cfg.pilot.python
     try:
-        done = transport.run([python, path, "--help"], timeout=PREFLIGHT_TIMEOUT)
+        done = transport.run([python, path, "--version"], timeout=PREFLIGHT_TIMEOUT)
     except SchedulerError as exc:
         raise SchedulerError(
-            "pilot preflight: %s %s --help failed on the HPC side (set [pilot] python to a "
-            "Python 3.8 or newer there): %s" % (python, path, exc)) from exc
-    first = (done.stdout.strip().splitlines() or ["(no output)"])[0]
-    return "%s runs %s (%s)" % (python, posixpath.basename(path), first)
+            "pilot preflight: %s %s --version failed on the HPC side (set [pilot] python to "
+            "a Python 3.8 or newer there): %s" % (python, path, exc)) from exc
+    answer = (done.stdout.strip() or done.stderr.strip() or "(no output)").splitlines()[0]
+    if not answer.endswith("protocol version %d" % PROTOCOL_VERSION):
+        raise SchedulerError("pilot preflight: %s answered %r, not protocol version %d: remove "
+                             "it so that it is deployed again" % (path, answer, PROTOCOL_VERSION))
+    return "%s runs %s (%s)" % (python, posixpath.basename(path), answer)
