@@ -297,17 +297,11 @@ class Spool:
 
 
 # -- names the submitter writes in the user's directories ---------------------------------
-def output_temp(target: str) -> str:
-    """The temp name an output is fetched to, beside its target, recognisable as ours."""
-    directory, base = os.path.split(target)
-    return os.path.join(directory, ".%s%s%d-%s" % (base, OUTPUT_TEMP_MARK, os.getpid(),
-                                                   os.urandom(4).hex()))
-
-
 def remove_stale_output_temps(targets: list[str]) -> list[str]:
     """Remove our temp files left beside ``targets`` by a pass that was killed mid-fetch.
 
-    Only names made by :func:`output_temp` for exactly these targets, only regular files.
+    Only names of the fetch's temp pattern (``safefs.temp_name``: .BASE + OUTPUT_TEMP_MARK
+    + PID-RAND) for exactly these targets, only regular files.
     Called under the spool lock, so no other pass of this spool is fetching them now.
     """
     removed = []

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_hpc_runner.dropbox import safefs
 from galaxy_hpc_runner.dropbox.spool import (
     OUTPUT_TEMP_MARK,
     JobRecord,
     Spool,
     SpoolError,
     is_resubmission,
-    output_temp,
     remove_stale_output_temps,
     set_aside_result,
 )
@@ -126,9 +126,8 @@ def test_a_description_newer_than_its_result_is_a_resubmission(tmp_path: Path) -
 
 def test_stale_output_temps_are_removed_only_for_our_own_pattern(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    ours = Path(output_temp(str(target)))
-    assert ours.parent == tmp_path and ours.name.startswith("." + target.name + OUTPUT_TEMP_MARK)
-    assert Path(output_temp(str(target))) != ours
+    ours = tmp_path / safefs.temp_name(target.name)  # the name the fetch gives its temps
+    assert ours.name.startswith("." + target.name + OUTPUT_TEMP_MARK)
     ours.write_text("half")
     foreign = [tmp_path / ".tmp-abcdef", tmp_path / ".other.hpc-batch-tmp-1-aa", target]
     for path in foreign:  # a transport's temp, another target's temp, the output itself
