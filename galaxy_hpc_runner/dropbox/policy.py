@@ -127,3 +127,15 @@ def never_fits_message(needed: float, pilot_walltime: float, grace: float) -> st
             "finish it. Declare its `walltime:` in the description if it is shorter than "
             "that, or raise [pilot] walltime" % (
                 needed, usable_time(pilot_walltime, grace), pilot_walltime))
+
+
+def release_verdict(released: int, max_releases: int, needed: float | None,
+                    pilot_walltime: float, grace: float, pilot: str) -> str | None:
+    """A job a stopping pilot gave back (``released`` times, this one included; ``needed``
+    as in :func:`may_start_again`): None while it goes back to the queue, else the error
+    it ends with. The submitter and the simulator both decide with this."""
+    if not may_requeue_released(released, max_releases):
+        return released_message(released, max_releases, pilot)
+    if not may_start_again(needed, pilot_walltime, grace):
+        return never_fits_message(needed or 0.0, pilot_walltime, grace)
+    return None

@@ -7,11 +7,10 @@ anything went wrong (the HPC side or the scheduler could not be reached, a
 spool record is unreadable, outputs could not be fetched, an unexpected error):
 ``hpc-batch submitter --once`` exits non-zero then.
 
-Retries follow :mod:`galaxy_hpc_runner.dropbox.policy`, the same functions the
-simulator uses: a job whose pilot died is requeued while
-``policy.may_requeue_lost``, one a stopping pilot gave back while
-``policy.may_requeue_released`` (releases are counted from ``runs.jsonl``), and
-failed collections are retried while ``policy.may_retry_collect``.
+Retries follow :mod:`galaxy_hpc_runner.dropbox.policy`, as in the simulator: a job
+whose pilot died is requeued while ``may_requeue_lost``, one a stopping pilot gave
+back unless ``release_verdict`` (releases counted from ``runs.jsonl``) ends it, and
+failed collections are retried while ``may_retry_collect`` (``collect.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from galaxy_hpc_runner.errors import (
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import protocol as p
 from hpc_worker.decisions import time_needed
-from hpc_worker.records import MAX_RUNS_BYTES, RunLine, learned_runtime, parse_runs
+from hpc_worker.records import MAX_RUNS_BYTES, learned_runtime, parse_runs
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -249,19 +248,12 @@ class Submitter:
     def _released(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
         """A stopping pilot gave the job back: requeued, or an error past max_releases or
         when no fresh pilot could ever finish it."""
-        runs, pc = self._runs(rec), self.cfg.pilot
-        count, cap = self._releases(rec, runs), pc.max_releases
-        declared = (rec.meta.get("pilot_meta") or {}).get("walltime")
-        needed = time_needed(declared, learned_runtime(runs))
-        if not policy.may_requeue_released(count, cap):
-            message = policy.released_message(count, cap, rec.pilot)
-        elif not policy.may_start_again(needed, pc.walltime, pc.grace):
-            message = policy.never_fits_message(needed or 0.0, pc.walltime, pc.grace)
-        else:
+        count, message = self._release_verdict(rec, rec.pilot)
+        if message is None:
             self.spool.transition(rec, STAGED, message="released by pilot %s (%d of "
-                                  "max_releases = %d)" % (rec.pilot, count, cap))
-            return
-        if self._withdraw_and_fail(rec, Reason.RELEASED, message):
+                                  "max_releases = %d)" % (rec.pilot, count,
+                                                          self.cfg.pilot.max_releases))
+        elif self._withdraw_and_fail(rec, Reason.RELEASED, message):
             view.ready.discard(rec.name)
             report.finished += 1
 
@@ -275,19 +267,22 @@ class Submitter:
         self._finish(rec, d.job_node(ResultStatus.ERROR, message, reason=reason))
         return True
 
-    def _runs(self, rec: JobRecord) -> list[RunLine]:
-        """The starts and releases of the job (the end of its runs.jsonl, bounded)."""
+    def _release_verdict(self, rec: JobRecord, pilot: str, unwritten: int = 0
+                         ) -> tuple[int, str | None]:
+        """Times the job was given back (the release lines of its bounded runs.jsonl, pilots
+        that hit their hard walltime holding it, ``unwritten`` more now) and the policy's
+        verdict: None to requeue it, else its error."""
         path = self.stager.path(p.JOBS, rec.name, p.RUNS)
         try:
-            return parse_runs(self.transport.read_bytes(path, limit=MAX_RUNS_BYTES))
+            runs = parse_runs(self.transport.read_bytes(path, limit=MAX_RUNS_BYTES))
         except RemoteFileMissing:
-            return []
-
-    def _releases(self, rec: JobRecord, runs: list[RunLine] | None = None) -> int:
-        """Times the job was given back: the release lines of its runs.jsonl, plus pilots
-        that hit their hard walltime holding it (no line: they had no time to write one)."""
-        runs = self._runs(rec) if runs is None else runs
-        return rec.walltime_kills + sum(1 for run in runs if run.released)
+            runs = []
+        count = rec.walltime_kills + unwritten + sum(1 for run in runs if run.released)
+        declared = (rec.meta.get("pilot_meta") or {}).get("walltime")
+        pc = self.cfg.pilot
+        return count, policy.release_verdict(
+            count, pc.max_releases, time_needed(declared, learned_runtime(runs)),
+            pc.walltime, pc.grace, pilot)
 
     # -- collect and finish ----------------------------------------------------------
     def _collect_and_finish(self, rec: JobRecord, report: PassReport) -> None:
@@ -391,22 +386,19 @@ class Submitter:
         """One dead pilot's claim: back to ready/ while the policy allows, else an error."""
         pc = self.cfg.pilot
         if walltime:  # a hard walltime kill is a release the pilot had no time to write
-            count = self._releases(rec) + 1
-            allowed = policy.may_requeue_released(count, pc.max_releases)
+            message = self._release_verdict(rec, holder, unwritten=1)[1]
             detail: dict[str, Any] = dict(walltime_kills=rec.walltime_kills + 1)
         else:
-            count = rec.lost + 1
-            allowed = policy.may_requeue_lost(count, pc.max_attempts)
-            detail = dict(lost=count)
-        if allowed:
+            message = (None if policy.may_requeue_lost(rec.lost + 1, pc.max_attempts) else
+                       policy.lost_message(rec.lost + 1, pc.max_attempts, holder, cause))
+            detail = dict(lost=rec.lost + 1)
+        if message is None:
             if not self.stager.move_claim(rec.name, holder, p.READY):
                 return False
             self.spool.transition(rec, STAGED, message="pilot %s %s: requeued" % (holder, cause),
                                   **detail)
             return True
         self.spool.note(rec, **detail)
-        message = (policy.released_message(count, pc.max_releases, holder) if walltime else
-                   policy.lost_message(count, pc.max_attempts, holder, cause))
         self._finish(rec, d.job_node(ResultStatus.ERROR, message,
                                      reason=Reason.RELEASED if walltime else Reason.LOST))
         return False

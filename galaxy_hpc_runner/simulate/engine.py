@@ -279,8 +279,8 @@ class PilotSim:
 
     def _walltime(self, pilot: Pilot) -> None:
         """Runs still going at the walltime are given back: requeued while the submitter's
-        own rules allow (``policy.may_requeue_released``, and ``may_start_again`` with the
-        longest it ran: a run that had a whole pilot is not rerun), else they fail."""
+        own rule allows (``policy.release_verdict``: at most max_releases times, and a run
+        that had a whole pilot is not rerun), else they fail."""
         if pilot.state is not PilotState.RUNNING:
             return
         requeue = []
@@ -289,8 +289,9 @@ class PilotSim:
             self.out.released += 1
             self.releases[index] += 1
             self.learned[index] = max(self.learned[index], self.loop.now - started)
-            if shared.may_requeue_released(self.releases[index], self.site.max_releases) \
-                    and shared.may_start_again(self.learned[index], self.policy.walltime, 0.0):
+            if shared.release_verdict(self.releases[index], self.site.max_releases,
+                                      self.learned[index], self.policy.walltime, 0.0,
+                                      "pilot %d" % pilot.ident) is None:
                 requeue.append(index)
             else:
                 self.out.failed += 1

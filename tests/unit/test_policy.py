@@ -56,7 +56,7 @@ def test_the_submitter_and_the_simulator_share_the_policy_module() -> None:
     assert vars(submitter_module)["policy"] is policy
     assert vars(engine)["shared"] is policy
     for name in ("pilots_to_submit", "resubmit_ahead", "may_requeue_lost",
-                 "may_requeue_released"):
+                 "may_requeue_released", "release_verdict", "may_start_again"):
         assert name not in vars(submitter_module) and name not in vars(engine), name
 
 
