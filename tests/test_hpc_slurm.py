@@ -138,14 +138,20 @@ def _slurm_env(site: Site) -> dict[str, str]:
 
 def test_pilot_warned_before_its_time_limit_releases_the_job(
         slurm_site: Any, tmp_path: Path) -> None:
+    """Warned 15 s before its 60 s limit, the pilot drains: the running job goes on until
+    just before the limit, then is released and rerun by the next pilot. It started late in
+    the first pilot (after a 25 s job), so it is not one that no pilot could ever finish."""
     site = slurm_site(pilot={"walltime": "60", "idle_timeout": "5"},
-                      scheduler={"signal": "B:USR1@55"})
+                      scheduler={"signal": "B:USR1@15"})
+    site.drop("warmup", site.sleepy_job("warmup", 25))
+    sub = site.pass_until(lambda: site.state("warmup") == "claimed", timeout=60)
     flag = tmp_path / "first-attempt"
     site.drop("limited", {"script": "first_slow", "args": {"flag": str(flag)},
                           "output_map": {"output": str(site.out("limited.out"))}})
-    site.drain(["limited"], timeout=240)  # pilots with too little time left skip it
+    site.drain(["warmup", "limited"], sub=sub, timeout=240)
+    assert site.result("warmup")["job"]["status"] == "ok"
     job = site.result("limited")["job"]
-    assert job["status"] == "ok" and job["attempts"] == 2
+    assert job["status"] == "ok" and job["attempts"] == 2, job
     assert site.spool.get("limited").lost == 0  # type: ignore[union-attr]
     log = "\n".join(f.read_text() for f in (tmp_path / "hpc/workspace/pilots").glob("*.log"))
     assert "SIGUSR1 received: releasing 1 running job(s)" in log
