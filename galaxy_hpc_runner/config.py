@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import configparser
+import hashlib
 import importlib.resources
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # right for the local backend and a shared file system; the HPC side may differ.
 WORKER_CODE_DIR = Path(hpc_worker.__file__).resolve().parent.parent
 RESERVED_VARS = ("workspace", "scripts", "containers")
+OLD_SPOOL = ".hpc-batch"  # the default spool of releases before 0.2, inside the dropbox
 BACKENDS = ("local", "slurm", "drmaa")
 TRANSPORTS = ("local", "ssh")
 
@@ -259,7 +262,12 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
     r = _Reader(_parser(path), path.parent)
     r.unknown_keys()
     dropbox = r.path(r.require("dropbox", "path") or ".")
-    spool = r.path(r.get("spool", "path") or str(dropbox / ".hpc-batch"))
+    spool = r.path(r.get("spool", "path") or str(default_spool(dropbox)))
+    if not r.get("spool", "path") and (dropbox / OLD_SPOOL / "jobs").is_dir():
+        r.errors.append(
+            "[spool] path: the default spool moved out of the dropbox (a job may write under "
+            "the dropbox) from %s to %s: stop the submitter and Galaxy, then `mv %s %s`, or set "
+            "[spool] path" % (dropbox / OLD_SPOOL, spool, dropbox / OLD_SPOOL, spool))
     templates = r.get("templates", "path")
     metrics = r.get("submitter", "metrics_file")
     cfg = Config(
@@ -285,6 +293,17 @@ def read_config(path: str | Path) -> tuple[Config, list[str]]:
     r.errors.extend(checks.foreign_keys(cfg) + checks.ssh_files(cfg) + checks.contradictions(cfg))
     index = checks.line_index(path)
     return cfg, checks.by_line([checks.locate(path, index, error) for error in r.errors])
+
+
+def default_spool(dropbox: Path) -> Path:
+    """The spool when ``[spool] path`` is unset: private to this user, never under the dropbox.
+
+    ``$XDG_STATE_HOME/galaxy-hpc-batch/spool-NAME-HASH`` (``~/.local/state`` without it):
+    the dropbox's name for the eye and a hash of its path, so two dropboxes never share one.
+    """
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    digest = hashlib.sha256(str(dropbox).encode()).hexdigest()[:8]
+    return Path(state) / "galaxy-hpc-batch" / ("spool-%s-%s" % (dropbox.name or "root", digest))
 
 
 def _duration_hint(exc: ValueError) -> str:

@@ -133,6 +133,6 @@ def test_the_installed_wheel_runs_the_demo_and_check_outside_any_checkout(
 
 def _stop_pilots(demo: Path) -> None:
     """The demo's pilots are local processes; they leave on idle, this is quicker."""
-    for record in (demo / "dropbox/.hpc-batch/pilots").glob("*.json"):
+    for record in (demo / "spool/pilots").glob("*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             os.kill(int(json.loads(record.read_text())["scheduler_id"]), signal.SIGTERM)

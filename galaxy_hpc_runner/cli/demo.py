@@ -21,6 +21,9 @@ path = {root}/dropbox
 allowed_input_roots = {root}/media
 allowed_output_roots = {root}/results
 
+[spool]
+path = {root}/spool
+
 [templates]
 path = {templates}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from galaxy_hpc_runner.config import parse_duration, read_config, shipped
+from galaxy_hpc_runner.config import default_spool, parse_duration, read_config, shipped
 from galaxy_hpc_runner.config_checks import gres_gpus
 
 SITE = """\
@@ -46,7 +46,8 @@ def test_a_valid_site_has_no_problem_and_relative_paths_follow_the_ini_not_the_c
     assert errors == []
     assert cfg.dropbox == tmp_path / "dropbox"
     assert cfg.allowed_input_roots == [tmp_path / "media"]
-    assert cfg.spool == tmp_path / "dropbox" / ".hpc-batch"
+    assert cfg.spool == default_spool(tmp_path / "dropbox")
+    assert not cfg.spool.is_relative_to(tmp_path / "dropbox")  # a job may write there
     assert cfg.metrics_file == cfg.spool / "metrics.prom"
 
 
