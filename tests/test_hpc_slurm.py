@@ -259,7 +259,9 @@ def test_pilot_found_by_name_and_without_the_submitters_environment(
         deadline = time.monotonic() + 30
         while not (tmp_path / "env.txt").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert backend.status([sid])[sid].state is PilotState.RUNNING
+        states = backend.status([sid, "999999"])  # an id Slurm does not know (any more)
+        assert states[sid].state is PilotState.RUNNING
+        assert states["999999"].state is PilotState.GONE
         env = (tmp_path / "env.txt").read_text()
         assert "SLURM_JOB_NAME=%s" % pilot_id in env and "PYTHONPATH=/code dir" in env
         assert "HPC_KEY_PASS" not in env and "s3cret" not in env

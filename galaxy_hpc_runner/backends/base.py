@@ -170,6 +170,11 @@ class CommandBackend(Backend):
     @abc.abstractmethod
     def cancel_argv(self, scheduler_id: str) -> list[str]: ...
 
+    def status_gone(self, exc: CommandError) -> bool:
+        """True when a failed status command says one of the ids is no longer known (then
+        each id is asked on its own, and one the scheduler forgot is GONE)."""
+        return False
+
     def cancel_gone(self, exc: CommandError) -> bool:
         """True when a failed cancel says the job no longer exists (nothing to cancel)."""
         return False
@@ -215,7 +220,15 @@ class CommandBackend(Backend):
     def status(self, ids: list[str]) -> dict[str, PilotStatus]:
         if not ids:
             return {}
-        return self.parse_status(self._call(self.status_argv(ids)), ids)
+        try:
+            out = self._call(self.status_argv(ids))
+        except CommandError as exc:
+            if not self.status_gone(exc):
+                raise  # the scheduler cannot be asked: the caller reads UNKNOWN
+            if len(ids) == 1:
+                return self.parse_status("", ids)
+            return {sid: status for one in ids for sid, status in self.status([one]).items()}
+        return self.parse_status(out, ids)
 
     def cancel(self, scheduler_id: str) -> None:
         try:

@@ -6,6 +6,8 @@ option becomes its own argument; the batch script is the quoted pilot command.
 
 - The job name is the pilot id, so a pilot can be found by name after an
   uncertain submission (``squeue --me --name=PILOT --states=all``).
+- State: ``squeue --jobs=ID,... --states=all``; when one id has aged out of the
+  controller (``Invalid job id``), each id is asked alone and the forgotten one is gone.
 - ``--export=NONE``: the pilot does not inherit the submitter's environment
   (secrets, a passphrase variable); it gets the user's login environment on the
   node, and the batch script sets what the pilot needs (``PYTHONPATH``).
@@ -116,9 +118,12 @@ class SlurmBackend(CommandBackend):
 
     # -- status ----------------------------------------------------------------------
     def status_argv(self, ids: list[str]) -> list[str]:
-        # every job of this user, not --jobs=...: squeue refuses a whole list when one
-        # id in it has aged out of the controller's memory
-        return ["squeue", "--noheader", "--states=all", "--me", SQUEUE_FORMAT]
+        return ["squeue", "--noheader", "--states=all", "--jobs=%s" % ",".join(ids),
+                SQUEUE_FORMAT]
+
+    def status_gone(self, exc: CommandError) -> bool:
+        """squeue refuses a whole list when one id in it has aged out of the controller."""
+        return INVALID_JOB in exc.stderr
 
     def parse_status(self, stdout: str, ids: list[str]) -> dict[str, PilotStatus]:
         seen = parse_squeue(stdout)

@@ -91,6 +91,17 @@ def test_queries_are_idempotent_and_transport_errors_stay_transport_errors() -> 
     assert backend.status([]) == {}
 
 
+def test_an_id_slurm_forgot_makes_each_id_asked_alone() -> None:
+    invalid = CommandError(["squeue"], 1, "", "slurm_load_jobs error: Invalid job id specified")
+    backend, t = slurm(invalid, "6|RUNNING|None|pilot-b\n", invalid)
+    states = backend.status(["6", "1"])
+    assert states["6"].state is PilotState.RUNNING and states["1"].state is PilotState.GONE
+    assert [argv[3] for argv, _ in t.calls] == ["--jobs=6,1", "--jobs=6", "--jobs=1"]
+    backend, _ = slurm(CommandError(["squeue"], 1, "", "Unable to contact slurm controller"))
+    with pytest.raises(CommandError, match="Unable to contact"):
+        backend.status(["6", "1"])
+
+
 def test_cancel_of_a_forgotten_job_is_quiet_and_other_failures_are_not() -> None:
     backend, _ = slurm(CommandError(["scancel"], 1, "", "Invalid job id specified"),
                        CommandError(["scancel"], 1, "", "Access/permission denied"))

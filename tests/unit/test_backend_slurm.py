@@ -116,7 +116,8 @@ def test_slurm_states(state: str, expected: PilotState) -> None:
 
 
 def test_status_of_ids_squeue_no_longer_lists_is_gone(backend: SlurmBackend) -> None:
-    assert "--me" in backend.status_argv(["5"]) and "--states=all" in backend.status_argv(["5"])
+    argv = backend.status_argv(["5", "6"])
+    assert "--jobs=5,6" in argv and "--states=all" in argv
     states = backend.parse_status(SQUEUE_ALL, ["5", "6", "7", "99"])
     assert [states[i].state for i in ("5", "6", "7", "99")] == [
         PilotState.PENDING, PilotState.RUNNING, PilotState.GONE, PilotState.GONE]
