@@ -164,16 +164,22 @@ def race_submit(subs: tuple[Submitter, Submitter]) -> dict[str, str]:
     """Both submit at the same instant; the pilot id each got back, by server."""
     barrier = threading.Barrier(len(subs))
     got: dict[str, str] = {}
+    errors: list[BaseException] = []
 
     def submit(sub: Submitter) -> None:
-        barrier.wait()
-        got[sub.pilots.server] = sub.pilots.submit().pilot_id
+        try:
+            barrier.wait()
+            got[sub.pilots.server] = sub.pilots.submit().pilot_id
+        except BaseException as exc:  # raised again by the caller's thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=submit, args=(sub,)) for sub in subs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return got
 
 

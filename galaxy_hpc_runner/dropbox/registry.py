@@ -245,7 +245,7 @@ class Registry:
         token = secrets.token_hex(8)
         text = lock_text(self.server, token)
         deadline = time.monotonic() + wait
-        while not self.t.create_exclusive(self.lock_path, text):
+        while not self._try_create(text):
             holder = self._break_if_stale()
             if time.monotonic() >= deadline:
                 raise RegistryLockTimeout(
@@ -255,6 +255,22 @@ class Registry:
                         _clock(holder.epoch) if holder else "?", LOCK_STALE))
             time.sleep(random.uniform(0.01, 0.08))
         return token
+
+    def _try_create(self, text: str, tries: int = 5) -> bool:
+        """One exclusive create; a failure while the lock is absent again (it was released
+        just as we tried: some SFTP servers then answer a plain "Failure") is a lost race,
+        tried again a few times before it counts as an error."""
+        for attempt in range(tries):
+            try:
+                return self.t.create_exclusive(self.lock_path, text)
+            except RemoteFileMissing:
+                raise
+            except TransportError:
+                if self._read_lock(self.lock_path) is not None:
+                    return False  # somebody holds it now: taken, as an exclusive create says
+                if attempt == tries - 1:
+                    raise
+        return False
 
     def release(self, token: str) -> None:
         """Remove the lock if it is still ours (a broken lock is somebody else's now)."""
