@@ -145,17 +145,18 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             log.exception("(%s) cannot write the job script", tag)
             job_wrapper.fail("Cannot prepare the HPC job script: %s" % exc)
             return
-        if mode == gd.Mode.TEMPLATE:  # Galaxy shows what runs, not the tool's <command>
-            job_wrapper.command_line = checked.rendered
-            job_wrapper.get_job().command_line = checked.rendered
-        self._enqueue(job_wrapper, name, doc, batcher, mode)
+        shown = checked.rendered if mode == gd.Mode.TEMPLATE else None
+        self._enqueue(job_wrapper, name, doc, batcher, mode, shown)
 
     def _enqueue(self, job_wrapper: Any, name: str, doc: dict[str, Any], batcher: Batcher,
-                 mode: gd.Mode) -> None:
+                 mode: gd.Mode, command_line: str | None) -> None:
         tag = job_wrapper.get_id_tag()
         if job_wrapper.get_state() in GONE_STATES:
             log.debug("(%s) deleted before it reached the spool", tag)
             return
+        if command_line is not None:  # template mode: show what runs, not the tool's <command>
+            job_wrapper.command_line = command_line
+            job_wrapper.get_job().command_line = command_line  # committed with the external id
         # The external id is in the database before the description exists, so a
         # restart at any instant either recovers this job or queues it afresh.
         job_wrapper.set_external_id(name)
