@@ -188,7 +188,7 @@ def test_liveness_from_the_registry_and_heartbeats(tmp_path: Path) -> None:
     try:
         sub, other = alpha.submitter(), beta.submitter()
         rec = sub.pilots.submit()
-        hb = Path(p.pilot_path(sub.cfg.workspace, rec.pilot_id, p.PILOT_SUFFIXES[1]))
+        hb = Path(p.pilot_path(sub.cfg.workspace, rec.pilot_id, p.HEARTBEAT))
         deadline = time.monotonic() + 20
         while not hb.exists():
             assert time.monotonic() < deadline, "no first heartbeat"

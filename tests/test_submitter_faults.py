@@ -349,7 +349,7 @@ def test_on_slurm_a_claim_whose_killed_pilot_no_pass_saw_go_is_reclaimed(
         site.drop("held", site.sleepy_job("held", 4))
         sub = site.pass_until(lambda: site.state("held") == JobState.CLAIMED, timeout=120)
         pilot = site.spool.pilots()[0]
-        beat = Path(site.cfg.workspace) / p.PILOTS / (pilot.pilot_id + p.PILOT_SUFFIXES[1])
+        beat = Path(site.cfg.workspace) / p.PILOTS / (pilot.pilot_id + p.HEARTBEAT)
         deadline = time.monotonic() + 30
         while not beat.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -30,7 +30,7 @@ __all__ = ["Backend", "CommandBackend", "PilotSpec", "PilotState", "PilotStatus"
            "SubmissionUncertain", "pilot_spec"]
 log = logging.getLogger(__name__)
 # W/pilots/PILOT.out: the scheduler's output (protocol order: .json .hb .log .out)
-PILOT_OUTPUT_SUFFIX = p.PILOT_SUFFIXES[3]
+PILOT_OUTPUT_SUFFIX = p.PILOT_OUT
 
 
 class SubmissionUncertain(SchedulerError):

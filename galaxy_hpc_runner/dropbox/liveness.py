@@ -41,7 +41,7 @@ from hpc_worker import protocol as p
 from hpc_worker.records import Heartbeat, ProtocolError
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SUFFIX = p.PILOT_SUFFIXES[1]
+HEARTBEAT_SUFFIX = p.HEARTBEAT
 HEARTBEAT_LIMIT = 64 << 10
 
 

@@ -4,8 +4,8 @@ A template is checked when it is loaded. The value of a placeholder is
 shell-quoted (``shlex.quote``), which is exact only where the shell reads a
 plain unquoted word, so a placeholder must stand in such a word (alone or as
 part of one: ``--out=<<output>>``, ``/mnt/<<input>>``, ``x=<<level>>``,
-array elements ``x=( <<a>> )``, including inside ``$( ... )``). Anywhere else is a template error naming the
-file, line and column:
+array elements ``x=( <<a>> )``, including inside ``$( ... )``). Anywhere else is a
+template error naming the file, line and column:
 
 - inside single, double or ``$'...'`` quotes, backquotes, ``${ ... }``,
   arithmetic (``$(( ))``, ``(( ))``) or a here-document body;

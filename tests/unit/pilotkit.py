@@ -61,7 +61,8 @@ class Workspace:
         base["PYTHONPATH"] = str(PROJECT)
         base.update(env or {})
         proc = subprocess.Popen(
-            [os.environ.get("PILOT_PYTHON", sys.executable), "-m", "hpc_worker", "--workspace", str(self.root),
+            [os.environ.get("PILOT_PYTHON", sys.executable), "-m", "hpc_worker",
+             "--workspace", str(self.root),
              "--pilot-id", pilot_id, "--poll", "0.1", "--heartbeat", "1",
              "--idle-timeout", str(idle), "--grace", "2", *args],
             cwd=str(PROJECT), env=base, stdin=subprocess.DEVNULL)

@@ -161,7 +161,7 @@ def test_status_shows_the_other_servers_sharing_the_workspace(config: Path) -> N
     entry = PilotEntry(pilot_id="pilot-galaxy2-20261127T080000-abcdef", submitted=p.now_iso(),
                        state=PilotState.PENDING, scheduler_id="99", submitter="galaxy2",
                        backend="slurm")
-    p.write_json(str(pilots / (entry.pilot_id + p.PILOT_SUFFIXES[0])), entry.to_json())
+    p.write_json(str(pilots / (entry.pilot_id + p.PILOT_ENTRY)), entry.to_json())
     out = hpc_batch(config, "status").stdout
     assert "site (workspace shared by " in out and "galaxy2" in out
     assert "  pilot-galaxy2-20261127T080000-abcdef of galaxy2: pending" in out

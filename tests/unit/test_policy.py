@@ -143,7 +143,7 @@ def _silent_pilot(site: Site, sub: Submitter, name: str, pilot: str, beat_age: f
     _claim(site, name, pilot)
     _follow(sub, name)
     if beat_age >= 0:
-        p.write_json(p.pilot_path(site.cfg.workspace, pilot, p.PILOT_SUFFIXES[1]), Heartbeat(
+        p.write_json(p.pilot_path(site.cfg.workspace, pilot, p.HEARTBEAT), Heartbeat(
             pilot=pilot, state=HeartbeatState.RUNNING, epoch=time.time() - beat_age).to_json())
     rec = sub.spool.get(name)
     assert rec is not None

@@ -119,7 +119,7 @@ def test_prune_removes_old_gone_pilots_and_their_files_only(tmp_path: Path) -> N
         for suffix in p.PILOT_SUFFIXES[1:]:
             Path(p.pilot_path(str(tmp_path), pid, suffix)).write_text("x")
     orphan = "pilot-20200101T000000-cccccc"  # an older release's pilot: files, no entry
-    Path(p.pilot_path(str(tmp_path), orphan, p.PILOT_SUFFIXES[2])).write_text("log")
+    Path(p.pilot_path(str(tmp_path), orphan, p.PILOT_LOG)).write_text("log")
     assert reg.prune(time.time() - 86400) == 1
     left = sorted(os.listdir(tmp_path / p.PILOTS))
     assert left == sorted(young + s for s in p.PILOT_SUFFIXES)
