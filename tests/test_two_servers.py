@@ -257,15 +257,20 @@ def test_the_registry_lock_over_sftp_is_exclusive(tmp_path: Path,
     inside, overlaps = [0], [0]
     barrier = threading.Barrier(len(subs))
 
+    errors: list[BaseException] = []
+
     def worker(sub: Submitter) -> None:
-        sub.stager.ensure_layout()
-        barrier.wait()
-        for _ in range(25):
-            with sub.pilots.registry.lock(wait=60):
-                inside[0] += 1
-                overlaps[0] += inside[0] > 1
-                time.sleep(0.002)
-                inside[0] -= 1
+        try:
+            sub.stager.ensure_layout()
+            barrier.wait()
+            for _ in range(25):
+                with sub.pilots.registry.lock(wait=60):
+                    inside[0] += 1
+                    overlaps[0] += inside[0] > 1
+                    time.sleep(0.002)
+                    inside[0] -= 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(sub,)) for sub in subs]
     try:
@@ -278,6 +283,7 @@ def test_the_registry_lock_over_sftp_is_exclusive(tmp_path: Path,
             sub.transport.close()
         for site in sites:
             site.close()
+    assert not errors, errors
     assert overlaps[0] == 0
     assert not (tmp_path / "shared-workspace" / p.PILOTS / LOCK_NAME).exists()
 
