@@ -6,8 +6,9 @@ pilot's own heartbeat ``W/pilots/PILOT.hb``. Submitters on any number of machine
 read the registry before they decide to submit; every change to it is made under
 the registry lock ``W/pilots/.lock``, which works over any transport:
 
-- taking it is one exclusive create (``Transport.create_exclusive``, O_EXCL locally,
-  an exclusive SFTP open remotely) of a file holding the owner, the time and a token;
+- taking it is one exclusive create (``Transport.create_exclusive``: a complete temp
+  file hard-linked to the name, locally or over SFTP; a link never replaces) of a file
+  holding the owner, host, process, time and a token;
 - giving it back removes it after checking the token is still ours;
 - a lock whose holder ran on this host and is no longer alive (a killed submitter,
   restarted), one older than :data:`LOCK_STALE` seconds (by the time written in it, so
