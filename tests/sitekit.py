@@ -47,6 +47,7 @@ class Site:
             "dropbox": {"path": str(self.root / "dropbox"),
                         "allowed_input_roots": str(self.root / "media"),
                         "allowed_output_roots": str(self.root / "results")},
+            "spool": {"path": str(self.root / "spool")},
             "templates": {"path": str(TEST_TEMPLATES)},
             "hpc_env": {"workspace": str(self.root / "hpc/workspace"),
                         "scripts": str(self.root / "hpc/scripts"),

@@ -128,27 +128,25 @@ class Transport(abc.ABC):
         those that did not (the others are in place all the same). A plain
         TransportError means the HPC side could not be reached at all.
         """
-        failed: dict[str, str] = {}
-        for local, remote in pairs:
-            try:
-                self.makedirs(os.path.dirname(remote))
-                self.put(local, remote)
-            except RemoteFileMissing as exc:
-                failed[remote] = str(exc)
-            except TransportError as exc:
-                if not self._reachable():
-                    raise
-                failed[remote] = str(exc)
-        if failed:
-            raise ManyTransferError("upload", failed)
+        def one(local: str, remote: str) -> None:
+            self.makedirs(os.path.dirname(remote))
+            self.put(local, remote)
+
+        self._each("upload", [(remote, (local, remote)) for local, remote in pairs], one)
 
     def get_many(self, pairs: Sequence[tuple[str, str]]) -> None:
         """``get`` for many (remote, local) pairs; errors as in :meth:`put_many`
         (``failed`` is keyed by the remote path)."""
+        self._each("download", [(remote, (remote, local)) for remote, local in pairs], self.get)
+
+    def _each(self, what: str, calls: Sequence[tuple[str, tuple[str, str]]],
+              op: Callable[[str, str], None]) -> None:
+        """``op(*args)`` for each (remote, args); failures collected by remote path, unless
+        the HPC side itself became unreachable (then the TransportError is raised)."""
         failed: dict[str, str] = {}
-        for remote, local in pairs:
+        for remote, args in calls:
             try:
-                self.get(remote, local)
+                op(*args)
             except RemoteFileMissing as exc:
                 failed[remote] = str(exc)
             except TransportError as exc:
@@ -156,7 +154,7 @@ class Transport(abc.ABC):
                     raise
                 failed[remote] = str(exc)
         if failed:
-            raise ManyTransferError("download", failed)
+            raise ManyTransferError(what, failed)
 
     def _reachable(self) -> bool:
         return True

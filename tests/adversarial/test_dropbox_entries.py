@@ -17,9 +17,8 @@ import pytest
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox import receive
 from galaxy_hpc_runner.dropbox.submitter import PassReport
+from tests.adversarial.secrets import make_secret, nothing_leaked
 from tests.sitekit import Site
-
-SECRET = "TOP-SECRET-CONTENT"
 
 
 def _pass_with_good_job(site: Site) -> PassReport:
@@ -49,24 +48,11 @@ def _error(site: Site, name: str) -> str:
     return message
 
 
-def _secret(site: Site) -> Path:
-    path = site.root / "private.txt"
-    path.write_text(SECRET)
-    path.chmod(0o600)
-    return path
-
-
-def _nothing_leaked(site: Site) -> None:
-    for path in site.root.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.name != "private.txt":
-            assert SECRET not in path.read_text(errors="replace"), path
-
-
 def test_a_symlinked_description_is_refused_and_its_target_never_copied(site: Site) -> None:
-    (site.root / "dropbox" / "evil.job").symlink_to(_secret(site))
+    (site.root / "dropbox" / "evil.job").symlink_to(make_secret(site))
     _pass_with_good_job(site)
     assert "symbolic link" in _error(site, "evil")
-    _nothing_leaked(site)
+    nothing_leaked(site)
 
 
 def test_a_fifo_named_like_a_job_is_an_error_not_a_hang(site: Site) -> None:

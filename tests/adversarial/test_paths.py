@@ -21,9 +21,8 @@ from galaxy_hpc_runner.dropbox.receive import receive_one
 from galaxy_hpc_runner.dropbox.submitter import PassReport
 from galaxy_hpc_runner.errors import ConfigError
 from hpc_worker.records import MAX_RUNS_BYTES
+from tests.adversarial.secrets import SECRET, make_secret, nothing_leaked
 from tests.sitekit import Site
-
-SECRET = "TOP-SECRET-CONTENT"
 
 
 @pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
@@ -35,19 +34,6 @@ def any_site(request: pytest.FixtureRequest, make_site: Callable[..., Site]) -> 
         "type": "ssh", "host": server.host, "port": str(server.port), "user": server.user,
         "key_file": str(server.client_key_path), "known_hosts": str(server.known_hosts_path),
         "timeout": "10"})
-
-
-def _secret(site: Site) -> Path:
-    path = site.root / "private.txt"
-    path.write_text(SECRET)
-    path.chmod(0o600)
-    return path
-
-
-def _nothing_leaked(site: Site) -> None:
-    for path in site.root.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.name != "private.txt":
-            assert SECRET not in path.read_text(errors="replace"), path
 
 
 def _job(site: Site, name: str) -> dict[str, Any]:
@@ -64,35 +50,35 @@ def test_an_input_swapped_for_a_link_after_validation_is_not_staged(any_site: Si
     assert site.state("swap") == "received"
     media = Path(doc["input_map"]["input"])
     media.unlink()
-    media.symlink_to(_secret(site))
+    media.symlink_to(make_secret(site))
     site.drain(["swap"], sub=sub)
     job = _job(site, "swap")
     assert job["status"] == "error" and job["reason"] == "unsafe", job
     assert "symbolic link" in job["message"]
     assert not Path(doc["output_map"]["output"]).exists()
-    _nothing_leaked(site)
+    nothing_leaked(site)
 
 
 def test_a_job_whose_output_is_a_link_gets_an_error_and_nothing_is_copied(
         any_site: Site) -> None:
     site = any_site
     target = site.out("linked.txt")
-    site.drop("lnk", {"script": "link_out", "args": {"target": str(_secret(site))},
+    site.drop("lnk", {"script": "link_out", "args": {"target": str(make_secret(site))},
                       "output_map": {"output": str(target)}})
     site.drain(["lnk"])
     job = _job(site, "lnk")
     assert job["status"] == "error", job
     assert not target.exists() and not target.is_symlink()
-    _nothing_leaked(site)
+    nothing_leaked(site)
 
 
 def test_a_job_that_links_its_stdout_to_a_secret_leaks_nothing(any_site: Site) -> None:
     site = any_site
-    site.drop("log", {"script": "link_log", "args": {"target": str(_secret(site))},
+    site.drop("log", {"script": "link_log", "args": {"target": str(make_secret(site))},
                       "output_map": {"output": str(site.out("log.txt"))}})
     site.drain(["log"])
     assert SECRET not in site.result_path("log").read_text()
-    _nothing_leaked(site)
+    nothing_leaked(site)
 
 
 def test_a_job_growing_its_runs_file_is_read_with_bounds(any_site: Site) -> None:
@@ -153,7 +139,7 @@ def test_a_file_named_like_an_option_reaches_the_tool_as_a_file(site: Site) -> N
 def test_inputs_flipping_to_a_link_during_passes_never_leak(any_site: Site) -> None:
     """The race, repeated: a thread flips every input between a file and a link to a secret."""
     site = any_site
-    secret = _secret(site)
+    secret = make_secret(site)
     names = ["race%02d" % i for i in range(12)]
     inputs = []
     for name in names:
@@ -186,7 +172,7 @@ def test_inputs_flipping_to_a_link_during_passes_never_leak(any_site: Site) -> N
         if _job(site, name)["status"] == "ok":
             assert out.read_text() == "PLAIN\n"
         assert not out.exists() or SECRET not in out.read_text()
-    _nothing_leaked(site)
+    nothing_leaked(site)
 
 
 def test_a_config_with_the_spool_under_an_output_root_is_refused(site: Site) -> None:
@@ -198,12 +184,25 @@ def test_a_config_with_the_spool_under_an_output_root_is_refused(site: Site) -> 
         site.write_config()
 
 
-def test_default_roots_and_spool_overlap_and_are_refused(site: Site) -> None:
+def test_a_spool_under_an_allowed_root_is_refused(site: Site) -> None:
     site.write_config(dropbox={"allowed_input_roots": str(site.root / "dropbox"),
-                               "allowed_output_roots": str(site.root / "results")})
+                               "allowed_output_roots": str(site.root / "results")},
+                      spool={"path": str(site.root / "dropbox" / ".hpc-batch")})
     try:
         with pytest.raises(ConfigError, match="keep them apart"):
             load_config(site.config_path)
+    finally:
+        site.write_config()
+
+
+def test_the_default_roots_and_spool_are_apart(site: Site) -> None:
+    """Roots default to the dropbox; the spool defaults to a private state directory."""
+    site.config_path.write_text(
+        "[dropbox]\npath = %s\n[hpc_env]\nworkspace = %s\nscripts = /s\ncontainers = /c\n"
+        % (site.root / "dropbox", site.root / "hpc" / "workspace"))
+    try:
+        cfg = load_config(site.config_path)
+        assert not cfg.spool.is_relative_to(site.root / "dropbox")
     finally:
         site.write_config()
 
