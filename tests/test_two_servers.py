@@ -188,11 +188,8 @@ exit $rc
 """
 
 
-@pytest.mark.slurm
-def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pilot(
-        tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in slurm_cluster.env.items():
-        monkeypatch.setenv(key, value)
+def wrapper_env(tmp_path: Path) -> dict[str, str]:
+    """PATH with the slow sbatch first, and what the wrapper needs."""
     real = shutil.which("sbatch")
     assert real, "sbatch not on PATH"
     wrapper_dir, marks = tmp_path / "wrapper", tmp_path / "marks"
@@ -200,19 +197,23 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
     marks.mkdir()
     (wrapper_dir / "sbatch").write_text(WRAPPER)
     (wrapper_dir / "sbatch").chmod(0o755)
-    env = dict(os.environ, PYTHONPATH=str(PROJECT), REAL_SBATCH=real, MARKS=str(marks),
-               PATH="%s:%s" % (wrapper_dir, os.environ["PATH"]))
-    before = set(slurm_pilots(slurm_cluster))
-    (site,) = make_servers(tmp_path, scheduler={"backend": "slurm", "partition": "debug",
-                                                "command_timeout": "5"},
-                           pilot={"python": sys.executable, "idle_timeout": "2"})[:1]
+    return {"REAL_SBATCH": real, "MARKS": str(marks),
+            "PATH": "%s:%s" % (wrapper_dir, os.environ["PATH"])}
+
+
+def kill_during_sbatch(site: Site, cluster: SlurmCluster, env: dict[str, str],
+                       marks: Path, tries: int = 20) -> None:
+    """``submitter --once`` killed (-9) at a random instant of its sbatch, ``tries`` times;
+    then passes until the job is done: never two pilots, never one unknown to status."""
+    before = set(slurm_pilots(cluster))
     rng = random.Random(9)
     cut_short = 0  # tries whose kill left a pilot recorded only as an intent
     try:
-        for i in range(20):
+        for i in range(tries):
             name = "k%02d" % i
-            wait_no_pilot(slurm_cluster, before)  # so this try's pass must submit one
+            wait_no_pilot(cluster, before)  # so this try's pass must submit one
             site.drop(name, site.upper_job(name, "kill %d\n" % i))
+            (marks / "started").unlink(missing_ok=True)
             proc = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "-c",
                                      str(site.config_path), "submitter", "--once"], env=env,
                                     cwd=PROJECT, stdout=subprocess.DEVNULL,
@@ -224,7 +225,6 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
             time.sleep(rng.uniform(0.0, 0.4))  # before, during or after the real sbatch
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            (marks / "started").unlink(missing_ok=True)
             sub = site.submitter()
             cut_short += any(e.state is PilotState.SUBMITTING
                              for e in sub.pilots.registry.entries().values())
@@ -232,20 +232,51 @@ def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pi
             while not site.result_path(name).exists():
                 assert time.monotonic() < deadline, "try %d: no result" % i
                 sub.run_pass()
-                alive = slurm_pilots(slurm_cluster, "pending,running")
+                alive = slurm_pilots(cluster, "pending,running")
                 assert len(set(alive) - before) <= 1, "try %d: two pilots %s" % (i, alive)
                 time.sleep(0.2)
             assert site.result(name)["job"]["status"] == "ok"
             known = set(sub.pilots.registry.entries())
-            slurm = {n for j, n in slurm_pilots(slurm_cluster).items() if j not in before}
+            slurm = {n for j, n in slurm_pilots(cluster).items() if j not in before}
             assert slurm <= known, "try %d: pilots unknown to status: %s" % (i, slurm - known)
-        assert cut_short >= 5, "only %d of 20 kills hit a submission" % cut_short
+        assert cut_short >= tries // 4, "only %d of %d kills hit a submission" % (
+            cut_short, tries)
     finally:
         site.close()
-        sub = Submitter(site.cfg)
-        for entry in sub.pilots.registry.entries().values():
+        for entry in Submitter(site.cfg).pilots.registry.entries().values():
             if entry.scheduler_id and entry.state is not PilotState.GONE:
-                subprocess.run(["scancel", entry.scheduler_id], check=False)
+                subprocess.run(["scancel", entry.scheduler_id], check=False,
+                               env=dict(os.environ, **cluster.env))
+
+
+@pytest.mark.slurm
+def test_submitter_killed_while_sbatch_runs_never_leaves_an_unknown_or_second_pilot(
+        tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local transport: sbatch runs on this host, as a child of the killed submitter."""
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), **wrapper_env(tmp_path))
+    (site,) = make_servers(tmp_path, scheduler={"backend": "slurm", "partition": "debug",
+                                                "command_timeout": "5"},
+                           pilot={"python": sys.executable, "idle_timeout": "2"})[:1]
+    kill_during_sbatch(site, slurm_cluster, env, Path(env["MARKS"]))
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_submitter_killed_while_sbatch_runs_over_ssh(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+        slurm_cluster: SlurmCluster) -> None:
+    """SSH transport: the killed submitter's connection drops while sbatch runs remotely."""
+    wrapped = wrapper_env(tmp_path)
+    with SshServer(tmp_path_factory.mktemp("sshd"), env=dict(slurm_cluster.env, **wrapped)) \
+            as server:
+        sections = ssh_sections(server)
+        sections["scheduler"]["command_timeout"] = "5"
+        sections["pilot"].update(slots="1", idle_timeout="2")
+        (site,) = make_servers(tmp_path, **sections)[:1]
+        env = dict(os.environ, PYTHONPATH=str(PROJECT))
+        kill_during_sbatch(site, slurm_cluster, env, Path(wrapped["MARKS"]), tries=12)
 
 
 @pytest.mark.ssh
