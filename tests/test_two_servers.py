@@ -4,6 +4,7 @@ killed while ``sbatch`` runs never leaves an unknown pilot or a second one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -351,3 +352,29 @@ def test_two_servers_racing_over_ssh_queue_one_slurm_pilot_in_50_tries(
             sub.transport.close()
         for site in sites:
             site.close()
+
+
+def test_a_job_held_by_another_servers_dead_pilot_is_rerun(tmp_path: Path) -> None:
+    """beta's job runs on alpha's pilot; that pilot is killed; beta reruns its job."""
+    alpha, beta = make_servers(tmp_path, pilot={"idle_timeout": "30", "max_attempts": "3"})
+    try:
+        first = burst(alpha, "alpha", 1)
+        alpha.drain(first, timeout=60)  # alpha's pilot is up, idling
+        (pilot,) = Submitter(alpha.cfg).pilots.registry.entries().values()
+        beta.drop("slow", beta.sleepy_job("slow", 3))
+        sub = beta.pass_until(lambda: beta.state("slow") == "claimed", timeout=30)
+        assert beta.spool.get("slow").pilot == pilot.pilot_id  # type: ignore[union-attr]
+        assert beta.spool.pilots() == []  # beta queued nothing of its own
+        os.kill(int(pilot.scheduler_id), signal.SIGKILL)
+        beta.drain(["slow"], timeout=90, sub=sub)
+        job = beta.result("slow")["job"]
+        assert job["status"] == "ok" and job["attempts"] == 2, job
+        assert beta.ledger_lines().count("completed slow") == 1
+        assert len(beta.spool.pilots()) == 1  # the rerun's pilot, beta's own
+    finally:
+        for site in (alpha, beta):
+            site.close()
+        for entry in Submitter(alpha.cfg).pilots.registry.entries().values():
+            if entry.scheduler_id and entry.state is not PilotState.GONE:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.scheduler_id), signal.SIGKILL)
