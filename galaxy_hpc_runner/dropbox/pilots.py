@@ -15,7 +15,6 @@ scheduler does not know by name and that never wrote a heartbeat is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import time
@@ -24,6 +23,7 @@ from typing import Any
 from galaxy_hpc_runner.backends import Backend, PilotStatus, SubmissionUncertain, pilot_spec
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import deploy
+from galaxy_hpc_runner.dropbox.pilot_states import BEING_SUBMITTED, NEVER_REACHED, pilot_states
 from galaxy_hpc_runner.dropbox.policy import stale_after
 from galaxy_hpc_runner.dropbox.registry import (
     Registry,
@@ -40,13 +40,12 @@ from hpc_worker import protocol as p
 from hpc_worker.records import Heartbeat, PilotEntry
 from hpc_worker.states import HeartbeatState, PilotState
 
-__all__ = ["PilotManager", "new_pilot_id", "pilot_file", "read_heartbeat", "submit_settle"]
+__all__ = ["NEVER_REACHED", "PilotManager", "new_pilot_id", "pilot_file", "read_heartbeat",
+           "submit_settle"]
 log = logging.getLogger(__name__)
 ACTIVE_STATES = frozenset(s for s in PilotState if s.active)
 BACKOFF_MAX = 3600.0
 HEARTBEAT, OUTPUT = p.PILOT_SUFFIXES[1], p.PILOT_SUFFIXES[3]
-NEVER_REACHED = "never reached the scheduler"
-BEING_SUBMITTED = "being submitted"
 GONE_SEEN_FILE = "registry-gone.json"  # SPOOL/...: gone pilots already reported
 PRUNE_STAMP = "pilots-pruned"  # SPOOL/...: touched at each prune of pilot files
 PRUNE_EVERY = 86400.0
@@ -81,7 +80,7 @@ class PilotManager:
             PilotEntry(pilot_id=r.pilot_id, submitted=r.submitted, state=r.state,
                        scheduler_id=r.scheduler_id, submitter=self.server, backend=r.backend)
             for r in own.values() if r.state in ACTIVE_STATES and r.pilot_id not in entries]
-        statuses = self._statuses(todo + unrecorded, own)
+        statuses = pilot_states(self.cfg, self.backend, todo + unrecorded, own, self._beat)
         out, changed = [], []
         for entry in todo + unrecorded:
             new, status = statuses[entry.pilot_id]
@@ -95,74 +94,6 @@ class PilotManager:
                                       if st.state is PilotState.GONE})
         self._maybe_prune()
         return out
-
-    def _statuses(self, todo: list[PilotEntry], own: dict[str, PilotRecord]
-                  ) -> dict[str, tuple[PilotEntry, PilotStatus]]:
-        """Each pilot's updated entry and status: lookups by name, then one scheduler call."""
-        known: dict[str, tuple[PilotEntry, PilotStatus]] = {}
-        ask: dict[str, PilotEntry] = {}
-        for entry in todo:
-            entry = dataclasses.replace(entry)
-            spooled = own.get(entry.pilot_id)
-            if not entry.scheduler_id and spooled is not None:
-                entry.scheduler_id = spooled.scheduler_id  # registry write was cut short
-            status = None
-            if entry.state is PilotState.GONE and not entry.scheduler_id:
-                status = PilotStatus(PilotState.GONE)
-            elif not entry.scheduler_id:
-                status = self._resolve(entry)
-            if status is None:
-                ask[entry.scheduler_id] = entry
-            known[entry.pilot_id] = (entry, status or PilotStatus(PilotState.UNKNOWN))
-        answers = self._ask_scheduler(list(ask))
-        for sid, entry in ask.items():
-            status = answers.get(sid, PilotStatus(PilotState.UNKNOWN))
-            if entry.state is PilotState.GONE:  # the registry's word is final
-                status = PilotStatus(PilotState.GONE, status.reason
-                                     if status.state is PilotState.GONE else "")
-            elif status.state is not PilotState.UNKNOWN:
-                entry.state = status.state
-            known[entry.pilot_id] = (entry, status)
-        return known
-
-    def _ask_scheduler(self, ids: list[str]) -> dict[str, PilotStatus]:
-        try:
-            return self.backend.status(ids) if ids else {}
-        except SchedulerError as exc:
-            log.error("cannot ask the scheduler about pilots: %s", exc)
-            return {}
-
-    def _resolve(self, entry: PilotEntry) -> PilotStatus | None:
-        """A pilot recorded before submission without a scheduler id: find it by name.
-
-        Sets ``entry.scheduler_id`` and returns None when found (the scheduler is then
-        asked); else its status: pending while its submission may still be running,
-        gone once that cannot be, unknown when the lookup fails.
-        """
-        settled = time.time() - iso_epoch(entry.submitted) >= submit_settle(self.cfg)
-        try:
-            sid = self.backend.find_by_name(entry.pilot_id)
-        except SchedulerError as exc:
-            log.warning("pilot %s: cannot look it up by name: %s", entry.pilot_id, exc)
-            sid = None
-            if not self._beat(entry.pilot_id) and (self._can_find() or not settled):
-                return PilotStatus(PilotState.UNKNOWN, "cannot look it up: %s" % exc)
-        beat = self._beat(entry.pilot_id)
-        sid = sid or (beat.scheduler_id if beat else None)
-        if sid:
-            entry.scheduler_id = sid
-            log.warning("pilot %s was submitted (job %s) but not recorded: recorded now",
-                        entry.pilot_id, sid)
-            return None
-        if not settled:
-            return PilotStatus(PilotState.PENDING, BEING_SUBMITTED)
-        entry.state = PilotState.GONE
-        return PilotStatus(PilotState.GONE, NEVER_REACHED)
-
-    def _can_find(self) -> bool:
-        """Whether the backend can look pilots up by name at all (DRMAA 1.0 cannot: a pilot
-        whose submitter died mid-submit and that never beat is then taken as never queued)."""
-        return type(self.backend).find_by_name is not Backend.find_by_name
 
     def _write_changes(self, changed: list[PilotEntry]) -> None:
         """Registry updates, under the lock; a gone entry is never brought back."""
