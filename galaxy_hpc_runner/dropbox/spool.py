@@ -20,13 +20,29 @@ in every pass until an admin moves it away, and the other jobs go on.
 A process killed at any instant leaves every record either before or after a
 transition, and each step of a pass is safe to repeat, so nothing is lost and
 nothing runs twice.
+
+Cost. Records are kept in memory and read again only when their file changed
+(inode, size, modification time; one ``stat`` each per pass), so a pass over an idle
+backlog does not re-read it. A record whose file changed within :data:`FRESH` seconds
+of being looked at is read again next time (a change in the same timestamp tick
+would not show).
+
+Durability in batches. The hot-path writes (``create`` and ``transition``) replace the
+record atomically but do not ``fsync`` it (``sync=False``): a killed *process* loses
+nothing by that (the kernel has the data); only an OS crash can lose such a write, and
+the record is then as it was before the transition, which the pass handles like a
+kill just before it. Steps that destroy information elsewhere (removing a job's HPC
+files, taking a marker back) first call :meth:`Spool.barrier`, one ``syncfs`` for all
+the records and results written since the last one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
+import json
 import logging
 import os
 import time
@@ -52,6 +68,8 @@ RECORD_SUFFIX = ".json"
 # temp files the submitter writes beside a job's outputs: .BASENAME.hpc-batch-tmp-PID-RAND
 OUTPUT_TEMP_MARK = ".hpc-batch-tmp-"
 REPLACED_MARK = ".replaced-"  # NAME.job.finished.replaced-NS: the result of an earlier run
+FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
+StatKey = tuple[int, int, int, int]  # inode, size, mtime ns, ctime ns
 
 
 class LockTimeout(HpcBatchError):
@@ -118,6 +136,9 @@ class Spool:
         self.pilots_dir = self.path / "pilots"
         self.events = self.path / "events.jsonl"
         self.problems: list[str] = []  # unreadable records met since the last take_problems()
+        self._cache: dict[str, tuple[StatKey, bool, JobRecord]] = {}  # file -> (key, sure, rec)
+        self._unsynced: set[str] = set()  # directories with writes not yet made durable
+        self.reads = 0  # records read from disk (tests and benchmarks look at it)
         self._make_private()
         for d in (self.jobs, self.finished, self.pilots_dir):
             d.mkdir(mode=0o700, exist_ok=True)
@@ -135,17 +156,24 @@ class Spool:
 
     # -- jobs ------------------------------------------------------------------------
     def active(self) -> list[JobRecord]:
-        """Every active job; an unreadable record is logged and kept in ``problems``."""
+        """Every active job; an unreadable record is logged and kept in ``problems``.
+
+        Records come from memory unless their file changed (module docstring)."""
         out = []
+        seen = set()
         for name in p.listdir(str(self.jobs)):
             if name.endswith(RECORD_SUFFIX):
+                path = self.jobs / name
+                seen.add(str(path))
                 try:
-                    rec = self._load(self.jobs / name)
+                    rec = self._load(path)
                 except SpoolError as exc:
                     self._problem(str(exc))
                     continue
                 if rec is not None:
                     out.append(rec)
+        for gone in [k for k in self._cache if k not in seen and k.startswith(str(self.jobs))]:
+            del self._cache[gone]
         return out
 
     def active_names(self) -> set[str]:
@@ -155,6 +183,10 @@ class Spool:
     def finished_names(self) -> set[str]:
         return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.finished))
                 if n.endswith(RECORD_SUFFIX)}
+
+    def has_finished(self, name: str) -> bool:
+        """A finished record of this name is kept (one ``stat``, no listing)."""
+        return os.path.lexists(self.finished / (name + RECORD_SUFFIX))
 
     def get(self, name: str) -> JobRecord | None:
         """The job's record, None when the spool has none; SpoolError when it is unreadable."""
@@ -169,17 +201,20 @@ class Spool:
         """The first journal entry of a job: written before anything can run."""
         now = p.now_iso()
         rec = JobRecord(name=name, doc=doc, meta=meta or {}, received=now, updated=now)
-        self._save(rec)
+        self._save(rec, sync=False)  # the description is still in the dropbox
         self.event(name, None, RECEIVED)
         return rec
 
-    def transition(self, rec: JobRecord, state: JobState, **detail: Any) -> None:
-        """Move ``rec`` to ``state``: record replaced atomically, then one event line."""
+    def transition(self, rec: JobRecord, state: JobState, sync: bool = False,
+                   **detail: Any) -> None:
+        """Move ``rec`` to ``state``: record replaced atomically, then one event line.
+
+        Not synced unless ``sync`` (module docstring: :meth:`barrier` before acting on it)."""
         if state not in TRANSITIONS[rec.state]:
             raise HpcBatchError("(%s) illegal transition %s -> %s" % (rec.name, rec.state, state))
         old, rec.state, rec.updated = rec.state, state, p.now_iso()
         self._apply(rec, detail)
-        self._save(rec)
+        self._save(rec, sync=sync)
         self.event(rec.name, old, state, **detail)
         log.info("(%s) %s -> %s%s", rec.name, old, state,
                  " (%s)" % detail["message"] if detail.get("message") else "")
@@ -198,8 +233,22 @@ class Spool:
 
     def archive(self, rec: JobRecord) -> None:
         """A finished job whose HPC files are gone leaves the active set."""
-        os.replace(self.jobs / (rec.name + RECORD_SUFFIX),
-                   self.finished / (rec.name + RECORD_SUFFIX))
+        src = self.jobs / (rec.name + RECORD_SUFFIX)
+        self._cache.pop(str(src), None)
+        os.replace(src, self.finished / (rec.name + RECORD_SUFFIX))
+        self._unsynced.add(str(self.finished))
+
+    def note_unsynced(self, path: Path | str) -> None:
+        """``path`` (a file or directory) was written without sync: :meth:`barrier` covers it."""
+        self._unsynced.add(str(path))
+
+    def barrier(self) -> None:
+        """Make every write since the last barrier durable (one ``syncfs`` per file system).
+
+        Call it before acting on unsynced records where a lost write would matter."""
+        if self._unsynced:
+            paths, self._unsynced = sorted(self._unsynced), set()
+            p.sync_paths(paths)
 
     def retire(self, name: str) -> None:
         """Make room for a resubmission under the same name; the old record is kept."""
@@ -233,22 +282,55 @@ class Spool:
             os.replace(self.events, str(self.events) + ".1")
         return removed
 
-    def _save(self, rec: JobRecord) -> None:
-        p.write_json(str(self.jobs / (rec.name + RECORD_SUFFIX)), asdict(rec))
+    def _save(self, rec: JobRecord, sync: bool = True) -> None:
+        path = str(self.jobs / (rec.name + RECORD_SUFFIX))
+        try:
+            p.write_json(path, asdict(rec), sync=sync)
+            self._remember(path, os.stat(path), rec)
+        except BaseException:
+            self._cache.pop(path, None)  # what is on disk decides from now on
+            raise
+        if not sync:
+            self._unsynced.add(str(self.jobs))
 
     def _problem(self, message: str) -> None:
         log.error("%s", message)
         if message not in self.problems:
             self.problems.append(message)
 
-    @staticmethod
-    def _load(path: Path) -> JobRecord | None:
+    def _remember(self, path: str, info: os.stat_result, rec: JobRecord) -> None:
+        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        sure = time.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9 > FRESH
+        self._cache[path] = (key, sure, rec)
+
+    def _load(self, path: Path) -> JobRecord | None:
+        """The record at ``path`` (from memory while its file is unchanged); None if absent."""
+        where = str(path)
         try:
-            return JobRecord.from_json(p.read_json(str(path)))
+            info = os.stat(where, follow_symlinks=False)
         except FileNotFoundError:
+            self._cache.pop(where, None)
+            return None
+        except OSError as exc:
+            raise SpoolError(unreadable(path, exc)) from exc
+        cached = self._cache.get(where)
+        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if cached is not None and cached[0] == key and cached[1]:
+            return cached[2]
+        try:
+            rec = JobRecord.from_json(_read_record(where))
+        except FileNotFoundError:
+            self._cache.pop(where, None)
             return None
         except (OSError, ValueError, TypeError) as exc:
+            self._cache.pop(where, None)
             raise SpoolError(unreadable(path, exc)) from exc
+        self.reads += 1
+        if cached is not None and cached[0] == key:  # unchanged: keep the object callers hold
+            cached[2].__dict__.update(rec.__dict__)
+            rec = cached[2]
+        self._remember(where, info, rec)
+        return rec
 
     # -- pilots ----------------------------------------------------------------------
     def pilots(self) -> list[PilotRecord]:
@@ -294,6 +376,18 @@ class Spool:
             yield
         finally:
             os.close(fd)
+
+
+def _read_record(path: str) -> Any:
+    """JSON of a spool record, opened without following a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "a symbolic link, not a record") from None
+        raise
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 # -- names the submitter writes in the user's directories ---------------------------------

@@ -49,6 +49,7 @@ class Stager:
         self.t = transport
         self.root = cfg.workspace
         self.tag = hashlib.sha1(str(cfg.spool).encode()).hexdigest()[:8]
+        self._unsynced: set[str] = set()  # local directories written without fsync
         self.begin_pass([], clean=False)
 
     def path(self, *parts: str) -> str:
@@ -118,6 +119,37 @@ class Stager:
         swapped in, gone, moved out of its root) ends the job here: its error result
         and done marker are written instead, and the next pass collects them.
         """
+        if self.stage_files(rec):
+            self.sync()
+            self.publish(rec.name)
+
+    def publish(self, key: str) -> None:
+        """The ready marker: any pilot may claim the job now (after :meth:`sync`)."""
+        self._write(self.path(p.READY, key), "")
+        log.info("(%s) staged in %s", key, self.path(p.JOBS, key))
+
+    def sync(self) -> None:
+        """Make the files written since the last sync durable: one ``syncfs`` for a local
+        workspace and for the output directories written; a remote transport's writes
+        are its own."""
+        if self._unsynced:
+            paths, self._unsynced = sorted(self._unsynced), set()
+            p.sync_paths(paths)
+
+    def _write(self, path: str, text: str) -> None:
+        """A protocol file: on a local workspace written unsynced (see :meth:`sync`)."""
+        if not isinstance(self.t, LocalTransport):
+            self.t.write_text(path, text)
+            return
+        try:
+            p.atomic_write(path, text, sync=False)
+        except OSError as exc:
+            raise TransportError("cannot write %s: %s" % (path, exc.strerror)) from exc
+        self._unsynced.add(posixpath.dirname(path))
+
+    def stage_files(self, rec: JobRecord) -> bool:
+        """Everything of :meth:`stage` but the ready marker; False when the job was refused
+        (its error result and done marker are written instead)."""
         key, meta = rec.name, rec.meta
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
@@ -128,13 +160,12 @@ class Stager:
         except (safefs.UnsafeFile, OSError) as exc:
             self._refuse(key, directory, "Input changed after it was validated, so the job "
                          "was not run: %s" % exc)
-            return
+            return False
         finally:
             shutil.rmtree(snapshots, ignore_errors=True)
-        self.t.write_text(posixpath.join(directory, p.SCRIPT), meta["script_text"])
-        self.t.write_text(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
-        self.t.write_text(self.path(p.READY, key), "")
-        log.info("(%s) staged in %s", key, directory)
+        self._write(posixpath.join(directory, p.SCRIPT), meta["script_text"])
+        self._write(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
+        return True
 
     def _refuse(self, key: str, directory: str, message: str) -> None:
         log.error("(%s) %s", key, message)
@@ -250,6 +281,7 @@ class Stager:
                 temps.append((dirs[parent], safefs.temp_name(name), name))
                 files.fetch(base, dirs[parent], temps[-1][1])
             _commit(temps)
+            self._unsynced.update(dirs)  # synced before the job's HPC files go
         finally:
             for dir_fd, tmp, _ in temps:
                 safefs.unlink_at(dir_fd, tmp)
@@ -371,8 +403,7 @@ class JobFiles:
             with safefs.opened(src):
                 mode = os.fstat(src).st_mode
                 with safefs.opened(safefs.create_at(dir_fd, tmp, mode)) as dst:
-                    copied = safefs.copy_fd(src, dst)
-                    os.fsync(dst)
+                    copied = safefs.copy_fd(src, dst)  # synced in a batch (Stager.sync)
                 if copied != os.fstat(src).st_size:
                     raise TransportError("%s changed while it was copied" % self.shown(name))
             return

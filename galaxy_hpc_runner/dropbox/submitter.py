@@ -11,6 +11,22 @@ Retries follow :mod:`galaxy_hpc_runner.dropbox.policy`, as in the simulator: a j
 whose pilot died is requeued while ``may_requeue_lost``, one a stopping pilot gave
 back unless ``release_verdict`` (releases counted from ``runs.jsonl``) ends it, and
 failed collections are retried while ``may_retry_collect`` (``collect.py``).
+
+Cost follows what changed: a pass receives at most :data:`CHUNK` new descriptions
+(``PassReport.more`` asks the loop for the next pass at once), stages them in chunks of
+that size and asks for pilots as soon as the first chunk is in the ready queue. The
+loop (``watch.py``) wakes on a change of the dropbox or of ``W/queue/done``.
+
+Durability (the ordering argument). Spool records and result files are written
+atomically (temp + rename) but without a ``fsync`` each; a killed process loses
+nothing by that. Against an OS crash the pass orders its steps so that a lost unsynced
+write only ever takes a job back to a state the pass already handles: (1) a chunk's job
+files are synced (one ``syncfs``) before its ready markers appear; (2) the records and
+results of finished jobs are synced (``Spool.barrier``) before their HPC files are
+removed, so a lost result is collected again from the HPC side, never lost; (3) steps
+that take a marker back (withdraw, requeue) write their record with ``sync`` first.
+A lost ``received``/``staged`` record re-receives the job from the dropbox, and staging
+keeps a job whose marker already exists, so nothing runs twice.
 """
 
 from __future__ import annotations
@@ -45,7 +61,6 @@ from galaxy_hpc_runner.dropbox.spool import (
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
 from galaxy_hpc_runner.errors import (
-    HpcBatchError,
     RemoteFileMissing,
     SchedulerError,
     TransportError,
@@ -58,6 +73,7 @@ from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
+CHUNK = 256  # descriptions received, and jobs staged per sync, in one step of a pass
 
 
 @dataclass
@@ -69,6 +85,7 @@ class PassReport:
     requeued: int = 0
     pilots_submitted: int = 0
     errors: list[str] = field(default_factory=list)
+    more: bool = False  # descriptions left for the next pass (taken CHUNK at a time)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +115,7 @@ class Submitter:
         self.control = control.Control()  # read again at the start of every pass
         self._layout_ready = False
         self._last_prune = -PRUNE_EVERY
+        self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -110,6 +128,7 @@ class Submitter:
             self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
             self._guarded(report, "on the HPC side", self._hpc_steps)
+            self._guarded(report, "cleaning up finished jobs", self._clean_finished)
             if time.monotonic() - self._last_prune > PRUNE_EVERY:
                 self._last_prune = time.monotonic()
                 self._guarded(report, "pruning the spool",
@@ -147,47 +166,68 @@ class Submitter:
                     if rec.state == RECEIVED and self.control.stage_allowed]
         self.stager.begin_pass(to_stage)
         try:
-            for rec in to_stage:
-                self._stage(rec, view, report)
+            for start in range(0, len(to_stage), CHUNK):
+                self._stage_chunk(to_stage[start:start + CHUNK], view, report)
+                if start == 0 and len(to_stage) > CHUNK:  # a backlog: pilots start now
+                    self._guarded(report, "asking for pilots", self._manage_pilots)
         finally:
             self.stager.end_pass()
         for rec in records:
             if rec.state in (STAGED, CLAIMED):
                 self._follow(rec, view, report)
             elif rec.state == FINISHED:  # a pass that died before its cleanup
-                self._cleanup(rec)
+                self._to_clean.append(rec)
+        self._clean_finished(report)
         self._manage_pilots(report)
+
+    def _stage_chunk(self, chunk: list[JobRecord], view: QueueView, report: PassReport
+                     ) -> None:
+        """Files of every job in the chunk, one sync, then their ready markers and records."""
+        placed = [rec for rec in chunk if self._place(rec, view)]
+        self.spool.barrier()
+        self.stager.sync()
+        for rec in placed:
+            if not view.has(rec.name):
+                self.stager.publish(rec.name)
+                view.ready.add(rec.name)
+            self.spool.transition(rec, STAGED)
+            report.staged += 1
+
+    def _clean_finished(self, _report: PassReport | None = None) -> None:
+        """HPC files of finished jobs go once their records and results are durable."""
+        if not self._to_clean:
+            return
+        self.spool.barrier()
+        self.stager.sync()
+        todo, self._to_clean = self._to_clean, []
+        for rec in todo:
+            self._cleanup(rec)
 
     def loop(self, stop: threading.Event, interval: float | None = None,
              wake: threading.Event | None = None,
              before_pass: Callable[[], None] | None = None) -> None:
         """Passes until ``stop`` is set: the cron-less mode and the Galaxy batcher.
 
-        ``wake`` cuts the pause short (new work, a cancel); ``before_pass`` runs first
-        in every round. The loop outlives any one bad pass.
+        A pass starts as soon as the dropbox or the HPC done queue changes (``watch.py``),
+        else every ``interval`` seconds; ``wake`` cuts the pause short too (a cancel);
+        ``before_pass`` runs first in every round. The loop outlives any one bad pass.
         """
-        while not stop.is_set():
-            if wake is not None:
-                wake.clear()
-            try:
-                if before_pass is not None:
-                    before_pass()
-                self.run_pass()
-            except HpcBatchError as exc:
-                log.error("submitter pass failed: %s", exc)
-            except Exception:
-                log.exception("unexpected error in a submitter pass")
-            (wake or stop).wait(self.cfg.interval if interval is None else interval)
+        from galaxy_hpc_runner.dropbox import watch
+
+        watch.run_loop(self, stop, self.cfg.interval if interval is None else interval,
+                       wake, before_pass)
 
     def _write_pass_status(self, report: PassReport) -> None:
         p.write_json(str(self.spool.path / "last_pass.json"), dict(
-            time=p.now_iso(), ok=report.ok, errors=report.errors, report=report.__dict__))
+            time=p.now_iso(), ok=report.ok, errors=report.errors, report=report.__dict__),
+            sync=False)  # a status for people, not state
 
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
         names = os.listdir(self.cfg.dropbox)
         answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
-        active, finished = self.spool.active_names(), self.spool.finished_names()
+        active = self.spool.active_names()
+        taken = 0
         for fname in sorted(names):
             if not fname.endswith(d.SUFFIX) or fname.startswith("."):
                 continue
@@ -196,7 +236,11 @@ class Submitter:
                 continue
             if name in answered and not self._resubmitted(name):
                 continue
-            if name in finished:  # its result was taken away and the job dropped again
+            if taken >= CHUNK:  # the rest in the next pass, which the loop starts at once
+                report.more = True
+                return
+            taken += 1
+            if self.spool.has_finished(name):  # its result was taken away, dropped again
                 self.spool.retire(name)
             self._receive(name, report)
 
@@ -215,16 +259,20 @@ class Submitter:
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
+        """Stage one job (a chunk of one)."""
+        self._stage_chunk([rec], view, report)
+
+    def _place(self, rec: JobRecord, view: QueueView) -> bool:
+        """The job's files on the HPC side; False when it ended instead (no marker due)."""
         if not view.has(rec.name):  # else it was staged before a crash: keep it
             missing = [src for src in rec.meta["inputs"].values() if not os.path.isfile(src)]
             if missing:
                 self._finish(rec, d.job_node(ResultStatus.ERROR, "Input vanished before staging: %s"
                                              % ", ".join(missing), reason=Reason.INVALID))
-                return
-            self.stager.stage(rec)
-            view.ready.add(rec.name)
-        self.spool.transition(rec, STAGED)
-        report.staged += 1
+                return False
+            if not self.stager.stage_files(rec):  # refused: its error result is in done/
+                view.done.add(rec.name)
+        return True
 
     def _follow(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
         key = rec.name
@@ -294,11 +342,12 @@ class Submitter:
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""
         result = self.cfg.dropbox / (rec.name + d.FINISHED_SUFFIX)
-        p.atomic_write(str(result), d.result_document(rec.doc, node))
+        p.atomic_write(str(result), d.result_document(rec.doc, node), sync=False)
+        self.spool.note_unsynced(self.cfg.dropbox)
         self.spool.transition(rec, FINISHED, status=node["status"], message=node["message"],
                               rc=node.get("rc"))
         if node.get("reason") != Reason.INVALID:
-            self._cleanup(rec)
+            self._to_clean.append(rec)  # after the barrier (_clean_finished)
         else:
             self.spool.archive(rec)
 
@@ -395,8 +444,8 @@ class Submitter:
         if message is None:
             if not self.stager.move_claim(rec.name, holder, p.READY):
                 return False
-            self.spool.transition(rec, STAGED, message="pilot %s %s: requeued" % (holder, cause),
-                                  **detail)
+            self.spool.transition(rec, STAGED, sync=True,
+                                  message="pilot %s %s: requeued" % (holder, cause), **detail)
             return True
         self.spool.note(rec, **detail)
         self._finish(rec, d.job_node(ResultStatus.ERROR, message,
@@ -407,19 +456,25 @@ class Submitter:
     def cancel(self, name: str) -> str:
         """Withdraw a waiting job, or ask its pilot to kill a running one."""
         with self.spool.lock(self.cfg.lock_timeout):
-            rec = self.spool.get(name)
-            if rec is None or rec.state == FINISHED:
-                return "not active"
-            message = "Cancelled before it started"
-            if rec.state == RECEIVED:
-                self._finish(rec, d.job_node(ResultStatus.ERROR, message,
-                                             reason=Reason.CANCELLED))
-                return "withdrawn"
-            self.spool.note(rec, withdrawn=str(Reason.CANCELLED), message=message)
-            if self.stager.withdraw(name):
-                self._finish(rec, d.job_node(ResultStatus.ERROR, message,
-                                             reason=Reason.CANCELLED))
-                return "withdrawn"
-            self.spool.note(rec, withdrawn="", message="")
-            self.stager.request_cancel(name)
-            return "cancel requested"
+            try:
+                return self._cancel(name)
+            finally:
+                self._clean_finished()
+
+    def _cancel(self, name: str) -> str:
+        rec = self.spool.get(name)
+        if rec is None or rec.state == FINISHED:
+            return "not active"
+        message = "Cancelled before it started"
+        if rec.state == RECEIVED:
+            self._finish(rec, d.job_node(ResultStatus.ERROR, message,
+                                         reason=Reason.CANCELLED))
+            return "withdrawn"
+        self.spool.note(rec, withdrawn=str(Reason.CANCELLED), message=message)
+        if self.stager.withdraw(name):
+            self._finish(rec, d.job_node(ResultStatus.ERROR, message,
+                                         reason=Reason.CANCELLED))
+            return "withdrawn"
+        self.spool.note(rec, withdrawn="", message="")
+        self.stager.request_cancel(name)
+        return "cancel requested"

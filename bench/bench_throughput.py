@@ -1,0 +1,277 @@
+"""Throughput and dispatch of the submitter + local pilot at the SHIPPED defaults, beside
+``xargs -P 2`` and Parsl's HighThroughputExecutor, plus a backlog scaling curve.
+
+    python bench/bench_throughput.py [--jobs 1000] [--rounds 2] [--stream 50]
+                                     [--scale 1000,10000] [--window 30] [--json FILE]
+
+1. Throughput, interleaved rounds: JOBS jobs of ``true`` through ``xargs -P 2`` (the
+   floor), Parsl HTEX (2 workers, local provider, warmed up first; from the venv
+   ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
+   bench/.venv-parsl/bin/pip install parsl``; the column is skipped when it is missing)
+   and ours: the ``hpc-batch submitter`` loop (its own process, shipped defaults:
+   no [submitter]/[pilot] settings) with the local backend, from the first drop to the
+   last ``.finished``, a cold pilot included.
+2. Warm dispatch at the shipped defaults: with the pilot running, STREAM jobs dropped
+   one at a time: drop -> job start (the pilot's clock) and drop -> ``.finished`` seen.
+   Parsl: submit -> result of one task at a time.
+3. Scaling: a backlog of N descriptions waiting when the submitter starts: first job
+   start, drain rate over WINDOW seconds, the submitter's peak RSS, and an idle pass at
+   that backlog (pilots stopped, the spool paused, a second pass timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import bench_local as bl  # noqa: E402
+
+from galaxy_hpc_runner.config import load_config  # noqa: E402
+from galaxy_hpc_runner.dropbox import control  # noqa: E402
+from galaxy_hpc_runner.dropbox.submitter import Submitter  # noqa: E402
+
+PARSL_PY = HERE / ".venv-parsl" / "bin" / "python"
+TRUE = "#!/bin/bash\ntrue\n: > <<output>>\n"
+PARSL_SCRIPT = r"""
+import json, statistics, sys, time
+import parsl
+from parsl.app.app import bash_app
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+from parsl.providers import LocalProvider
+jobs, stream, run_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+try:
+    htex = HighThroughputExecutor(label="htex", max_workers_per_node=2,
+                                  provider=LocalProvider(init_blocks=1, max_blocks=1))
+except TypeError:
+    htex = HighThroughputExecutor(label="htex", max_workers=2,
+                                  provider=LocalProvider(init_blocks=1, max_blocks=1))
+parsl.load(Config(executors=[htex], run_dir=run_dir, usage_tracking=0))
+@bash_app
+def true_app():
+    return "true"
+[f.result() for f in [true_app() for _ in range(20)]]  # warm: workers up
+t0 = time.monotonic()
+[f.result() for f in [true_app() for _ in range(jobs)]]
+rate = jobs / (time.monotonic() - t0)
+lat = []
+for _ in range(stream):
+    t = time.monotonic(); true_app().result(); lat.append(time.monotonic() - t)
+print(json.dumps({"jobs_per_s": rate, "dispatch_p50_s": statistics.median(lat),
+                  "dispatch_p95_s": statistics.quantiles(lat, n=20)[18]}))
+parsl.dfk().cleanup()
+"""
+
+
+# -- the three contenders ------------------------------------------------------------------
+def run_xargs(jobs: int) -> float:
+    started = time.monotonic()
+    subprocess.run(["xargs", "-P", "2", "-n", "1", "true"], input=("x\n" * jobs).encode(),
+                   check=True)
+    return jobs / (time.monotonic() - started)
+
+
+def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
+    if not PARSL_PY.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
+        proc = subprocess.run([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream), tmp],
+                              capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
+    if proc.returncode != 0:
+        print("parsl failed:\n" + proc.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+class Ours:
+    """A bench site at the shipped defaults and its ``hpc-batch submitter`` process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = bl.write_site(root)  # no [submitter] / [pilot]: shipped defaults
+        (root / "templates" / "noop.sh").write_text(TRUE)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter", "--config",
+             str(self.config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def peak_rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path("/proc/%d/status" % self.proc.pid).read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+        sub = Submitter(load_config(self.config))
+        for pilot in sub.spool.pilots():
+            sub.backend.cancel(pilot.scheduler_id)
+
+    def finished(self) -> int:
+        return sum(1 for n in os.listdir(self.root / "dropbox") if n.endswith(".job.finished"))
+
+    def wait_finished(self, count: int, timeout: float = 1800) -> None:
+        deadline = time.monotonic() + timeout
+        while self.finished() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("timed out waiting for %d results" % count)
+            time.sleep(0.05)
+
+
+def run_ours(jobs: int, stream: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = Ours(Path(tmp))
+        ours.start()
+        try:
+            started = time.monotonic()
+            for i in range(jobs):
+                bl.drop(ours.root, "burst%05d" % i)
+            ours.wait_finished(jobs)
+            rate = jobs / (time.monotonic() - started)
+            starts, ends = _stream(ours, stream) if stream else ([0.0], [0.0])
+        finally:
+            ours.stop()
+    return {"jobs_per_s": rate, "dispatch_p50_s": statistics.median(starts),
+            "dispatch_p95_s": _p95(starts), "finished_p50_s": statistics.median(ends),
+            "finished_p95_s": _p95(ends)}
+
+
+def _stream(ours: Ours, stream: int) -> tuple[list[float], list[float]]:
+    """Warm dispatch: one job at a time; drop -> start, drop -> .finished seen."""
+    starts, ends = [], []
+    for i in range(stream):
+        name = "stream%04d" % i
+        result = ours.root / "dropbox" / (name + ".job.finished")
+        dropped = bl.drop(ours.root, name)
+        while not result.exists():
+            time.sleep(0.002)
+        ends.append(time.time() - dropped)
+        starts.append(bl.start_time(ours.root, name) - dropped)
+        time.sleep(0.2)  # a pause between jobs, as a chaining client has
+    return starts, ends
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[18] if len(values) > 1 else values[0]
+
+
+# -- scaling ---------------------------------------------------------------------------
+def run_scale(backlog: int, window: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = Ours(Path(tmp))
+        for i in range(backlog):
+            bl.drop(ours.root, "b%06d" % i)
+        started = time.time()
+        ours.start()
+        try:
+            while ours.finished() == 0:
+                time.sleep(0.05)
+            first = min(bl.start_time(ours.root, n[: -len(".job.finished")])
+                        for n in os.listdir(ours.root / "dropbox") if n.endswith(".finished"))
+            time.sleep(2.0)  # past the start-up
+            n0, t0 = ours.finished(), time.monotonic()
+            time.sleep(window)
+            rate = (ours.finished() - n0) / (time.monotonic() - t0)
+            rss = ours.peak_rss_mb()
+        finally:
+            ours.stop()
+        idle = _idle_pass(ours)
+    return {"backlog": backlog, "first_start_s": first - started, "drain_jobs_per_s": rate,
+            "idle_pass_s": idle, "peak_rss_mb": rss}
+
+
+def _idle_pass(ours: Ours) -> float:
+    """An idle pass over the backlog left: paused (no staging, no pilot), pilots gone."""
+    cfg = load_config(ours.config)
+    control.set_mode(cfg.spool, control.Mode.PAUSED, "benchmark")
+    sub = Submitter(cfg)
+    sub.run_pass()  # reads every record once; requeues what the stopped pilot held
+    times = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        sub.run_pass()
+        times.append(time.monotonic() - t0)
+    return min(times)
+
+
+# -- report ----------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--stream", type=int, default=50)
+    ap.add_argument("--scale", default="1000,10000", help="backlogs, comma-separated")
+    ap.add_argument("--window", type=float, default=30.0, help="seconds of drain measured")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    out: dict[str, Any] = {"date": datetime.datetime.now().astimezone().isoformat(
+        timespec="seconds"), "cpus": os.cpu_count(), "jobs": args.jobs,
+        "settings": "shipped defaults (no [submitter]/[pilot] settings; local backend)",
+        "rounds": []}
+    print("%s  %d CPUs  %d jobs of `true`" % (out["date"], out["cpus"], args.jobs))
+    if shutil.which("xargs") is None:
+        raise SystemExit("xargs is needed")
+    for r in range(args.rounds):  # interleaved, so load changes hit all three alike
+        row = {"xargs": run_xargs(args.jobs)}
+        parsl = run_parsl(args.jobs, args.stream if r == 0 else 0)
+        ours = run_ours(args.jobs, args.stream if r == 0 else 0)
+        row.update(ours=ours["jobs_per_s"], parsl=parsl["jobs_per_s"] if parsl else None)
+        out["rounds"].append(row)
+        if r == 0:
+            out["dispatch"] = {"ours": ours, "parsl": parsl}
+        print("round %d: xargs -P 2 %.0f jobs/s | parsl htex %s | ours %.1f jobs/s "
+              "(%.3f of xargs%s)" % (r + 1, row["xargs"], "%.0f jobs/s" % row["parsl"]
+                                     if parsl else "skipped (see above)",
+                                     row["ours"], row["ours"] / row["xargs"],
+                                     ", %.2f of parsl" % (row["ours"] / row["parsl"])
+                                     if parsl else ""))
+    _print_dispatch(out["dispatch"])
+    out["scale"] = []
+    for backlog in (int(n) for n in args.scale.split(",") if n):
+        s = run_scale(backlog, args.window)
+        out["scale"].append(s)
+        print("backlog %6d: first start %.2f s, drain %.1f jobs/s, idle pass %.3f s, "
+              "submitter peak RSS %.0f MB" % (backlog, s["first_start_s"],
+                                              s["drain_jobs_per_s"], s["idle_pass_s"],
+                                              s["peak_rss_mb"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _print_dispatch(dispatch: dict[str, Any]) -> None:
+    ours, parsl = dispatch["ours"], dispatch["parsl"]
+    print("warm dispatch (shipped defaults): drop -> start p50 %.3f s p95 %.3f s; "
+          "drop -> .finished p50 %.3f s p95 %.3f s" % (
+              ours["dispatch_p50_s"], ours["dispatch_p95_s"], ours["finished_p50_s"],
+              ours["finished_p95_s"]))
+    if parsl:
+        print("parsl htex: submit -> result p50 %.3f s p95 %.3f s" % (
+            parsl["dispatch_p50_s"], parsl["dispatch_p95_s"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Wake the submitter on change, not on a timer.
+
+Between passes the loop looks, every :data:`POLL` seconds, at what can bring new work:
+the dropbox directory (a new ``NAME.job``, a ``NAME.cancel``) and the HPC side's
+``W/queue/done`` (a job ended). Locally that is one ``stat`` of each directory (its
+inode and modification time); over another transport it is one listing of
+``W/queue/done`` every :data:`REMOTE_POLL` seconds. A change starts the next pass at
+once; without one, a full pass still runs every ``interval`` seconds (the safety net
+for file systems whose directory times do not show every change).
+
+A directory whose time is within :data:`FRESH` seconds of the look may still change in
+the same timestamp tick without its time moving, so such a look counts as a change
+(one more pass, never a missed one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+from galaxy_hpc_runner.errors import HpcBatchError, TransportError
+from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from hpc_worker import protocol as p
+
+if TYPE_CHECKING:
+    from galaxy_hpc_runner.dropbox.submitter import PassReport, Submitter
+
+log = logging.getLogger(__name__)
+
+POLL = 0.05  # seconds between looks at the local directories (two stats)
+REMOTE_POLL = 0.5  # seconds between listings of W/queue/done over a remote transport
+FRESH = 0.05  # seconds: a directory time this recent may hide a change in the same tick
+UNSURE = object()  # a signature that never equals another one: look again
+
+
+class ChangeWatch:
+    """Signatures of the directories a pass reacts to; :meth:`changed_since` compares."""
+
+    def __init__(self, local: list[str], transport: Transport, remote: list[str]) -> None:
+        self.local = list(local)
+        self.transport = transport
+        self.remote_is_local = isinstance(transport, LocalTransport)
+        self.remote = list(remote)
+        self.poll = POLL if self.remote_is_local else REMOTE_POLL
+        self._remote_due = 0.0
+        self._remote_sig: Hashable = None
+
+    def signature(self) -> tuple[Hashable, ...]:
+        sig: list[Hashable] = [_stat_signature(path) for path in self.local]
+        if self.remote_is_local:
+            sig += [_stat_signature(path) for path in self.remote]
+        else:
+            sig.append(self._remote_signature())
+        return tuple(sig)
+
+    def _remote_signature(self) -> Hashable:
+        """A listing of the remote directories, at most every REMOTE_POLL seconds."""
+        now = time.monotonic()
+        if now >= self._remote_due:
+            self._remote_due = now + REMOTE_POLL
+            try:
+                self._remote_sig = tuple(tuple(self.transport.listdir(path))
+                                         for path in self.remote)
+            except (TransportError, OSError) as exc:  # the next full pass reports it
+                log.debug("cannot look at %s: %s", self.remote, exc)
+        return self._remote_sig
+
+    def wait(self, before: tuple[Hashable, ...], event: threading.Event,
+             timeout: float) -> bool:
+        """Until a signature differs from ``before``, ``event`` is set or ``timeout``
+        passes; True on a change."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or event.wait(min(self.poll, left)):
+                return False
+            if self.changed_since(before):
+                return True
+
+    def changed_since(self, before: tuple[Hashable, ...]) -> bool:
+        now = self.signature()
+        return any(a is UNSURE or a != b for a, b in zip(before, now, strict=True))
+
+
+def _stat_signature(path: str) -> Hashable:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    newest = max(info.st_mtime_ns, info.st_ctime_ns)
+    if time.time() - newest / 1e9 < FRESH:
+        return UNSURE
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def for_submitter(sub: Submitter) -> ChangeWatch:
+    return ChangeWatch([str(sub.cfg.dropbox)], sub.transport, [sub.stager.path(p.DONE)])
+
+
+def run_loop(sub: Submitter, stop: threading.Event, interval: float,
+             wake: threading.Event | None = None,
+             before_pass: Callable[[], None] | None = None) -> None:
+    """Passes until ``stop`` is set: at once after a change or when the last pass left
+    work for the next (a backlog is taken in chunks), else every ``interval`` seconds.
+    ``wake`` cuts the pause short too; ``before_pass`` runs first in every round. The
+    loop outlives any one bad pass."""
+    watch = for_submitter(sub)
+    event = wake or stop
+    while not stop.is_set():
+        if wake is not None:
+            wake.clear()
+        before = watch.signature()  # taken before the pass: what changes during it counts
+        report = _one_round(sub, before_pass)
+        if report is not None and report.more:
+            continue
+        watch.wait(before, event, interval)
+
+
+def _one_round(sub: Submitter, before_pass: Callable[[], None] | None) -> PassReport | None:
+    try:
+        if before_pass is not None:
+            before_pass()
+        return sub.run_pass()
+    except HpcBatchError as exc:
+        log.error("submitter pass failed: %s", exc)
+    except Exception:
+        log.exception("unexpected error in a submitter pass")
+    return None
