@@ -300,7 +300,7 @@ class Spool:
 
     def _remember(self, path: str, info: os.stat_result, rec: JobRecord) -> None:
         key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        sure = time.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9 > FRESH
+        sure = time.time() - info.st_mtime_ns / 1e9 > FRESH  # a rewrite is a new file
         self._cache[path] = (key, sure, rec)
 
     def _load(self, path: Path) -> JobRecord | None:

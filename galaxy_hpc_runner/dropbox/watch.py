@@ -91,8 +91,7 @@ def _stat_signature(path: str) -> Hashable:
         info = os.stat(path)
     except OSError:
         return None
-    newest = max(info.st_mtime_ns, info.st_ctime_ns)
-    if time.time() - newest / 1e9 < FRESH:
+    if time.time() - info.st_mtime_ns / 1e9 < FRESH:  # an entry change sets it
         return UNSURE
     return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
 

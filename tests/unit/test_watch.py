@@ -1,0 +1,126 @@
+"""The change watch, the spool's record cache and batched syncs, on real directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from galaxy_hpc_runner.dropbox import watch
+from galaxy_hpc_runner.dropbox.spool import Spool, SpoolError
+from galaxy_hpc_runner.transport.base import LocalTransport
+from hpc_worker import protocol as p
+from hpc_worker.states import JobState
+
+
+def _aged(path: Path) -> None:
+    """Directory times well past the FRESH window, as after a quiet while."""
+    past = time.time() - 10
+    os.utime(path, (past, past))
+
+
+def _watch(tmp_path: Path) -> tuple[watch.ChangeWatch, Path, Path]:
+    dropbox, done = tmp_path / "dropbox", tmp_path / "done"
+    dropbox.mkdir()
+    done.mkdir()
+    _aged(dropbox)
+    _aged(done)
+    return watch.ChangeWatch([str(dropbox)], LocalTransport(), [str(done)]), dropbox, done
+
+
+def test_a_new_entry_in_either_directory_is_a_change(tmp_path: Path) -> None:
+    w, dropbox, done = _watch(tmp_path)
+    for directory in (dropbox, done):
+        before = w.signature()
+        assert not w.changed_since(before)
+        (directory / "x.job").write_text("")
+        assert w.changed_since(before)
+        _aged(directory)
+
+
+def test_a_directory_changed_within_the_tick_window_counts_as_changed(tmp_path: Path) -> None:
+    """Never a missed change: a time too fresh to trust means "look again"."""
+    w, dropbox, _ = _watch(tmp_path)
+    (dropbox / "a.job").write_text("")
+    before = w.signature()
+    assert watch.UNSURE in before
+    assert w.changed_since(before)
+
+
+def test_wait_returns_on_a_drop_from_another_thread_not_at_the_timeout(tmp_path: Path) -> None:
+    w, dropbox, _ = _watch(tmp_path)
+    before = w.signature()
+    threading.Timer(0.2, lambda: (dropbox / "b.job").write_text("")).start()
+    started = time.monotonic()
+    assert w.wait(before, threading.Event(), timeout=30.0)
+    assert time.monotonic() - started < 25.0
+
+
+def test_wait_without_a_change_ends_at_the_timeout_or_the_event(tmp_path: Path) -> None:
+    w, _, _ = _watch(tmp_path)
+    before = w.signature()
+    assert not w.wait(before, threading.Event(), timeout=0.3)
+    event = threading.Event()
+    event.set()
+    assert not w.wait(before, event, timeout=30.0)
+
+
+def test_a_missing_directory_is_no_error(tmp_path: Path) -> None:
+    w = watch.ChangeWatch([str(tmp_path / "gone")], LocalTransport(), [])
+    assert not w.changed_since(w.signature())
+
+
+# -- the spool's cache ----------------------------------------------------------------
+def test_unchanged_records_are_not_read_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for i in range(5):
+        spool.create("job%d" % i, {"n": i})
+    for path in spool.jobs.iterdir():  # as if written a while ago
+        _aged(path)
+    spool.active()
+    reads = spool.reads
+    assert len(spool.active()) == 5
+    assert spool.reads == reads
+
+
+def test_a_record_another_process_changed_is_read_again(tmp_path: Path) -> None:
+    mine, theirs = Spool(tmp_path / "spool"), Spool(tmp_path / "spool")
+    rec = mine.create("j", None)
+    _aged(mine.jobs / "j.json")
+    assert mine.get("j") is mine.get("j") is not rec  # read once after the time change
+    other = theirs.get("j")
+    assert other is not None
+    theirs.transition(other, JobState.STAGED)
+    again = mine.get("j")
+    assert again is not None and again.state == JobState.STAGED
+
+
+def test_a_link_in_place_of_a_record_is_refused_not_followed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"name": "evil", "state": "received"}))
+    (spool.jobs / "evil.json").symlink_to(target)
+    with pytest.raises(SpoolError, match=r"evil\.json"):
+        spool.get("evil")
+
+
+def test_a_record_removed_behind_the_cache_is_gone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create("j", None)
+    assert [r.name for r in spool.active()] == ["j"]
+    (spool.jobs / "j.json").unlink()
+    assert spool.active() == [] and spool.get("j") is None
+
+
+def test_a_barrier_syncs_what_was_written_unsynced(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    rec = spool.create("j", None)  # not synced: the description is still in the dropbox
+    spool.transition(rec, JobState.STAGED)
+    assert spool._unsynced
+    spool.barrier()
+    assert not spool._unsynced
+    p.sync_paths([str(tmp_path), str(tmp_path / "missing")])  # a missing path is skipped
