@@ -261,14 +261,18 @@ class SshTransport(SshSession, Transport):
 
     def _link_new(self, tmp: str, remote: str, retried: bool) -> bool:
         sftp = self._sftp_client()
-        try:
-            sftp._request(CMD_EXTENDED, "hardlink@openssh.com", tmp, remote)
-            return True
-        except OSError:
-            if not self._alive():  # dropped: whether it linked is for the retry to find out
-                raise
-            if not self._unless_missing("lstat", remote, lambda: sftp.lstat(remote)):
-                raise
+        for attempt in range(3):
+            try:
+                sftp._request(CMD_EXTENDED, "hardlink@openssh.com", tmp, remote)
+                return True
+            except OSError:
+                if not self._alive():  # dropped: whether it linked is for the retry to find out
+                    raise
+                if self._unless_missing("lstat", remote, lambda: sftp.lstat(remote)):
+                    break  # taken
+                if attempt == 2:  # not there, yet the link failed: not a race, a real failure
+                    raise
+                # it was there when linking and gone when looked at (released): link again
         if not retried:
             return False
         ids = self.run(["stat", "-c", "%d:%i", "--", tmp, remote], idempotent=True).stdout
