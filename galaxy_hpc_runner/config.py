@@ -33,7 +33,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "templates": {"path"},
     "submitter": {"interval", "max_log_bytes", "lock_timeout", "metrics_file"},
     "pilot": {"slots", "idle_timeout", "walltime", "max_attempts", "max_releases", "poll",
-              "heartbeat", "grace", "python", "code_dir", "slots_per_gpu"},
+              "heartbeat", "grace", "python", "slots_per_gpu"},
     "scheduler": {"backend", "max_pilots", "backlog_per_pilot", "partition", "gres",
                   "mem", "cpus", "account", "qos", "extra_args", "signal", "native_spec",
                   "command_timeout", "failure_backoff", "min_pilots", "resubmit_ahead"},
@@ -104,7 +104,6 @@ class PilotConf:
     heartbeat: float = 10.0
     grace: float = 10.0
     python: str = sys.executable
-    code_dir: str = str(WORKER_CODE_DIR)
     slots_per_gpu: int = 1  # slots sharing one GPU (check: slots <= GPUs x slots_per_gpu)
 
 
@@ -242,8 +241,7 @@ def _pilot(r: _Reader) -> PilotConf:
         heartbeat=r.number("pilot", "heartbeat", d.heartbeat),
         grace=r.number("pilot", "grace", d.grace),
         slots_per_gpu=int(r.number("pilot", "slots_per_gpu", d.slots_per_gpu, int, 1)),
-        python=r.get("pilot", "python") or d.python,
-        code_dir=r.get("pilot", "code_dir") or d.code_dir)
+        python=r.get("pilot", "python") or d.python)
 
 
 def _hpc_env(r: _Reader) -> dict[str, str]:

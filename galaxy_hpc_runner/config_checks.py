@@ -30,6 +30,8 @@ TRANSPORT_KEYS: dict[str, frozenset[str]] = {
 RETIRED: dict[tuple[str, str], str] = {
     ("scheduler", "time"): "is gone: [pilot] walltime is the one walltime, it sets the "
                            "scheduler's time limit and the pilot's own; move the value there",
+    ("pilot", "code_dir"): "is gone: the submitter deploys the pilot itself as "
+                           "W/bin/hpc_worker-vN-HASH.pyz (no checkout on the HPC side); remove it",
 }
 SLURM_SIGNAL_DEFAULT = "B:USR1@120"
 _SIGNAL = re.compile(r"^(?:[RB]{1,2}:)?(?:SIG)?[A-Z0-9]+(?:@(\d+))?$")

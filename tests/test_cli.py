@@ -138,7 +138,8 @@ def test_check_remote_finds_a_broken_pilot_command(make_site: Any) -> None:
     proc = site.cli("--config", str(site.config_path), "check", "--remote")
     assert proc.returncode == 6
     assert "ok: workspace" in proc.stdout
-    assert "FAILED: the pilot's Python imports hpc_worker: pilot preflight" in proc.stdout
+    assert "FAILED: the pilot program deploys and runs: " in proc.stdout
+    assert "/nonexistent/python3" in proc.stdout and "[pilot] python" in proc.stdout
     assert site.spool.pilots() == []  # nothing was submitted
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.drmaa
 def test_burst_through_drmaa_on_grid_engine_ends_ok_with_one_pilot(
         tmp_path: Path, gridengine: GridEngine) -> None:
     site = Site(tmp_path, scheduler={"backend": "drmaa", "failure_backoff": "2"},
-                pilot={"python": sys.executable, "code_dir": str(PROJECT), "slots": "2"})
+                pilot={"python": sys.executable, "slots": "2"})
     names = ["g%02d" % i for i in range(20)]
     for i, name in enumerate(names):
         site.drop(name, site.upper_job(name, "grid engine item %d\n" % i))
@@ -64,7 +64,7 @@ def test_drmaa_backend_without_its_library_says_how_to_fix_it(tmp_path: Path) ->
 
 def test_check_remote_opens_a_drmaa_session(tmp_path: Path, gridengine: GridEngine) -> None:
     site = Site(tmp_path, scheduler={"backend": "drmaa"},
-                pilot={"python": sys.executable, "code_dir": str(PROJECT)})
+                pilot={"python": sys.executable})
     env = dict(os.environ, **gridengine.env, PYTHONPATH=str(PROJECT))
     proc = subprocess.run([sys.executable, "-m", "galaxy_hpc_runner.cli", "--config",
                            str(site.config_path), "check", "--remote"], cwd=PROJECT, env=env,

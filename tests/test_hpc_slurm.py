@@ -21,7 +21,7 @@ from galaxy_hpc_runner.errors import ConfigError
 from galaxy_hpc_runner.transport.base import LocalTransport
 from hpc_worker.states import JobState, PilotState
 from tests.services.cluster import SlurmCluster, SshServer
-from tests.sitekit import PROJECT, Site
+from tests.sitekit import Site
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
@@ -43,7 +43,7 @@ def hpc_sections(server: SshServer, **overrides: dict[str, str]) -> dict[str, di
                       "known_hosts": str(server.known_hosts_path), "timeout": "5"},
         "scheduler": {"backend": "slurm", "gres": "gpu:1", "partition": "debug",
                       "failure_backoff": "2", "command_timeout": "20"},
-        "pilot": {"python": sys.executable, "code_dir": str(PROJECT), "idle_timeout": "3"},
+        "pilot": {"python": sys.executable, "idle_timeout": "3"},
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)

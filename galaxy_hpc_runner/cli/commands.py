@@ -61,7 +61,7 @@ def _check_hpc_side(cfg: Config) -> int:
          "[hpc_env] workspace" + (", [transport] host, port, user, key_file, known_hosts"
                                   if cfg.transport_type == "ssh" else ""),
          submitter.stager.ensure_layout),
-        ("the pilot's Python imports hpc_worker", "[pilot] python, code_dir",
+        ("the pilot program deploys and runs", "[pilot] python, [hpc_env] workspace",
          submitter.pilots.preflight),
         ("the %s scheduler answers" % cfg.backend, "[scheduler] backend, partition, "
          "command_timeout", submitter.backend.ping)]

@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hpc_worker
+
 if TYPE_CHECKING:  # config imports this module inside a function: no cycle at run time
     from galaxy_hpc_runner.config import Config
 
@@ -35,7 +37,8 @@ def protected_paths(cfg: Config) -> list[tuple[str, Path]]:
         workspace = cfg.hpc_env.get("workspace", "")
         if workspace.startswith("/"):
             paths.append(("[hpc_env] workspace (it holds the pilot files)", _real(workspace)))
-        paths.append(("[pilot] code_dir", _real(cfg.pilot.code_dir)))
+        paths.append(("the pilot's code (what the deployed zipapp is built from)",
+                      _real(Path(hpc_worker.__file__).parent)))
     return paths
 
 
