@@ -23,6 +23,9 @@ Everything the two sides exchange lives under the HPC workspace root ``W``
     W/pilots/PILOT.json         registry entry (records.PilotEntry), written before submission
     W/pilots/PILOT.hb           heartbeat (records.Heartbeat), written by the pilot
     W/pilots/PILOT.log          the pilot's log
+    W/pilots/PILOT.out          the scheduler's output of the pilot job
+    W/pilots/.lock              the registry lock of the submitting servers (create-exclusive)
+    W/bin/hpc_worker-vN-HASH.pyz the pilot program, deployed by the submitter (zipapp)
 
 Every state change is one ``rename`` of a marker, which is atomic on a POSIX
 file system: two pilots can never both claim a job, and a marker only becomes
@@ -66,6 +69,8 @@ CANCEL = "queue/cancel"
 JOBS = "jobs"
 PILOTS = "pilots"
 INPUTS = "inputs"
+BIN = "bin"  # W/bin: the deployed pilot programs
+REGISTRY_LOCK = ".lock"  # W/pilots/.lock, hidden: listings of W/pilots skip dot names
 QUEUE_DIRS = (READY, CLAIMED, DONE, CANCEL)
 ALL_DIRS = QUEUE_DIRS + (JOBS, PILOTS, INPUTS)
 

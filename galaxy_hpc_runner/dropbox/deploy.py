@@ -31,11 +31,12 @@ import hpc_worker
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import SchedulerError
 from galaxy_hpc_runner.transport.base import Transport
+from hpc_worker import protocol as p
 from hpc_worker.records import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
-BIN = "bin"  # W/bin: the deployed pilot programs
+BIN = p.BIN
 SOURCE = Path(hpc_worker.__file__).resolve().parent
 PACKAGE = SOURCE.name
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's epoch: no build time in the bytes

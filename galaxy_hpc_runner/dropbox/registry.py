@@ -50,7 +50,7 @@ from hpc_worker.states import PilotState
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".lock"  # hidden: listings of W/pilots skip names starting with a dot
+LOCK_NAME = p.REGISTRY_LOCK
 BREAK_SUFFIX = ".break"
 LOCK_STALE = 60.0  # seconds a lock may be held before another server breaks it
 LOCK_EMPTY_STALE = 20.0  # seconds an empty or unreadable lock may stay so
