@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
     print("sequential, %d jobs each (submit -> ok):" % args.jobs)
     print("  local runner (metadata in the job script, the default): %s" % summary(local))
     print("  local runner (embed_metadata_in_job: false)          : %s" % summary(inproc))
-    print("  hpc runner, template mode (metadata on the Galaxy host): %s" % summary(hpc))
+    print("  hpc runner, template mode (metadata in Galaxy's process): %s" % summary(hpc))
     print("  hpc runner, Galaxy-script mode (metadata in the job)   : %s" % summary(gx))
     print("  ratio template/local (mean): %.2f; galaxy-script/local: %.2f" % (
         statistics.mean(hpc) / statistics.mean(local),

@@ -169,7 +169,8 @@ def test_restart_loses_nothing(galaxy_site: GalaxySite, api: GalaxyApi, history:
     data = {"src": "hda", "id": text_dataset}
     queued = [api.run_tool(history, "hpc_shout", {"input": data, "suffix": "q%d" % i})
               for i in range(3)]
-    for job, _ in queued:
+    script_mode = api.run_tool(history, "gx_sections", {"first|value": "r1"})  # Galaxy-script
+    for job, _ in [*queued, script_mode]:
         wait_record(galaxy_site, spool_name(api, job), ("staged",))
     late = api.run_tool(history, "hpc_shout", {"input": data, "suffix": "late"})
     galaxy_site.stop()
@@ -181,6 +182,9 @@ def test_restart_loses_nothing(galaxy_site: GalaxySite, api: GalaxyApi, history:
     for i, (job, output) in enumerate([*queued, late]):
         assert api.wait_job(job, 90)["state"] == "ok"
         assert api.content(output) == SHOUTED + ("late" if i == 3 else "q%d" % i) + "\n"
-    names = [api.job(job)["external_id"] for job in blockers + [j for j, _ in [*queued, late]]]
+    assert api.wait_job(script_mode[0], 120)["state"] == "ok"
+    assert api.content(script_mode[1]) == "first=r1\nsecond=two\nquiet\n"
+    names = [api.job(job)["external_id"]
+             for job in blockers + [j for j, _ in [*queued, late, script_mode]]]
     runs = start_runs(galaxy_site)
     assert all(runs.get(name) == 1 for name in names), runs
