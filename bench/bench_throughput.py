@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -72,9 +73,11 @@ rate = jobs / (time.monotonic() - t0)
 lat = []
 for _ in range(stream):
     t = time.monotonic(); true_app().result(); lat.append(time.monotonic() - t)
-print(json.dumps({"jobs_per_s": rate, "dispatch_p50_s": statistics.median(lat),
-                  "dispatch_p95_s": statistics.quantiles(lat, n=20)[18]}))
 parsl.dfk().cleanup()
+print(json.dumps({"jobs_per_s": rate,
+                  "dispatch_p50_s": statistics.median(lat) if lat else None,
+                  "dispatch_p95_s": statistics.quantiles(lat, n=20)[18] if lat else None}),
+      flush=True)
 """
 
 
@@ -91,12 +94,20 @@ def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
-        proc = subprocess.run([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream), tmp],
-                              capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
-    if proc.returncode != 0:
-        print("parsl failed:\n" + proc.stderr[-2000:], file=sys.stderr)
+        proc = subprocess.Popen([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream), tmp],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp, env=env, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=900)
+        finally:  # its interchange and workers leave with it (they may hold the pipes)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        print("parsl failed:\n" + err[-2000:], file=sys.stderr)
         return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
 class Ours:
@@ -198,23 +209,32 @@ def run_scale(backlog: int, window: float) -> dict[str, float]:
             rss = ours.peak_rss_mb()
         finally:
             ours.stop()
-        idle = _idle_pass(ours)
+        idle = json.loads(subprocess.run(
+            [sys.executable, __file__, "--idle-pass", str(ours.config)], check=True,
+            capture_output=True, text=True).stdout.strip().splitlines()[-1])
     return {"backlog": backlog, "first_start_s": first - started, "drain_jobs_per_s": rate,
-            "idle_pass_s": idle, "peak_rss_mb": rss}
+            "peak_rss_mb": rss, "idle_pass_s": idle["idle_pass_s"],
+            "idle_rss_mb": idle["rss_mb"], "idle_records": idle["records"]}
 
 
-def _idle_pass(ours: Ours) -> float:
-    """An idle pass over the backlog left: paused (no staging, no pilot), pilots gone."""
-    cfg = load_config(ours.config)
+def idle_pass(config: str) -> None:
+    """In its own process: every description received (paused: nothing staged, no pilot),
+    then the time of an idle pass over them and this process's peak RSS, as JSON."""
+    cfg = load_config(config)
     control.set_mode(cfg.spool, control.Mode.PAUSED, "benchmark")
     sub = Submitter(cfg)
-    sub.run_pass()  # reads every record once; requeues what the stopped pilot held
+    while sub.run_pass().more:  # receive the rest of the backlog
+        pass
+    sub.run_pass()  # requeues what the stopped pilot held
     times = []
     for _ in range(3):
         t0 = time.monotonic()
         sub.run_pass()
         times.append(time.monotonic() - t0)
-    return min(times)
+    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines()
+           if ln.startswith("VmHWM:")]
+    print(json.dumps({"idle_pass_s": min(times), "records": len(sub.spool.active()),
+                      "rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else float("nan")}))
 
 
 # -- report ----------------------------------------------------------------------------
@@ -226,7 +246,11 @@ def main() -> int:
     ap.add_argument("--scale", default="1000,10000", help="backlogs, comma-separated")
     ap.add_argument("--window", type=float, default=30.0, help="seconds of drain measured")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--idle-pass", help=argparse.SUPPRESS)  # internal: one site's idle pass
     args = ap.parse_args()
+    if args.idle_pass:
+        idle_pass(args.idle_pass)
+        return 0
     out: dict[str, Any] = {"date": datetime.datetime.now().astimezone().isoformat(
         timespec="seconds"), "cpus": os.cpu_count(), "jobs": args.jobs,
         "settings": "shipped defaults (no [submitter]/[pilot] settings; local backend)",
@@ -253,10 +277,10 @@ def main() -> int:
     for backlog in (int(n) for n in args.scale.split(",") if n):
         s = run_scale(backlog, args.window)
         out["scale"].append(s)
-        print("backlog %6d: first start %.2f s, drain %.1f jobs/s, idle pass %.3f s, "
-              "submitter peak RSS %.0f MB" % (backlog, s["first_start_s"],
-                                              s["drain_jobs_per_s"], s["idle_pass_s"],
-                                              s["peak_rss_mb"]))
+        print("backlog %6d: first start %.2f s, drain %.1f jobs/s, submitter peak RSS %.0f MB; "
+              "idle pass over %d records %.3f s (peak RSS %.0f MB)" % (
+                  backlog, s["first_start_s"], s["drain_jobs_per_s"], s["peak_rss_mb"],
+                  s["idle_records"], s["idle_pass_s"], s["idle_rss_mb"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

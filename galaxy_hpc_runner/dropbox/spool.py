@@ -235,7 +235,8 @@ class Spool:
         """A finished job whose HPC files are gone leaves the active set."""
         src = self.jobs / (rec.name + RECORD_SUFFIX)
         self._cache.pop(str(src), None)
-        os.replace(src, self.finished / (rec.name + RECORD_SUFFIX))
+        with contextlib.suppress(FileNotFoundError):  # archived already: safe to repeat
+            os.replace(src, self.finished / (rec.name + RECORD_SUFFIX))
         self._unsynced.add(str(self.finished))
 
     def note_unsynced(self, path: Path | str) -> None:
