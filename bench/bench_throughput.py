@@ -204,8 +204,11 @@ def run_scale(backlog: int, window: float) -> dict[str, float]:
                         for n in os.listdir(ours.root / "dropbox") if n.endswith(".finished"))
             time.sleep(2.0)  # past the start-up
             n0, t0 = ours.finished(), time.monotonic()
-            time.sleep(window)
-            rate = (ours.finished() - n0) / (time.monotonic() - t0)
+            n1 = n0
+            while time.monotonic() - t0 < window and n1 < backlog:  # ends with the backlog
+                time.sleep(0.2)
+                n1 = ours.finished()
+            rate = (n1 - n0) / (time.monotonic() - t0)
             rss = ours.peak_rss_mb()
         finally:
             ours.stop()

@@ -45,6 +45,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -69,7 +70,10 @@ RECORD_SUFFIX = ".json"
 OUTPUT_TEMP_MARK = ".hpc-batch-tmp-"
 REPLACED_MARK = ".replaced-"  # NAME.job.finished.replaced-NS: the result of an earlier run
 FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
+RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.active)
 StatKey = tuple[int, int, int, int]  # inode, size, mtime ns, ctime ns
+# (jobs/ inode and time, records, names, problems) of one look at jobs/
+Listing = tuple[tuple[int, int], list["JobRecord"], list[str], list[str]]
 
 
 class LockTimeout(HpcBatchError):
@@ -137,6 +141,9 @@ class Spool:
         self.events = self.path / "events.jsonl"
         self.problems: list[str] = []  # unreadable records met since the last take_problems()
         self._cache: dict[str, tuple[StatKey, bool, JobRecord]] = {}  # file -> (key, sure, rec)
+        self._cache_lock = threading.Lock()  # Galaxy's monitor thread reads beside the passes
+        self._listing: tuple[tuple[int, int], list[JobRecord], list[str], list[str],
+                             float] | None = None  # the last look at jobs/ and its time
         self._unsynced: set[str] = set()  # directories with writes not yet made durable
         self.reads = 0  # records read from disk (tests and benchmarks look at it)
         self._make_private()
@@ -158,27 +165,56 @@ class Spool:
     def active(self) -> list[JobRecord]:
         """Every active job; an unreadable record is logged and kept in ``problems``.
 
-        Records come from memory unless their file changed (module docstring)."""
-        out = []
+        Records come from memory unless their file changed (module docstring). Every
+        record write replaces its file, which changes the time of ``jobs/``: while that
+        time stands (and is older than FRESH), the last look is reused without a ``stat``
+        per record, for at most RESCAN_EVERY seconds (files changed in place)."""
+        return list(self._listing_now()[1])
+
+    def active_names(self) -> set[str]:
+        """Names of the active records, unreadable ones included."""
+        return set(self._listing_now()[2])
+
+    def _listing_now(self) -> Listing:
+        now = time.time()
+        try:
+            info = os.stat(self.jobs)
+        except FileNotFoundError:
+            return ((0, 0), [], [], [])
+        key = (info.st_ino, info.st_mtime_ns)
+        last = self._listing
+        if last is not None and last[0] == key and now - last[4] < RESCAN_EVERY:
+            for problem in last[3]:  # reported in every pass while it is there
+                self._problem(problem)
+            return last[:4]
+        listing = self._scan(key)
+        if now - info.st_mtime_ns / 1e9 > FRESH:
+            self._listing = (*listing, now)
+        else:
+            self._listing = None
+        return listing
+
+    def _scan(self, key: tuple[int, int]) -> Listing:
+        out, names, problems = [], [], []
         seen = set()
-        for name in p.listdir(str(self.jobs)):
-            if name.endswith(RECORD_SUFFIX):
-                path = self.jobs / name
+        for fname in p.listdir(str(self.jobs)):
+            if fname.endswith(RECORD_SUFFIX):
+                names.append(fname[: -len(RECORD_SUFFIX)])
+                path = self.jobs / fname
                 seen.add(str(path))
                 try:
                     rec = self._load(path)
                 except SpoolError as exc:
                     self._problem(str(exc))
+                    problems.append(str(exc))
                     continue
                 if rec is not None:
                     out.append(rec)
-        for gone in [k for k in self._cache if k not in seen and k.startswith(str(self.jobs))]:
-            del self._cache[gone]
-        return out
-
-    def active_names(self) -> set[str]:
-        return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.jobs))
-                if n.endswith(RECORD_SUFFIX)}
+        with self._cache_lock:
+            prefix = str(self.jobs)
+            for gone in [k for k in self._cache if k not in seen and k.startswith(prefix)]:
+                del self._cache[gone]
+        return key, out, names, problems
 
     def finished_names(self) -> set[str]:
         return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.finished))
@@ -234,7 +270,7 @@ class Spool:
     def archive(self, rec: JobRecord) -> None:
         """A finished job whose HPC files are gone leaves the active set."""
         src = self.jobs / (rec.name + RECORD_SUFFIX)
-        self._cache.pop(str(src), None)
+        self._forget(str(src))
         with contextlib.suppress(FileNotFoundError):  # archived already: safe to repeat
             os.replace(src, self.finished / (rec.name + RECORD_SUFFIX))
         self._unsynced.add(str(self.finished))
@@ -243,13 +279,14 @@ class Spool:
         """``path`` (a file or directory) was written without sync: :meth:`barrier` covers it."""
         self._unsynced.add(str(path))
 
-    def barrier(self) -> None:
-        """Make every write since the last barrier durable (one ``syncfs`` per file system).
+    def barrier(self, also: set[str] | None = None) -> None:
+        """Make every write since the last barrier durable (one ``syncfs`` per file system),
+        and the writes in the directories ``also`` names.
 
         Call it before acting on unsynced records where a lost write would matter."""
-        if self._unsynced:
-            paths, self._unsynced = sorted(self._unsynced), set()
-            p.sync_paths(paths)
+        paths, self._unsynced = self._unsynced | (also or set()), set()
+        if paths:
+            p.sync_paths(sorted(paths))
 
     def retire(self, name: str) -> None:
         """Make room for a resubmission under the same name; the old record is kept."""
@@ -289,7 +326,7 @@ class Spool:
             p.write_json(path, asdict(rec), sync=sync)
             self._remember(path, os.stat(path), rec)
         except BaseException:
-            self._cache.pop(path, None)  # what is on disk decides from now on
+            self._forget(path)  # what is on disk decides from now on
             raise
         if not sync:
             self._unsynced.add(str(self.jobs))
@@ -302,7 +339,12 @@ class Spool:
     def _remember(self, path: str, info: os.stat_result, rec: JobRecord) -> None:
         key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         sure = time.time() - info.st_mtime_ns / 1e9 > FRESH  # a rewrite is a new file
-        self._cache[path] = (key, sure, rec)
+        with self._cache_lock:
+            self._cache[path] = (key, sure, rec)
+
+    def _forget(self, path: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(path, None)
 
     def _load(self, path: Path) -> JobRecord | None:
         """The record at ``path`` (from memory while its file is unchanged); None if absent."""
@@ -310,26 +352,24 @@ class Spool:
         try:
             info = os.stat(where, follow_symlinks=False)
         except FileNotFoundError:
-            self._cache.pop(where, None)
+            self._forget(where)
             return None
         except OSError as exc:
             raise SpoolError(unreadable(path, exc)) from exc
-        cached = self._cache.get(where)
+        with self._cache_lock:
+            cached = self._cache.get(where)
         key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if cached is not None and cached[0] == key and cached[1]:
             return cached[2]
         try:
             rec = JobRecord.from_json(_read_record(where))
         except FileNotFoundError:
-            self._cache.pop(where, None)
+            self._forget(where)
             return None
         except (OSError, ValueError, TypeError) as exc:
-            self._cache.pop(where, None)
+            self._forget(where)
             raise SpoolError(unreadable(path, exc)) from exc
         self.reads += 1
-        if cached is not None and cached[0] == key:  # unchanged: keep the object callers hold
-            cached[2].__dict__.update(rec.__dict__)
-            rec = cached[2]
         self._remember(where, info, rec)
         return rec
 

@@ -124,8 +124,16 @@ class Stager:
             self.publish(rec.name)
 
     def publish(self, key: str) -> None:
-        """The ready marker: any pilot may claim the job now (after :meth:`sync`)."""
-        self._write(self.path(p.READY, key), "")
+        """The ready marker: any pilot may claim the job now (after :meth:`sync`). An empty
+        file appears whole, so a local one is simply created (one step, no temp)."""
+        marker = self.path(p.READY, key)
+        if not isinstance(self.t, LocalTransport):
+            self.t.write_text(marker, "")
+        else:
+            try:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+            except OSError as exc:
+                raise TransportError("cannot write %s: %s" % (marker, exc.strerror)) from exc
         log.info("(%s) staged in %s", key, self.path(p.JOBS, key))
 
     def sync(self) -> None:
@@ -135,6 +143,11 @@ class Stager:
         if self._unsynced:
             paths, self._unsynced = sorted(self._unsynced), set()
             p.sync_paths(paths)
+
+    def take_unsynced(self) -> set[str]:
+        """The directories written without sync since the last call (the caller syncs)."""
+        out, self._unsynced = self._unsynced, set()
+        return out
 
     def _write(self, path: str, text: str) -> None:
         """A protocol file: on a local workspace written unsynced (see :meth:`sync`)."""
@@ -154,7 +167,8 @@ class Stager:
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
         self.t.makedirs(directory)
-        snapshots = tempfile.mkdtemp(prefix=SNAPSHOTS, dir=str(self.cfg.spool))
+        local = isinstance(self.t, LocalTransport)  # copied from the descriptor: no snapshots
+        snapshots = "" if local else tempfile.mkdtemp(prefix=SNAPSHOTS, dir=str(self.cfg.spool))
         try:
             self._put_inputs(meta["inputs"], directory, snapshots)
         except (safefs.UnsafeFile, OSError) as exc:
@@ -162,7 +176,8 @@ class Stager:
                          "was not run: %s" % exc)
             return False
         finally:
-            shutil.rmtree(snapshots, ignore_errors=True)
+            if snapshots:
+                shutil.rmtree(snapshots, ignore_errors=True)
         self._write(posixpath.join(directory, p.SCRIPT), meta["script_text"])
         self._write(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
         return True

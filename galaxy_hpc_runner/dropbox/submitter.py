@@ -184,8 +184,7 @@ class Submitter:
                      ) -> None:
         """Files of every job in the chunk, one sync, then their ready markers and records."""
         placed = [rec for rec in chunk if self._place(rec, view)]
-        self.spool.barrier()
-        self.stager.sync()
+        self.spool.barrier(self.stager.take_unsynced())
         for rec in placed:
             if not view.has(rec.name):
                 self.stager.publish(rec.name)
@@ -197,8 +196,7 @@ class Submitter:
         """HPC files of finished jobs go once their records and results are durable."""
         if not self._to_clean:
             return
-        self.spool.barrier()
-        self.stager.sync()
+        self.spool.barrier(self.stager.take_unsynced())
         todo, self._to_clean = self._to_clean, []
         for rec in todo:
             self._cleanup(rec)

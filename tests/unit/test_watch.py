@@ -124,3 +124,32 @@ def test_a_barrier_syncs_what_was_written_unsynced(tmp_path: Path) -> None:
     spool.barrier()
     assert not spool._unsynced
     p.sync_paths([str(tmp_path), str(tmp_path / "missing")])  # a missing path is skipped
+
+
+def test_a_quiet_spool_is_looked_at_with_one_stat_and_a_write_is_seen(tmp_path: Path) -> None:
+    mine, theirs = Spool(tmp_path / "spool"), Spool(tmp_path / "spool")
+    for i in range(3):
+        mine.create("q%d" % i, None)
+    for path in mine.jobs.iterdir():
+        _aged(path)
+    _aged(mine.jobs)
+    assert len(mine.active()) == 3
+    listing = mine._listing
+    assert listing is not None and mine.active_names() == {"q0", "q1", "q2"}
+    assert mine._listing is listing  # reused: jobs/ did not change
+    other = theirs.get("q1")
+    assert other is not None
+    theirs.transition(other, JobState.STAGED)  # replaces the file: jobs/ changes
+    states = {r.name: r.state for r in mine.active()}
+    assert states["q1"] == JobState.STAGED
+
+
+def test_an_unreadable_record_is_reported_on_every_look(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    (spool.jobs / "bad.json").write_text("{not json")
+    _aged(spool.jobs / "bad.json")
+    _aged(spool.jobs)
+    for _ in range(2):
+        assert spool.active() == [] and "bad" in spool.active_names()
+        problems = spool.take_problems()
+        assert len(problems) == 1 and "bad.json" in problems[0]
