@@ -273,10 +273,10 @@ class GalaxySite:
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for pid in self.pilot_pids():
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and alive(pid):
                 _reap(pid)
                 time.sleep(0.05)
-            if _alive(pid):
+            if alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             _reap(pid)
@@ -292,7 +292,7 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         stat = Path("/proc/%d/stat" % pid).read_text()
     except OSError:

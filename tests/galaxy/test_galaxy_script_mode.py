@@ -9,11 +9,13 @@ Every job is submitted first and waited for afterwards: Galaxy is slow on 2 core
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.galaxy.server import GPU_DEVICES, GalaxyApi, GalaxySite
+from galaxy_hpc_runner.dropbox.spool import FINISHED, Spool
+from tests.galaxy.server import GPU_DEVICES, GalaxyApi, GalaxySite, alive, wait_until
 
 pytestmark = pytest.mark.galaxy
 
@@ -152,3 +154,20 @@ def test_template_mode_refuses_what_it_cannot_map(
     message = job.get("job_stderr") or ""
     for word in words + ["Galaxy-script mode"]:
         assert word in message, message
+
+
+def test_cancel_kills_galaxys_script_and_the_tool(galaxy_site: GalaxySite, api: GalaxyApi,
+                                                  tmp_path: Path) -> None:
+    history = api.history("cancel")
+    pid_file = tmp_path / "tool.pid"
+    job, _ = api.run_tool(history, "gx_wait", {"release": str(tmp_path / "never"),
+                                               "pid_file": str(pid_file)})
+    wait_until(lambda: api.job_state(job) == "running" and pid_file.exists()
+               and pid_file.read_text().strip(), 120, "the tool running")
+    pid = int(pid_file.read_text())
+    name = str(api.job(job)["external_id"])
+    api.cancel(job)
+    wait_until(lambda: (rec := Spool(galaxy_site.hpc / "spool").get(name)) is not None
+               and rec.state == FINISHED, 60, "the cancel to end the job")
+    wait_until(lambda: not alive(pid), 10, "the tool's process to end")
+    assert api.job_state(job) in ("deleted", "deleting")
