@@ -130,7 +130,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
             job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
             return
-        if not self.prepare_job(job_wrapper, include_metadata=_embedded(mode, params)):
+        embedded = _embedded(mode, params, self._strategy(job_wrapper))
+        if not self.prepare_job(job_wrapper, include_metadata=embedded):
             return
         name = gd.new_job_name(self.runner_params["job_prefix"], tag)
         try:
@@ -266,8 +267,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             else:
                 go.write_all(go.template_streams(job_state, outcome))
             wrapper = job_state.job_wrapper
-            if not _embedded(job_state.mode, wrapper.job_destination.params) \
-                    and self._metadata_on_host(wrapper):
+            if not _embedded(job_state.mode, wrapper.job_destination.params,
+                             self._strategy(wrapper)) and self._metadata_on_host(wrapper):
                 self._set_metadata(job_state)
             super().finish_job(job_state)
         finally:
@@ -287,13 +288,18 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             if isinstance(job_state, HpcJobState) and outcome is not None:
                 self._consume(job_state)
 
+    def _strategy(self, job_wrapper: Any) -> str:
+        """``metadata_strategy``: the destination's, else Galaxy's."""
+        return str(job_wrapper.metadata_strategy or self.app.config.metadata_strategy)
+
     def _metadata_on_host(self, job_wrapper: Any) -> bool:
         """Metadata not set in the job: unless Galaxy may set it in-process (directory
-        strategy, ``retry_metadata_internally``: per destination, else global), set it here."""
-        strategy = str(job_wrapper.metadata_strategy or self.app.config.metadata_strategy)
+        strategy, ``retry_metadata_internally``: per destination, else global), set it here
+        (celery strategies: Galaxy's metadata task, as its local runner does)."""
+        strategy = self._strategy(job_wrapper)
         retry = asbool(job_wrapper.get_destination_configuration(
             "retry_metadata_internally", True))
-        return "extended" in strategy or not retry
+        return "extended" in strategy or "celery" in strategy or not retry
 
     def _set_metadata(self, job_state: HpcJobState) -> None:
         """Template mode: set metadata on the Galaxy host, as Galaxy's Pulsar runner does."""
@@ -373,6 +379,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         batcher.wake()
 
 
-def _embedded(mode: gd.Mode, params: Any) -> bool:
-    """Metadata is set inside the job script (Galaxy-script mode, unless turned off)."""
-    return mode == gd.Mode.GALAXY and bool(asbool(params.get("embed_metadata_in_job", True)))
+def _embedded(mode: gd.Mode, params: Any, strategy: str) -> bool:
+    """Metadata is set inside the job script: Galaxy-script mode, unless turned off or a
+    celery strategy (Galaxy's local runner's rule)."""
+    return mode == gd.Mode.GALAXY and "celery" not in strategy and bool(
+        asbool(params.get("embed_metadata_in_job", True)))
