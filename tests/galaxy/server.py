@@ -43,7 +43,7 @@ FAKE_BIN = HERE / "fakebin"  # a stand-in singularity for the AMP templates
 # Ordinary Galaxy tools (tools/ordinary) run in Galaxy-script mode on our runner;
 # the site adds copies of each with an id suffix for another environment.
 ORDINARY = HERE / "tools" / "ordinary"
-COPIES = {"_local": "local", "_tmpl": "hpc_template"}
+COPIES = {"_local": "local", "_tmpl": "hpc_template", "_noembed": "hpc_noembed"}
 GPU_DEVICES = "7,5,3,1"  # CUDA_VISIBLE_DEVICES the local pilots see: slot i gets the i-th
 
 HPC_INI = """\
@@ -192,6 +192,7 @@ class GalaxySite:
                 "local_inproc": {"runner": "local", "embed_metadata_in_job": False},
                 "hpc": {"runner": "hpc"},
                 "hpc_slots": {"runner": "hpc", "galaxy_slots": 3},
+                "hpc_noembed": {"runner": "hpc", "embed_metadata_in_job": False},
                 "hpc_template": {"runner": "hpc", "mode": "template", **self.template_env},
                 "hpc_bench": {"runner": "hpc", "template": "bench_cat", **self.template_env}}},
             "tools": [{"id": tool, "environment": "hpc_bench" if tool.startswith("bench")

@@ -73,12 +73,17 @@ def compared(api: GalaxyApi, uploaded: tuple[str, dict[str, dict[str, Any]]]
     started = {tool: (start(api, history, tool, inputs),
                       start(api, history, tool + "_local", inputs))
                for tool, inputs in runs.items()}
+    # metadata not in the job script: set on the Galaxy host (retry_metadata_internally off)
+    started["gx_repeat_cat_noembed"] = (
+        start(api, history, "gx_repeat_cat_noembed", runs["gx_repeat_cat"]),
+        start(api, history, "gx_repeat_cat_local", runs["gx_repeat_cat"]))
     return {tool: (result(api, ours), result(api, local))
             for tool, (ours, local) in started.items()}
 
 
 @pytest.mark.parametrize("tool", ["gx_repeat_cat", "gx_sections", "gx_collection", "gx_multiple",
-                                  "gx_discover", "gx_configfile", "gx_tool_dir"])
+                                  "gx_discover", "gx_configfile", "gx_tool_dir",
+                                  "gx_repeat_cat_noembed"])
 def test_ordinary_tool_matches_the_local_runner(
         compared: dict[str, tuple[dict[str, Any], dict[str, Any]]], tool: str) -> None:
     ours, local = compared[tool]
