@@ -116,6 +116,7 @@ class Submitter:
         self._layout_ready = False
         self._last_prune = -PRUNE_EVERY
         self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
+        self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -127,7 +128,11 @@ class Submitter:
 
             self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
-            self._guarded(report, "on the HPC side", self._hpc_steps)
+            self._batching = True
+            try:
+                self._guarded(report, "on the HPC side", self._hpc_steps)
+            finally:
+                self._batching = False
             self._guarded(report, "cleaning up finished jobs", self._clean_finished)
             if time.monotonic() - self._last_prune > PRUNE_EVERY:
                 self._last_prune = time.monotonic()
@@ -346,6 +351,8 @@ class Submitter:
                               rc=node.get("rc"))
         if node.get("reason") != Reason.INVALID:
             self._to_clean.append(rec)  # after the barrier (_clean_finished)
+            if not self._batching:
+                self._clean_finished()
         else:
             self.spool.archive(rec)
 
