@@ -113,9 +113,9 @@ def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
 class Ours:
     """A bench site at the shipped defaults and its ``hpc-batch submitter`` process."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: str = "") -> None:
         self.root = root
-        self.config = bl.write_site(root)  # no [submitter] / [pilot]: shipped defaults
+        self.config = bl.write_site(root, extra)  # no settings: the shipped defaults
         (root / "templates" / "noop.sh").write_text(TRUE)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -152,9 +152,9 @@ class Ours:
             time.sleep(0.05)
 
 
-def run_ours(jobs: int, stream: int) -> dict[str, float]:
+def run_ours(jobs: int, stream: int, extra: str = "") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        ours = Ours(Path(tmp))
+        ours = Ours(Path(tmp), extra)
         ours.start()
         try:
             started = time.monotonic()
@@ -261,20 +261,17 @@ def main() -> int:
     print("%s  %d CPUs  %d jobs of `true`" % (out["date"], out["cpus"], args.jobs))
     if shutil.which("xargs") is None:
         raise SystemExit("xargs is needed")
-    for r in range(args.rounds):  # interleaved, so load changes hit all three alike
-        row = {"xargs": run_xargs(args.jobs)}
+    for r in range(args.rounds):  # interleaved, so load changes hit all alike
+        floor = run_xargs(args.jobs)
         parsl = run_parsl(args.jobs, args.stream if r == 0 else 0)
         ours = run_ours(args.jobs, args.stream if r == 0 else 0)
-        row.update(ours=ours["jobs_per_s"], parsl=parsl["jobs_per_s"] if parsl else None)
-        out["rounds"].append(row)
+        two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
+        out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
+                              "ours": ours["jobs_per_s"], "ours_2_slots": two["jobs_per_s"]})
         if r == 0:
             out["dispatch"] = {"ours": ours, "parsl": parsl}
-        print("round %d: xargs -P 2 %.0f jobs/s | parsl htex %s | ours %.1f jobs/s "
-              "(%.3f of xargs%s)" % (r + 1, row["xargs"], "%.0f jobs/s" % row["parsl"]
-                                     if parsl else "skipped (see above)",
-                                     row["ours"], row["ours"] / row["xargs"],
-                                     ", %.2f of parsl" % (row["ours"] / row["parsl"])
-                                     if parsl else ""))
+        _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
+                     ours["jobs_per_s"], two["jobs_per_s"])
     _print_dispatch(out["dispatch"])
     out["scale"] = []
     for backlog in (int(n) for n in args.scale.split(",") if n):
@@ -287,6 +284,16 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _print_round(number: int, floor: float, parsl: float | None, ours: float,
+                 two: float) -> None:
+    theirs = "%.0f jobs/s" % parsl if parsl else "skipped (see above)"
+    print("round %d: xargs -P 2 %.0f jobs/s | parsl htex %s | ours %.1f jobs/s (%.3f of xargs"
+          "%s) | ours with 2 slots %.1f jobs/s%s" % (
+              number, floor, theirs, ours, ours / floor,
+              ", %.2f of parsl" % (ours / parsl) if parsl else "", two,
+              " (%.2f of parsl)" % (two / parsl) if parsl else ""))
 
 
 def _print_dispatch(dispatch: dict[str, Any]) -> None:
