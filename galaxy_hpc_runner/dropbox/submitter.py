@@ -60,6 +60,7 @@ from galaxy_hpc_runner.dropbox.spool import (
     set_aside_result,
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
+from galaxy_hpc_runner.dropbox.watch import QuietDirectory
 from galaxy_hpc_runner.errors import (
     RemoteFileMissing,
     SchedulerError,
@@ -117,6 +118,7 @@ class Submitter:
         self._last_prune = -PRUNE_EVERY
         self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
+        self._dropbox = QuietDirectory(str(cfg.dropbox))  # no listing while it is quiet
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -227,10 +229,18 @@ class Submitter:
 
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
+        """New descriptions, CHUNK at most; nothing to list while the dropbox is quiet."""
+        key = self._dropbox.key()
+        if self._dropbox.unchanged(key):
+            return
+        self._dropbox.looked(key, complete=self._receive_listed(report))
+
+    def _receive_listed(self, report: PassReport) -> bool:
+        """True when every description listed is taken or answered (none left waiting)."""
         names = os.listdir(self.cfg.dropbox)
         answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
         active = self.spool.active_names()
-        taken = 0
+        taken, complete = 0, True
         for fname in sorted(names):
             if not fname.endswith(d.SUFFIX) or fname.startswith("."):
                 continue
@@ -241,11 +251,14 @@ class Submitter:
                 continue
             if taken >= CHUNK:  # the rest in the next pass, which the loop starts at once
                 report.more = True
-                return
+                return False
             taken += 1
             if self.spool.has_finished(name):  # its result was taken away, dropped again
                 self.spool.retire(name)
+            done = report.received + report.rejected
             self._receive(name, report)
+            complete = complete and report.received + report.rejected > done
+        return complete
 
     def _resubmitted(self, name: str) -> bool:
         """A NAME.job newer than its NAME.job.finished is a new job; the old result is kept

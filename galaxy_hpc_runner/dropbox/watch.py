@@ -96,6 +96,34 @@ def _stat_signature(path: str) -> Hashable:
     return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
 
 
+class QuietDirectory:
+    """Whether a directory is as it was at a look that left nothing to do in it.
+
+    Entries coming, going or renamed in move the directory's time; a file changed in
+    place does not (a description touched to resubmit it), so a full look is due at
+    least every ``rescan_every`` seconds anyway."""
+
+    def __init__(self, path: str, rescan_every: float = 30.0) -> None:
+        self.path = path
+        self.rescan_every = rescan_every
+        self._quiet: Hashable = None
+        self._since = 0.0
+
+    def key(self) -> Hashable:
+        """Take it before the look: what changes during the look counts as a change."""
+        return _stat_signature(self.path)
+
+    def unchanged(self, key: Hashable) -> bool:
+        return (key is not None and key is not UNSURE and key == self._quiet
+                and time.monotonic() - self._since < self.rescan_every)
+
+    def looked(self, key: Hashable, complete: bool) -> None:
+        """A full look taken at ``key``; ``complete``: it left nothing for the next look."""
+        if key != self._quiet or not complete:
+            self._since = time.monotonic()
+        self._quiet = key if complete else None
+
+
 def for_submitter(sub: Submitter) -> ChangeWatch:
     return ChangeWatch([str(sub.cfg.dropbox)], sub.transport, [sub.stager.path(p.DONE)])
 

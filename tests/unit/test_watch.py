@@ -153,3 +153,28 @@ def test_an_unreadable_record_is_reported_on_every_look(tmp_path: Path) -> None:
         assert spool.active() == [] and "bad" in spool.active_names()
         problems = spool.take_problems()
         assert len(problems) == 1 and "bad.json" in problems[0]
+
+
+def test_a_quiet_dropbox_is_not_listed_until_an_entry_changes(tmp_path: Path) -> None:
+    dropbox = tmp_path / "dropbox"
+    dropbox.mkdir()
+    _aged(dropbox)
+    quiet = watch.QuietDirectory(str(dropbox))
+    key = quiet.key()
+    assert not quiet.unchanged(key)  # never looked at
+    quiet.looked(key, complete=True)
+    assert quiet.unchanged(quiet.key())
+    (dropbox / "new.job").write_text("")
+    assert not quiet.unchanged(quiet.key())
+
+
+def test_a_look_that_left_work_or_a_due_rescan_means_listing_again(tmp_path: Path) -> None:
+    dropbox = tmp_path / "dropbox"
+    dropbox.mkdir()
+    _aged(dropbox)
+    quiet = watch.QuietDirectory(str(dropbox))
+    quiet.looked(quiet.key(), complete=False)  # e.g. a description still being written
+    assert not quiet.unchanged(quiet.key())
+    due = watch.QuietDirectory(str(dropbox), rescan_every=0.0)  # a touched file: rescans
+    due.looked(due.key(), complete=True)
+    assert not due.unchanged(due.key())
