@@ -272,7 +272,8 @@ def main() -> int:
             out["dispatch"] = {"ours": ours, "parsl": parsl}
         _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
                      ours["jobs_per_s"], two["jobs_per_s"])
-    _print_dispatch(out["dispatch"])
+    if "dispatch" in out:
+        _print_dispatch(out["dispatch"])
     out["scale"] = []
     for backlog in (int(n) for n in args.scale.split(",") if n):
         s = run_scale(backlog, args.window)
