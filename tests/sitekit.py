@@ -17,6 +17,7 @@ import yaml
 from galaxy_hpc_runner.config import Config, load_config
 from galaxy_hpc_runner.dropbox.spool import Spool
 from galaxy_hpc_runner.dropbox.submitter import Submitter
+from hpc_worker import protocol as p
 
 TEST_TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,10 @@ class Site:
     def cfg(self) -> Config:
         return load_config(self.config_path)
 
+    def key(self, name: str) -> str:
+        """The workspace key of job ``name`` (``SERVER=NAME``, protocol.hpc_key)."""
+        return p.hpc_key(self.cfg.server_tag, name)
+
     @property
     def spool(self) -> Spool:
         return Spool(self.cfg.spool)
@@ -108,7 +113,9 @@ class Site:
         return data
 
     def ledger_lines(self) -> list[str]:
-        return self.ledger.read_text().splitlines()
+        """The templates' ledger, with job keys ($HPC_BATCH_JOB: SERVER=NAME) shown as names."""
+        prefix = self.key("")
+        return [line.replace(prefix, "") for line in self.ledger.read_text().splitlines()]
 
     def drain(self, names: list[str], timeout: float = 60.0,
               sub: Submitter | None = None) -> Submitter:

@@ -127,7 +127,7 @@ def test_job_longer_than_the_pilots_remaining_time_waits_for_a_fresh_pilot(
     assert first["pilot"] != second["pilot"]
     assert second["attempts"] == 1
     log = (site.root / "hpc/workspace/pilots").glob("*.log")
-    assert any("(b_long) walltime 5.0s exceeds" in f.read_text() for f in log)
+    assert any("(%s) walltime 5.0s exceeds" % site.key("b_long") in f.read_text() for f in log)
 
 
 def test_job_that_keeps_losing_its_pilot_ends_in_error(make_site: Any) -> None:
@@ -166,7 +166,7 @@ def test_cancel_withdraws_a_waiting_job_and_kills_a_running_one(site: Site) -> N
     assert site.result("waiting")["job"]["reason"] == "cancelled"
     assert site.result("running")["job"]["reason"] == "cancelled"
     assert "start waiting" not in site.ledger_lines()
-    assert not (site.root / "hpc/workspace/jobs/running").exists()
+    assert not (site.root / "hpc/workspace/jobs" / site.key("running")).exists()
 
 
 @pytest.mark.parametrize("python", ["/nonexistent/python3", "/bin/false"])
@@ -220,7 +220,7 @@ def test_a_done_job_whose_result_vanished_ends_in_error_not_in_a_stuck_pass(
     sub = site.pass_until(lambda: site.state("vanished") == "claimed")
     site.kill_pilots(signal.SIGSTOP)  # freeze the pilot, fake its done marker without result
     workspace = site.root / "hpc/workspace"
-    (workspace / "queue/done/vanished").touch()
+    (workspace / "queue/done" / site.key("vanished")).touch()
     for claim in (workspace / "queue/claimed").iterdir():
         claim.unlink()
     try:
@@ -279,7 +279,8 @@ def test_a_job_signalled_with_its_pilot_is_rerun_not_reported_ok(site: Site) -> 
     sub = site.pass_until(lambda: site.state("hit") == "claimed")
     time.sleep(0.3)
     log = next((site.root / "hpc/workspace/pilots").glob("*.log"))
-    job_pid = int(log.read_text().split("(hit) started on slot 0 (gpu 0), pid ")[1].split()[0])
+    started = "(%s) started on slot 0 (gpu 0), pid " % site.key("hit")
+    job_pid = int(log.read_text().split(started)[1].split()[0])
     children = subprocess.run(["pgrep", "-P", str(job_pid)], capture_output=True,
                               text=True).stdout.split()
     assert children  # the tool's own process, here `sleep`

@@ -50,7 +50,7 @@ def test_seed_description_through_validation_uses_basenames(site: Site) -> None:
     text = SEED_JOB.replace("/tmp/foo.mp3", str(media)).replace(
         "/tmp/foo", str(site.root / "results" / "foo"))
     job = d.validate("thing", d.parse(text), site.cfg)
-    workspace = site.cfg.workspace + "/jobs/thing"
+    workspace = site.cfg.workspace + "/jobs/" + site.key("thing")
     assert job.rendered.splitlines()[-1] == (
         "singularity run --nv --bind %s:/mnt %s/my_container.sif --level=6 /mnt/foo.mp3 "
         "/mnt/foo.txt /mnt/foo.json" % (workspace, site.cfg.hpc_env["containers"]))

@@ -137,7 +137,7 @@ def test_a_claim_of_a_dead_pilot_unknown_to_the_spool_is_reclaimed_within_the_bo
         rec = sub.spool.get("held")
         assert rec is not None
         sub._stage(rec, sub.stager.queue_view(), submitter_module.PassReport())
-        claim = Path(site.cfg.workspace) / p.CLAIMED / p.claim_name("held", "pilot-rogue")
+        claim = Path(site.cfg.workspace) / p.CLAIMED / p.claim_name(site.key("held"), "pilot-rogue")
         deadline = time.monotonic() + 30
         while "start held" not in site.ledger_lines() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -251,7 +251,7 @@ def test_a_full_output_disk_keeps_the_hpc_outputs_and_retries(
     report = site.pass_until(lambda: (site.spool.get("big").fetch_failures  # type: ignore[union-attr]
                                       >= 2), sub=sub, timeout=60)
     assert not site.result_path("big").exists()
-    assert (Path(site.cfg.workspace) / p.DONE / "big").exists()  # kept on the HPC side
+    assert (Path(site.cfg.workspace) / p.DONE / site.key("big")).exists()  # kept there
     assert os.listdir(small_results) == []  # no target, no temp left
     last = json.loads((site.cfg.spool / "last_pass.json").read_text())
     assert last["ok"] is False and target in last["errors"][0]

@@ -209,7 +209,7 @@ def _pass_lines(data: dict[str, Any]) -> list[str]:
 
 
 def job_paths(cfg: Config, name: str) -> dict[str, str]:
-    directory = posixpath.join(cfg.workspace, p.JOBS, name)
+    directory = posixpath.join(cfg.workspace, p.JOBS, p.hpc_key(cfg.server_tag, name))
     return {"description": str(cfg.dropbox / (name + d.SUFFIX)),
             "result": str(cfg.dropbox / (name + d.FINISHED_SUFFIX)),
             "workspace": directory, "stdout": posixpath.join(directory, p.STDOUT),

@@ -20,7 +20,6 @@ from galaxy_hpc_runner.dropbox import policy
 from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool, remove_stale_output_temps
 from galaxy_hpc_runner.dropbox.staging import Stager, UnsafeOutput
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
-from hpc_worker import protocol as p
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class Collector:
         if node["status"] != ResultStatus.OK or not outputs:
             return node
         try:
-            self.stager.fetch_outputs(self.stager.path(p.JOBS, rec.name), outputs)
+            self.stager.fetch_outputs(self.stager.job_path(rec.name), outputs)
         except UnsafeOutput as exc:  # never retried: what the job wrote is not trusted
             node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
                         message="Outputs not collected, nothing was replaced: %s" % exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import posixpath
 import re
 import stat
 from dataclasses import dataclass, field
@@ -53,12 +54,15 @@ class Job:
     rendered: str
     walltime: float | None = None
     basenames: dict[str, str] = field(default_factory=dict)
+    key: str = ""  # the workspace key: SERVER=NAME (protocol.hpc_key)
+    workspace: str = ""  # W/jobs/KEY, what <<workspace>> names
 
     def meta(self) -> dict[str, Any]:
-        """What the pilot needs to know (W/jobs/KEY/job.json)."""
-        return {"key": self.name, "script": self.script, "walltime": self.walltime,
+        """What the pilot needs to know (W/jobs/KEY/job.json, records.JobSpec)."""
+        return {"key": self.key, "script": self.script, "walltime": self.walltime,
                 "inputs": sorted(os.path.basename(v) for v in self.inputs.values()),
-                "outputs": sorted(os.path.basename(v) for v in self.outputs.values())}
+                "outputs": sorted(os.path.basename(v) for v in self.outputs.values()),
+                "workspace": self.workspace, "server": p.server_of(self.key)}
 
 
 def load_yaml(text: str) -> Any:
@@ -234,8 +238,9 @@ def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
     job = Job(name=name, doc=doc, script=doc["script"], args=args, inputs=inputs,
               outputs=outputs, rendered="", walltime=_walltime(doc, cfg),
               basenames=_basenames(inputs, outputs))
-    job_workspace = os.path.join(cfg.workspace, p.JOBS, name)
-    job.rendered = render(load_template(path), template_values(job, cfg, job_workspace),
+    job.key = p.hpc_key(cfg.server_tag, name)
+    job.workspace = posixpath.join(cfg.workspace, p.JOBS, job.key)
+    job.rendered = render(load_template(path), template_values(job, cfg, job.workspace),
                           str(path))
     return job
 

@@ -35,12 +35,13 @@ SNAPSHOTS = ".hpc-batch-stage-"  # private snapshots of inputs, in the spool, du
 class QueueView:
     """One listing of the HPC queue directories, taken in the order markers move."""
 
-    ready: set[str] = field(default_factory=set)
-    claimed: dict[str, str] = field(default_factory=dict)  # key -> pilot
+    ready: set[str] = field(default_factory=set)  # this server's job names
+    claimed: dict[str, str] = field(default_factory=dict)  # name -> pilot
     done: set[str] = field(default_factory=set)
+    backlog: int = 0  # ready markers of every server sharing the workspace (pilot policy)
 
-    def has(self, key: str) -> bool:
-        return key in self.ready or key in self.claimed or key in self.done
+    def has(self, name: str) -> bool:
+        return name in self.ready or name in self.claimed or name in self.done
 
 
 class Stager:
@@ -48,6 +49,7 @@ class Stager:
         self.cfg = cfg
         self.t = transport
         self.root = cfg.workspace
+        self.server = cfg.server_tag
         self.tag = hashlib.sha1(str(cfg.spool).encode()).hexdigest()[:8]
         self._unsynced: set[str] = set()  # local directories written without fsync
         self.begin_pass([], clean=False)
@@ -55,12 +57,20 @@ class Stager:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def key(self, name: str) -> str:
+        """The workspace key of this server's job ``name`` (``SERVER=NAME``)."""
+        return p.hpc_key(self.server, name)
+
+    def job_path(self, name: str, *parts: str) -> str:
+        """W/jobs/KEY/... of this server's job ``name``."""
+        return self.path(p.JOBS, self.key(name), *parts)
+
     def ensure_layout(self) -> None:
         for sub in p.ALL_DIRS:
             self.t.makedirs(self.path(sub))
 
-    def marker_exists(self, key: str) -> bool:
-        return self.queue_view().has(key)
+    def marker_exists(self, name: str) -> bool:
+        return self.queue_view().has(name)
 
     def begin_pass(self, records: list[JobRecord], clean: bool = True) -> None:
         """Count input uses: a file several jobs share is uploaded once and hard-linked.
@@ -123,9 +133,10 @@ class Stager:
             self.sync()
             self.publish(rec.name)
 
-    def publish(self, key: str) -> None:
+    def publish(self, name: str) -> None:
         """The ready marker: any pilot may claim the job now (after :meth:`sync`). An empty
         file appears whole, so a local one is simply created (one step, no temp)."""
+        key = self.key(name)
         marker = self.path(p.READY, key)
         if not isinstance(self.t, LocalTransport):
             self.t.write_text(marker, "")
@@ -163,7 +174,7 @@ class Stager:
     def stage_files(self, rec: JobRecord) -> bool:
         """Everything of :meth:`stage` but the ready marker; False when the job was refused
         (its error result and done marker are written instead)."""
-        key, meta = rec.name, rec.meta
+        key, meta = self.key(rec.name), rec.meta
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
         self.t.makedirs(directory)
@@ -189,31 +200,42 @@ class Stager:
         self.t.write_text(self.path(p.DONE, key), "")
 
     def queue_view(self) -> QueueView:
-        view = QueueView(ready=set(self.t.listdir(self.path(p.READY))))
-        for name in self.t.listdir(self.path(p.CLAIMED)):
-            key, pilot = p.split_claim(name)
-            view.claimed[key] = pilot
-        view.done = set(self.t.listdir(self.path(p.DONE)))
+        """This server's jobs by name in each queue; other servers' only in ``backlog``."""
+        ready = self.t.listdir(self.path(p.READY))
+        view = QueueView(ready=self._mine(ready), backlog=len(ready))
+        for marker in self.t.listdir(self.path(p.CLAIMED)):
+            key, pilot = p.split_claim(marker)
+            view.claimed.update({name: pilot for name in self._mine([key])})
+        view.done = self._mine(self.t.listdir(self.path(p.DONE)))
         return view
 
-    def has_result(self, key: str) -> bool:
-        return self.t.exists(self.path(p.JOBS, key, p.RESULT))
+    def _mine(self, keys: list[str]) -> set[str]:
+        """The names behind the keys of this server (``SERVER=NAME``)."""
+        prefix = self.key("")
+        return {key[len(prefix):] for key in keys if key.startswith(prefix)
+                and p.server_of(key) == self.server}
 
-    def move_claim(self, key: str, pilot: str, queue: str) -> bool:
+    def has_result(self, name: str) -> bool:
+        return self.t.exists(self.job_path(name, p.RESULT))
+
+    def move_claim(self, name: str, pilot: str, queue: str) -> bool:
         """Move a claim marker to ``queue``; False if it is no longer there."""
+        key = self.key(name)
         return self.t.rename(self.path(p.CLAIMED, p.claim_name(key, pilot)), self.path(queue, key))
 
-    def drop_claim(self, key: str, pilot: str) -> None:
-        self.t.remove(self.path(p.CLAIMED, p.claim_name(key, pilot)))
+    def drop_claim(self, name: str, pilot: str) -> None:
+        self.t.remove(self.path(p.CLAIMED, p.claim_name(self.key(name), pilot)))
 
-    def withdraw(self, key: str) -> bool:
+    def withdraw(self, name: str) -> bool:
         """Take a staged job out of the queue before any pilot claims it."""
+        key = self.key(name)
         return self.t.rename(self.path(p.READY, key), self.path(p.CANCEL, key))
 
-    def request_cancel(self, key: str) -> None:
-        self.t.write_text(self.path(p.CANCEL, key), "")
+    def request_cancel(self, name: str) -> None:
+        self.t.write_text(self.path(p.CANCEL, self.key(name)), "")
 
-    def cleanup(self, key: str) -> None:
+    def cleanup(self, name: str) -> None:
+        key = self.key(name)
         self.t.remove(self.path(p.JOBS, key))
         for queue in (p.DONE, p.CANCEL, p.READY):
             self.t.remove(self.path(queue, key))
@@ -228,7 +250,7 @@ class Stager:
         at all) is left to the caller.
         """
         try:
-            with JobFiles(self.t, self.root, rec.name) as files:
+            with JobFiles(self.t, self.root, self.key(rec.name)) as files:
                 node = self._node(files)
                 if node["status"] == ResultStatus.OK:
                     files.check_outputs(rec.meta.get("pilot_meta", {}).get("outputs", []))

@@ -336,7 +336,7 @@ class Submitter:
         """Times the job was given back (the release lines of its bounded runs.jsonl, pilots
         that hit their hard walltime holding it, ``unwritten`` more now) and the policy's
         verdict: None to requeue it, else its error."""
-        path = self.stager.path(p.JOBS, rec.name, p.RUNS)
+        path = self.stager.job_path(rec.name, p.RUNS)
         try:
             runs = parse_runs(self.transport.read_bytes(path, limit=MAX_RUNS_BYTES))
         except RemoteFileMissing:
@@ -396,7 +396,7 @@ class Submitter:
         if not self.control.submit_allowed:
             self._let_pilots_go(known)
             return
-        count = self._pilots_wanted_now(known, len(view.ready))
+        count = self._pilots_wanted_now(known, view.backlog)
         if count and self.pilots.backoff_left() > 0:
             report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
                                  "status)" % self.pilots.backoff_left())

@@ -33,7 +33,7 @@ def wait_record(site: GalaxySite, name: str, states: tuple[str, ...]) -> JobReco
 
 
 def assert_cleaned_up(site: GalaxySite, name: str) -> None:
-    assert not (site.hpc / "workspace" / "jobs" / name).exists()
+    assert not list((site.hpc / "workspace" / "jobs").glob("*" + name))
     assert not list((site.hpc / "dropbox").glob(name + ".*"))
 
 

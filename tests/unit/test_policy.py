@@ -86,15 +86,16 @@ def _workspace(site: Site) -> Path:
 
 def _claim(site: Site, name: str, pilot: str) -> None:
     ws = _workspace(site)
-    os.rename(ws / p.READY / name, ws / p.CLAIMED / p.claim_name(name, pilot))
+    key = site.key(name)
+    os.rename(ws / p.READY / key, ws / p.CLAIMED / p.claim_name(key, pilot))
 
 
 def _release(site: Site, name: str, pilot: str) -> None:
     """What a stopping pilot does: a release line, then the claim back to ready/."""
-    ws = _workspace(site)
-    p.append_jsonl(str(ws / p.JOBS / name / p.RUNS), RunLine(
+    ws, key = _workspace(site), site.key(name)
+    p.append_jsonl(str(ws / p.JOBS / key / p.RUNS), RunLine(
         pilot=pilot, released=p.now_iso(), reason="walltime warning", elapsed=1.0).to_json())
-    os.rename(ws / p.CLAIMED / p.claim_name(name, pilot), ws / p.READY / name)
+    os.rename(ws / p.CLAIMED / p.claim_name(key, pilot), ws / p.READY / key)
 
 
 def _follow(sub: Submitter, name: str) -> None:
@@ -117,8 +118,8 @@ def test_releases_are_counted_and_past_the_cap_the_job_ends_in_error(site: Site)
     assert job["status"] == "error" and job["reason"] == Reason.RELEASED
     assert "2 time(s)" in job["message"] and "walltime" in job["message"]
     ws = _workspace(site)
-    assert not (ws / p.READY / "long").exists()  # out of the queue: no pilot starts it again
-    assert not (ws / p.JOBS / "long").exists()
+    assert not (ws / p.READY / site.key("long")).exists()  # out of the queue for good
+    assert not (ws / p.JOBS / site.key("long")).exists()
 
 
 def test_a_patched_release_rule_changes_the_submitter_too(
@@ -161,7 +162,7 @@ def test_a_claim_of_a_silent_unknown_pilot_is_reclaimed(site: Site, beat_age: fl
     assert sub._reclaim("pilot-ghost", view, False, dead["pilot-ghost"]) == 1
     rec = sub.spool.get("orphan")
     assert rec is not None and rec.state is JobState.STAGED and rec.lost == 1
-    assert (_workspace(site) / p.READY / "orphan").exists()
+    assert (_workspace(site) / p.READY / site.key("orphan")).exists()
 
 
 def test_a_claim_of_a_pilot_with_a_fresh_heartbeat_is_left_alone(site: Site) -> None:
