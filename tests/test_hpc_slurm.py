@@ -227,7 +227,7 @@ def test_check_remote_reaches_workspace_pilot_and_scheduler(slurm_site: Any) -> 
     site = slurm_site()
     proc = site.cli("--config", str(site.config_path), "check", "--remote")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for line in ("ok: workspace", "ok: the pilot's Python imports hpc_worker",
+    for line in ("ok: workspace", "ok: the pilot program deploys and runs",
                  "ok: the slurm scheduler answers"):
         assert line in proc.stdout
 

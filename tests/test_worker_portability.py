@@ -65,4 +65,4 @@ def test_pilot_runs_jobs_under_python_3_8(make_site: Any) -> None:
     assert site.result("old")["job"]["status"] == "ok"
     assert site.out("old.upper").read_text() == "FROM AN OLD NODE\n"
     log = next((site.root / "hpc/workspace/pilots").glob("*.log")).read_text()
-    assert "(old) finished: ok" in log
+    assert "(%s) finished: ok" % site.key("old") in log

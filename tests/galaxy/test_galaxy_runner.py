@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_hpc_runner.dropbox.spool import FINISHED, JobRecord, Spool
+from hpc_worker import protocol as p
 from tests.galaxy.conftest import INPUT_TEXT
 from tests.galaxy.server import AMP_WRAPPERS, GalaxyApi, GalaxySite, wait_until
 
@@ -42,11 +43,13 @@ def pilots(site: GalaxySite) -> set[str]:
 
 
 def start_runs(site: GalaxySite) -> dict[str, int]:
-    """How many times each job was started by any pilot (from the pilot logs)."""
+    """How many times each job was started by any pilot (from the pilot logs), by job name
+    (the pilot names a job by its workspace key, SERVER=NAME)."""
     counts: dict[str, int] = {}
     for log in (site.hpc / "workspace" / "pilots").glob("*.log"):
         for key in re.findall(r"\((\S+)\) started on slot", log.read_text()):
-            counts[key] = counts.get(key, 0) + 1
+            name = key.split(p.SERVER_SEP, 1)[-1]
+            counts[name] = counts.get(name, 0) + 1
     return counts
 
 
