@@ -104,7 +104,7 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from galaxy_hpc_runner.dropbox.spool import LockTimeout
+    from galaxy_hpc_runner.dropbox.passlock import LockTimeout
 
     cfg = load_config(args.config)
     submitter = _submitter(cfg)

@@ -17,8 +17,10 @@ from typing import Any
 
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox import policy
-from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool, remove_stale_output_temps
-from galaxy_hpc_runner.dropbox.staging import Stager, UnsafeOutput
+from galaxy_hpc_runner.dropbox.jobfiles import UnsafeOutput
+from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
+from galaxy_hpc_runner.dropbox.staging import Stager
+from galaxy_hpc_runner.dropbox.userfiles import remove_stale_output_temps
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from hpc_worker.states import Reason, ResultStatus
 

@@ -41,17 +41,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.dropbox.passlock import pass_lock
 from galaxy_hpc_runner.errors import HpcBatchError
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState, PilotState
@@ -67,17 +66,11 @@ TRANSITIONS = {
 }
 RECORD_SUFFIX = ".json"
 # temp files the submitter writes beside a job's outputs: .BASENAME.hpc-batch-tmp-PID-RAND
-OUTPUT_TEMP_MARK = ".hpc-batch-tmp-"
-REPLACED_MARK = ".replaced-"  # NAME.job.finished.replaced-NS: the result of an earlier run
 FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
 RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.active)
 StatKey = tuple[int, int, int, int]  # inode, size, mtime ns, ctime ns
 # (jobs/ inode and time, records, names, problems) of one look at jobs/
 Listing = tuple[tuple[int, int], list["JobRecord"], list[str], list[str]]
-
-
-class LockTimeout(HpcBatchError):
-    """Another submitter pass holds the spool lock."""
 
 
 class SpoolError(HpcBatchError):
@@ -393,30 +386,9 @@ class Spool:
         p.write_json(str(self.pilots_dir / (rec.pilot_id + RECORD_SUFFIX)), asdict(rec))
 
     # -- the pass lock ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, timeout: float) -> Iterator[None]:
-        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``.
-
-        The lock file lives in the private spool directory, is opened without following
-        links and is readable and writable by its owner only, so nobody else can take it.
-        """
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout("another submitter pass holds %s" % (
-                            self.path / "lock")) from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)
+    def lock(self, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``."""
+        return pass_lock(self.path / "lock", timeout)
 
 
 def _read_record(path: str) -> Any:
@@ -429,51 +401,3 @@ def _read_record(path: str) -> Any:
         raise
     with os.fdopen(fd, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-# -- names the submitter writes in the user's directories ---------------------------------
-def remove_stale_output_temps(targets: list[str]) -> list[str]:
-    """Remove our temp files left beside ``targets`` by a pass that was killed mid-fetch.
-
-    Only names of the fetch's temp pattern (``safefs.temp_name``: .BASE + OUTPUT_TEMP_MARK
-    + PID-RAND) for exactly these targets, only regular files.
-    Called under the spool lock, so no other pass of this spool is fetching them now.
-    """
-    removed = []
-    for target in targets:
-        directory, base = os.path.split(target)
-        prefix = ".%s%s" % (base, OUTPUT_TEMP_MARK)
-        try:
-            names = os.listdir(directory or ".")
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(directory, name)
-            if name.startswith(prefix) and os.path.isfile(path) and not os.path.islink(path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    removed.append(path)
-    return removed
-
-
-# -- resubmission of a NAME that has a result ----------------------------------------------
-def is_resubmission(description: Path, result: Path) -> bool:
-    """``NAME.job`` changed after ``NAME.job.finished`` was written: a new job of that name.
-
-    A new description (written in place, renamed in, copied, or touched) gets a change
-    time (ctime) later than the result's; the description a result answers is older.
-    """
-    try:
-        return description.stat().st_ctime_ns > result.stat().st_ctime_ns
-    except FileNotFoundError:
-        return False
-
-
-def set_aside_result(result: Path) -> Path | None:
-    """Rename an earlier run's result to ``NAME.job.finished.replaced-NS`` (kept, never read)."""
-    target = result.with_name("%s%s%d" % (result.name, REPLACED_MARK, time.time_ns()))
-    try:
-        os.rename(result, target)
-    except FileNotFoundError:
-        return None
-    return target

@@ -39,12 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus, make_backend
+from galaxy_hpc_runner.backends import Backend, make_backend
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control, policy
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.collect import Collector
 from galaxy_hpc_runner.dropbox.liveness import Liveness
+from galaxy_hpc_runner.dropbox.pass_pilots import PilotSteps
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
 from galaxy_hpc_runner.dropbox.receive import receive_one
 from galaxy_hpc_runner.dropbox.spool import (
@@ -53,13 +54,10 @@ from galaxy_hpc_runner.dropbox.spool import (
     RECEIVED,
     STAGED,
     JobRecord,
-    PilotRecord,
     Spool,
-    SpoolError,
-    is_resubmission,
-    set_aside_result,
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
+from galaxy_hpc_runner.dropbox.userfiles import is_resubmission, set_aside_result
 from galaxy_hpc_runner.dropbox.watch import QuietDirectory
 from galaxy_hpc_runner.errors import (
     RemoteFileMissing,
@@ -112,6 +110,7 @@ class Submitter:
         self.stager = Stager(cfg, self.transport)
         self.pilots = PilotManager(cfg, self.spool, self.backend, self.transport)
         self.liveness = Liveness(cfg, self.transport, self.backend)
+        self.pilot_steps = PilotSteps(self)
         self.collector = Collector(self.spool, self.stager)
         self.control = control.Control()  # read again at the start of every pass
         self._layout_ready = False
@@ -381,94 +380,7 @@ class Submitter:
 
     # -- pilots ----------------------------------------------------------------------
     def _manage_pilots(self, report: PassReport) -> None:
-        known = self.pilots.refresh()
-        if known and all(s.state is PilotState.UNKNOWN for _, s in known):
-            report.errors.append("the scheduler could not be asked about %d pilot(s); nothing "
-                                 "submitted (see the log)" % len(known))
-        view = self.stager.queue_view()  # fresh: collecting may have taken a while
-        for pilot, status in known:
-            if status.state is PilotState.GONE:
-                report.requeued += self._reclaim(pilot.pilot_id, view, status.timed_out,
-                                                 "ended: %s" % (status.reason or "no reason"))
-        dead = self.liveness.dead_holders(view, known, self.spool, self.pilots.stale_or_gone)
-        for holder, cause in dead.items():
-            report.requeued += self._reclaim(holder, view, False, cause)
-        if not self.control.submit_allowed:
-            self._let_pilots_go(known)
-            return
-        count = self._pilots_wanted_now(known, view.backlog)
-        if count and self.pilots.backoff_left() > 0:
-            report.errors.append("pilots failed to start; next try in %.0fs (see hpc-batch "
-                                 "status)" % self.pilots.backoff_left())
-            return
-        for _ in range(count):
-            self.pilots.submit()
-            report.pilots_submitted += 1
-
-    def _let_pilots_go(self, known: list[tuple[PilotRecord, PilotStatus]]) -> None:
-        """Paused: no new pilot. Draining: queued pilots are cancelled (running ones go on
-        with their jobs and leave when idle), so the site empties for maintenance."""
-        if not self.control.cancel_idle_pilots:
-            return
-        for pilot, status in known:
-            if status.state is PilotState.PENDING:
-                log.info("draining: cancelling queued pilot %s", pilot.pilot_id)
-                self.backend.cancel(pilot.scheduler_id)
-
-    def _pilots_wanted_now(self, known: list[tuple[PilotRecord, PilotStatus]],
-                           backlog: int) -> int:
-        """The shared policy: for the backlog, the minimum, and ahead of walltimes."""
-        cfg = self.cfg
-        states = [s.state for _, s in known]
-        pending = states.count(PilotState.PENDING)
-        count = policy.pilots_to_submit(backlog, pending + states.count(PilotState.RUNNING),
-                                        states.count(PilotState.UNKNOWN), cfg.max_pilots,
-                                        cfg.backlog_per_pilot, cfg.min_pilots)
-        if cfg.resubmit_ahead > 0 and not count:
-            remaining = self.pilots.remaining(known)
-            count = policy.resubmit_ahead(backlog, remaining, pending, cfg.resubmit_ahead,
-                                          cfg.max_pilots, cfg.backlog_per_pilot)
-        return count
-
-    def _reclaim(self, holder: str, view: QueueView, walltime: bool, cause: str) -> int:
-        """Claims a dead pilot still holds: requeued, or failed by the policy."""
-        requeued = 0
-        for key, pilot in list(view.claimed.items()):
-            try:
-                rec = self.spool.get(key) if pilot == holder else None
-            except SpoolError:  # reported by name in this pass; the others go on
-                continue
-            if rec is None or rec.state == FINISHED:
-                continue
-            del view.claimed[key]
-            if self.stager.has_result(key):  # it ended; only the done marker was missing
-                if self.stager.move_claim(key, holder, p.DONE):
-                    view.done.add(key)
-            elif self._requeue(rec, holder, walltime, cause):
-                view.ready.add(key)
-                requeued += 1
-        return requeued
-
-    def _requeue(self, rec: JobRecord, holder: str, walltime: bool, cause: str) -> bool:
-        """One dead pilot's claim: back to ready/ while the policy allows, else an error."""
-        pc = self.cfg.pilot
-        if walltime:  # a hard walltime kill is a release the pilot had no time to write
-            message = self._release_verdict(rec, holder, unwritten=1)[1]
-            detail: dict[str, Any] = dict(walltime_kills=rec.walltime_kills + 1)
-        else:
-            message = (None if policy.may_requeue_lost(rec.lost + 1, pc.max_attempts) else
-                       policy.lost_message(rec.lost + 1, pc.max_attempts, holder, cause))
-            detail = dict(lost=rec.lost + 1)
-        if message is None:
-            if not self.stager.move_claim(rec.name, holder, p.READY):
-                return False
-            self.spool.transition(rec, STAGED, sync=True,
-                                  message="pilot %s %s: requeued" % (holder, cause), **detail)
-            return True
-        self.spool.note(rec, **detail)
-        self._finish(rec, d.job_node(ResultStatus.ERROR, message,
-                                     reason=Reason.RELEASED if walltime else Reason.LOST))
-        return False
+        self.pilot_steps.manage(report)
 
     # -- cancel ----------------------------------------------------------------------
     def cancel(self, name: str) -> str:

@@ -159,7 +159,7 @@ def test_a_claim_of_a_silent_unknown_pilot_is_reclaimed(site: Site, beat_age: fl
     view = sub.stager.queue_view()
     dead = sub.liveness.dead_holders(view, [], sub.spool)
     assert list(dead) == ["pilot-ghost"] and "silent for" in dead["pilot-ghost"]
-    assert sub._reclaim("pilot-ghost", view, False, dead["pilot-ghost"]) == 1
+    assert sub.pilot_steps.reclaim("pilot-ghost", view, False, dead["pilot-ghost"]) == 1
     rec = sub.spool.get("orphan")
     assert rec is not None and rec.state is JobState.STAGED and rec.lost == 1
     assert (_workspace(site) / p.READY / site.key("orphan")).exists()
@@ -176,7 +176,7 @@ def test_a_job_that_lost_its_pilot_max_attempts_times_ends_in_error(site: Site) 
     for attempt in (1, 2):
         _silent_pilot(site, sub, "doomed", "pilot-%d" % attempt, beat_age=3600.0)
         view = sub.stager.queue_view()
-        sub._reclaim("pilot-%d" % attempt, view, False, "silent")
+        sub.pilot_steps.reclaim("pilot-%d" % attempt, view, False, "silent")
     job = site.result("doomed")["job"]
     assert job["reason"] == Reason.LOST and "lost its pilot 2 time(s)" in job["message"]
     assert not list((_workspace(site) / p.CLAIMED).iterdir())

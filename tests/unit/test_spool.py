@@ -12,10 +12,12 @@ import pytest
 
 from galaxy_hpc_runner.dropbox import safefs
 from galaxy_hpc_runner.dropbox.spool import (
-    OUTPUT_TEMP_MARK,
     JobRecord,
     Spool,
     SpoolError,
+)
+from galaxy_hpc_runner.dropbox.userfiles import (
+    OUTPUT_TEMP_MARK,
     is_resubmission,
     remove_stale_output_temps,
     set_aside_result,
