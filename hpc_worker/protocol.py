@@ -147,9 +147,30 @@ def split_claim(name: str) -> "tuple[str, str]":
     return key, pilot
 
 
-def atomic_write(path: str, data: "bytes | str", mode: int = 0o644, sync: bool = True) -> None:
+def current_umask() -> int:
+    """This process's umask, read without changing it (Linux), else by a quick set/reset."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(mode: int) -> int:
+    """``mode`` as the process umask leaves it: what a plainly created file would get."""
+    return mode & 0o777 & ~current_umask()
+
+
+def atomic_write(path: str, data: "bytes | str", mode: Optional[int] = None,
+                 sync: bool = True) -> None:
     """Write ``data`` to ``path`` so a reader sees the old file or the whole new one
-    (``sync``: on disk before it is visible)."""
+    (``sync``: on disk before it is visible). The file gets ``mode``, by default what the
+    umask leaves of 0666, as any file the process creates (never a fixed 0644)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
@@ -160,7 +181,7 @@ def atomic_write(path: str, data: "bytes | str", mode: int = 0o644, sync: bool =
             handle.flush()
             if sync:
                 os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, umask_mode(0o666) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)

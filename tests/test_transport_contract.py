@@ -16,9 +16,9 @@ from galaxy_hpc_runner.transport.base import (
     ManyTransferError,
     Transport,
     UnsafeRemoteFile,
-    current_umask,
 )
 from galaxy_hpc_runner.transport.ssh import SshTransport
+from hpc_worker import protocol as p
 
 
 @pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
@@ -47,7 +47,7 @@ def test_round_trip_keeps_bytes_and_mode_masked_by_the_umask(t: Transport, tmp_p
     t.put(str(src), str(remote))
     t.get(str(remote), str(back))
     assert back.read_bytes() == src.read_bytes()
-    want = 0o751 & ~current_umask()
+    want = 0o751 & ~p.current_umask()
     assert stat.S_IMODE(remote.stat().st_mode) == want
     assert stat.S_IMODE(back.stat().st_mode) == want
     src.chmod(0o600)
@@ -146,8 +146,8 @@ def test_many_files_each_way(t: Transport, tmp_path: Path) -> None:
         assert Path(remote).read_bytes() == Path(local).read_bytes() == \
             (back / name).read_bytes()
         mode = 0o640 if int(name[1:]) % 2 else 0o755
-        assert stat.S_IMODE(os.stat(remote).st_mode) == mode & ~current_umask()
-        assert stat.S_IMODE((back / name).stat().st_mode) == mode & ~current_umask()
+        assert stat.S_IMODE(os.stat(remote).st_mode) == mode & ~p.current_umask()
+        assert stat.S_IMODE((back / name).stat().st_mode) == mode & ~p.current_umask()
     assert all(not n.startswith(".tmp-") for n in visible(back))
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from galaxy_hpc_runner import __version__
 from galaxy_hpc_runner.cli.exitcodes import Exit
 from galaxy_hpc_runner.config import Config, load_config, read_config
+from galaxy_hpc_runner.dropbox.boundary import dropbox_warnings
+from galaxy_hpc_runner.dropbox.templates import check_templates
 from galaxy_hpc_runner.errors import HpcBatchError
 
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ def _transport(cfg: Config) -> Any:
 # -- admin commands ---------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     cfg, errors = read_config(args.config)
+    if cfg.templates.is_dir():  # every template must pass the placeholder check (docs/security.md)
+        errors += check_templates(cfg.templates)
+    for warning in dropbox_warnings(cfg):
+        print("warning: %s" % warning)
     if errors:
         print("%s: %d problem(s):" % (cfg.path, len(errors)))
         for error in errors:

@@ -111,7 +111,7 @@ def _reject(cfg: Config, spool: Spool, name: str, doc: dict[str, Any] | None,
     node = d.job_node(ResultStatus.ERROR, message, reason=Reason.INVALID)
     if not _utf8(name):
         path = os.path.join(str(cfg.dropbox), name + d.FINISHED_SUFFIX)
-        p.atomic_write(path, d.result_document(None, node), mode=safefs.umask_mode(0o666))
+        p.atomic_write(path, d.result_document(None, node), mode=p.umask_mode(0o666))
         return
     try:
         rec = spool.create(name, doc)

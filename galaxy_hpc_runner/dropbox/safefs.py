@@ -109,18 +109,6 @@ def open_root(path: os.PathLike[str] | str) -> int:
         raise _unsafe(str(path), exc) from exc
 
 
-def umask_mode(mode: int) -> int:
-    """``mode`` as the process umask leaves it (read without changing the umask)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return mode & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return mode & 0o755
-
-
 def open_dir_under(path: str, roots: Sequence[Path]) -> int:
     """A directory under one of ``roots``, walked from the root without following links."""
     root, rest = _root_of(path, roots)

@@ -287,7 +287,8 @@ class Stager:
             stdout=self._log(files, p.STDOUT), stderr=self._log(files, p.STDERR),
             start=result.start, end=result.end,
             attempts=sum(1 for run in runs if run.start is not None),
-            pilot=result.scheduler_id, host=result.host, reason=result.reason)
+            pilot=result.scheduler_id, host=result.host, reason=result.reason,
+            metrics=result.metrics or None)  # GPU accounting and runtime, where measured
 
     def _log(self, files: JobFiles, name: str) -> str:
         limit = self.cfg.max_log_bytes

@@ -58,20 +58,9 @@ class ManyTransferError(TransportError):
             " ..." if len(failed) > 3 else ""))
 
 
-def current_umask() -> int:
-    """This process's umask, read without changing it (Linux), else by a quick set/reset."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def masked_mode(mode: int) -> int:
     """The permission bits of ``mode`` as a new file of this process gets them."""
-    return stat.S_IMODE(mode) & 0o777 & ~current_umask()
+    return p.umask_mode(stat.S_IMODE(mode))
 
 
 def open_regular(path: str, what: str = "read", missing: type[TransportError] = RemoteFileMissing
