@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -169,3 +170,35 @@ class Site:
             self.kill_pilots()
         for sub in self._submitters:
             sub.transport.close()
+
+
+def minimal_site_ini(tmp_path: Path) -> Path:
+    """The smallest valid INI: dropbox, spool, templates and workspace under ``tmp_path``."""
+    for sub in ("dropbox", "spool", "ws", "templates"):
+        (tmp_path / sub).mkdir()
+    ini = tmp_path / "site.ini"
+    ini.write_text("[dropbox]\npath = %s\n[spool]\npath = %s\n[templates]\npath = %s\n"
+                   "[hpc_env]\nworkspace = %s\nscripts = /s\ncontainers = /c\n" % (
+                       tmp_path / "dropbox", tmp_path / "spool", tmp_path / "templates",
+                       tmp_path / "ws"))
+    return ini
+
+
+def run_together(target: Callable[..., None], calls: list[tuple[Any, ...]]) -> None:
+    """``target(*args)`` for each args in its own thread, all at once; the first error of any
+    thread is raised again here (``target`` itself may wait on a barrier to start together)."""
+    errors: list[BaseException] = []
+
+    def guarded(*args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:  # raised again by the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=args) for args in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -21,7 +21,7 @@ from galaxy_hpc_runner.dropbox.submitter import Submitter
 from hpc_worker import protocol as p
 from hpc_worker.records import PilotEntry
 from hpc_worker.states import PilotState
-from tests.sitekit import Site
+from tests.sitekit import Site, run_together
 
 SLOW_PILOT = {"idle_timeout": "30", "poll": "0.2"}  # stays up while the test looks
 
@@ -164,22 +164,12 @@ def race_submit(subs: tuple[Submitter, Submitter]) -> dict[str, str]:
     """Both submit at the same instant; the pilot id each got back, by server."""
     barrier = threading.Barrier(len(subs))
     got: dict[str, str] = {}
-    errors: list[BaseException] = []
 
     def submit(sub: Submitter) -> None:
-        try:
-            barrier.wait()
-            got[sub.pilots.server] = sub.pilots.submit().pilot_id
-        except BaseException as exc:  # raised again by the caller's thread
-            errors.append(exc)
+        barrier.wait()
+        got[sub.pilots.server] = sub.pilots.submit().pilot_id
 
-    threads = [threading.Thread(target=submit, args=(sub,)) for sub in subs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_together(submit, [(sub,) for sub in subs])
     return got
 
 

@@ -23,7 +23,7 @@ from galaxy_hpc_runner.dropbox.submitter import Submitter
 from hpc_worker import protocol as p
 from hpc_worker.states import PilotState
 from tests.services.cluster import SlurmCluster, SshServer
-from tests.sitekit import PROJECT, Site
+from tests.sitekit import PROJECT, Site, run_together
 
 SERVERS = ("alpha", "beta")
 
@@ -52,24 +52,13 @@ def burst(site: Site, server: str, count: int) -> list[str]:
 def drain_together(sites: list[Site], names: list[list[str]], timeout: float) -> list[Submitter]:
     """Both servers' submitters pass at once, each until its own jobs have results."""
     subs = [site.submitter() for site in sites]
-    errors: list[BaseException] = []
     start = threading.Barrier(len(sites))
 
     def loop(site: Site, sub: Submitter, mine: list[str]) -> None:
-        try:
-            start.wait()
-            site.drain(mine, timeout=timeout, sub=sub)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        start.wait()
+        site.drain(mine, timeout=timeout, sub=sub)
 
-    threads = [threading.Thread(target=loop, args=args)
-               for args in zip(sites, subs, names, strict=True)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_together(loop, list(zip(sites, subs, names, strict=True)))
     return subs
 
 

@@ -17,6 +17,7 @@ from galaxy_hpc_runner.galaxy import descriptions as gd
 from galaxy_hpc_runner.galaxy import outcomes as go
 from hpc_worker.states import Reason
 from tests.galaxy.server import GALAXY_VENV, PROJECT, install_galaxy
+from tests.sitekit import minimal_site_ini
 
 pytestmark = pytest.mark.galaxy
 
@@ -66,14 +67,7 @@ def test_outcomes(node: dict[str, object], action: go.Action, runner_state: str 
 
 
 def _site(tmp_path: Path) -> Path:
-    for sub in ("dropbox", "spool", "ws", "templates"):
-        (tmp_path / sub).mkdir()
-    ini = tmp_path / "site.ini"
-    ini.write_text("[dropbox]\npath = %s\n[spool]\npath = %s\n[templates]\npath = %s\n"
-                   "[hpc_env]\nworkspace = %s\nscripts = /s\ncontainers = /c\n" % (
-                       tmp_path / "dropbox", tmp_path / "spool", tmp_path / "templates",
-                       tmp_path / "ws"))
-    return ini
+    return minimal_site_ini(tmp_path)
 
 
 def test_missing_everything_is_lost_not_ok(tmp_path: Path) -> None:

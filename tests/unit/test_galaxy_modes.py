@@ -20,6 +20,7 @@ from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.errors import ConfigError, JobError
 from galaxy_hpc_runner.galaxy import descriptions as gd
 from galaxy_hpc_runner.galaxy import galaxy_script as gs
+from tests.sitekit import minimal_site_ini
 
 # Galaxy 26.1's CLUSTER_SLOTS_STATEMENT.sh, shortened to the branches used here.
 CLUSTER = """export GALAXY_SLOTS_CONFIGURED="1"
@@ -83,14 +84,7 @@ def test_template_mode_names_every_problem() -> None:
 
 
 def _cfg(tmp_path: Path) -> Any:
-    for sub in ("dropbox", "spool", "ws", "templates"):
-        (tmp_path / sub).mkdir()
-    ini = tmp_path / "site.ini"
-    ini.write_text("[dropbox]\npath = %s\n[spool]\npath = %s\n[templates]\npath = %s\n"
-                   "[hpc_env]\nworkspace = %s\nscripts = /s\ncontainers = /c\n" % (
-                       tmp_path / "dropbox", tmp_path / "spool", tmp_path / "templates",
-                       tmp_path / "ws"))
-    return load_config(ini)
+    return load_config(minimal_site_ini(tmp_path))
 
 
 def test_template_is_installed_once_and_a_sites_own_is_kept(tmp_path: Path) -> None:
