@@ -86,6 +86,26 @@ def test_unreachable_host_is_a_clear_error(ssh_server: SshServer) -> None:
         connect(ssh_server, port=1).listdir("/")  # type: ignore[arg-type]
 
 
+def test_a_key_the_head_node_refuses_fails_at_once_naming_the_settings(
+        ssh_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Authentication failing is permanent: no reconnect loop, and the message says which
+    settings to look at (issue 14: check --remote must not retry permanent errors)."""
+    key = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    t = connect(ssh_server, key_file=str(key))
+    connects = []
+    real = t._connect
+
+    def counted() -> object:
+        connects.append(1)
+        return real()
+
+    monkeypatch.setattr(t, "_connect", counted)
+    with pytest.raises(TransportError, match=r"authentication failed.*key_file"):
+        t.listdir("/")
+    assert len(connects) == 1
+
+
 def test_key_passphrase_comes_from_the_environment(
         ssh_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = tmp_path / "locked_key"

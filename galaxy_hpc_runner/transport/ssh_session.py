@@ -111,6 +111,11 @@ class SshSession:
                            auth_timeout=self.timeout, allow_agent=False,
                            transport_factory=_fast_transport,
                            look_for_keys=self.key_file is None)
+        except paramiko.AuthenticationException as exc:  # permanent: never retried
+            raise TransportError(
+                "ssh to %s@%s:%d: authentication failed (%s): check [transport] user, key_file "
+                "and passphrase_env/passphrase_file" % (self.user or "", self.host, self.port,
+                                                          exc)) from exc
         except paramiko.BadHostKeyException as exc:
             raise TransportError("host key of %s:%d CHANGED (not the one in %s): refusing to "
                                  "connect" % (self.host, self.port, self.known_hosts)) from exc
@@ -142,7 +147,16 @@ class SshSession:
     def _sftp_client(self) -> paramiko.SFTPClient:
         client = self._ssh()
         if self._sftp is None:
-            self._sftp = client.open_sftp()
+            try:
+                self._sftp = client.open_sftp()
+            except paramiko.SSHException as exc:  # e.g. "Channel closed": no sftp subsystem
+                if not self._alive():
+                    raise _Unreachable("ssh to %s:%d dropped: %s" % (
+                        self.host, self.port, exc)) from exc
+                raise TransportError(
+                    "%s:%d refused an SFTP session (%s): the head node's sshd needs the sftp "
+                    "subsystem (Subsystem sftp ... in sshd_config)" % (self.host, self.port, exc)
+                ) from exc
         return self._sftp
 
     def _session(self) -> paramiko.Channel:
