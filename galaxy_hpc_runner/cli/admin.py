@@ -87,7 +87,8 @@ def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> d
     if pilot.state is PilotState.PENDING:
         entry["queue_wait"] = entry["age"]  # waiting in the scheduler's queue so far
     if pilot.state is not PilotState.GONE:
-        hb = read_heartbeat(cfg, transport, pilot.pilot_id)
+        record = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
+        hb = record.to_json() if record else None
         entry["heartbeat"] = hb
         beat = view(Beat, hb)
         epoch = beat.epoch if beat else None

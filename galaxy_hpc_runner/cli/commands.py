@@ -233,9 +233,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     starts = {}  # pilots still known on the HPC side: their start from the heartbeat
     for pilot in spool.pilots():
         if pilot.state is not PilotState.GONE:
-            beat = read_heartbeat(cfg, transport, pilot.pilot_id) or {}
-            if isinstance(beat.get("started"), (int, float)) and beat["started"] > 0:
-                starts[pilot.pilot_id] = float(beat["started"])
+            beat = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
+            if beat and beat.started > 0:
+                starts[pilot.pilot_id] = beat.started
     built = report.build(spool, since, until, cfg.pilot.slots, starts)
     title = "hpc-batch: %s to %s" % (time.strftime("%Y-%m-%d %H:%M", time.localtime(since)),
                                      time.strftime("%Y-%m-%d %H:%M", time.localtime(until)))

@@ -33,16 +33,13 @@ from collections.abc import Callable
 from galaxy_hpc_runner.backends import Backend, PilotState, PilotStatus
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import policy
+from galaxy_hpc_runner.dropbox.registry import read_heartbeat
 from galaxy_hpc_runner.dropbox.spool import CLAIMED, PilotRecord, Spool, SpoolError
 from galaxy_hpc_runner.dropbox.staging import QueueView
-from galaxy_hpc_runner.errors import SchedulerError, TransportError
+from galaxy_hpc_runner.errors import SchedulerError
 from galaxy_hpc_runner.transport.base import Transport
-from hpc_worker import protocol as p
-from hpc_worker.records import Heartbeat, ProtocolError
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SUFFIX = p.HEARTBEAT
-HEARTBEAT_LIMIT = 64 << 10
 
 
 class Liveness:
@@ -102,12 +99,8 @@ class Liveness:
 
     def heartbeat_epoch(self, pilot_id: str) -> float:
         """When ``pilot_id`` last wrote its heartbeat (0 when it has none or it is unreadable)."""
-        path = p.pilot_path(self.cfg.workspace, pilot_id, HEARTBEAT_SUFFIX)
-        try:
-            beat = Heartbeat.loads(self.t.read_bytes(path, limit=HEARTBEAT_LIMIT), path)
-        except (TransportError, ProtocolError):
-            return 0.0
-        return beat.epoch
+        beat = read_heartbeat(self.t, self.cfg.workspace, pilot_id)
+        return beat.epoch if beat else 0.0
 
     def scheduler_id_of(self, pilot_id: str) -> str | None:
         """The scheduler id of a pilot this spool does not follow while it is queued or

@@ -202,9 +202,9 @@ class PilotManager:
         for pilot, status in known:
             if status.state is not PilotState.RUNNING:
                 continue
-            beat = read_heartbeat(self.cfg, self.t, pilot.pilot_id)
-            if beat and beat.get("deadline"):
-                out.append(float(beat["deadline"]) - time.time())
+            beat = read_heartbeat(self.t, self.cfg.workspace, pilot.pilot_id)
+            if beat and beat.deadline:
+                out.append(beat.deadline - time.time())
         return out
 
     def output_tail(self, pilot: PilotRecord, limit: int = 2000) -> str:

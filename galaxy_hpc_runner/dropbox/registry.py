@@ -170,11 +170,7 @@ class Registry:
 
     def heartbeat(self, pilot_id: str) -> Heartbeat | None:
         """A pilot's last heartbeat; None when it has none (yet) or it cannot be read."""
-        path = p.pilot_path(self.root, pilot_id, HEARTBEAT_SUFFIX)
-        try:
-            return Heartbeat.loads(self.t.read_bytes(path, limit=ENTRY_LIMIT), path)
-        except (TransportError, ProtocolError):
-            return None
+        return read_heartbeat(self.t, self.root, pilot_id)
 
     def queue_by_server(self) -> dict[str, dict[str, int]]:
         """Jobs waiting (ready) and running (claimed) on the HPC side, by submitting server
@@ -325,13 +321,14 @@ def pilot_file(cfg: Config, pilot_id: str, suffix: str) -> str:
     return p.pilot_path(cfg.workspace, pilot_id, suffix)
 
 
-def read_heartbeat(cfg: Config, transport: Transport, pilot_id: str) -> dict[str, Any] | None:
-    """A pilot's last heartbeat, None when it has none (yet) or it cannot be read."""
+def read_heartbeat(transport: Transport, root: str, pilot_id: str) -> Heartbeat | None:
+    """The one heartbeat reader: W/pilots/PILOT.hb as a checked record, read with a bound;
+    None when the pilot has none (yet) or it cannot be read."""
+    path = p.pilot_path(root, pilot_id, HEARTBEAT_SUFFIX)
     try:
-        data = json.loads(transport.read_text(pilot_file(cfg, pilot_id, HEARTBEAT_SUFFIX)))
-    except (TransportError, ValueError):
+        return Heartbeat.loads(transport.read_bytes(path, limit=ENTRY_LIMIT), path)
+    except (TransportError, ProtocolError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def new_pilot_id(server: str) -> str:
