@@ -302,10 +302,6 @@ def marker(root: str, queue: str, name: str) -> str:
     return os.path.join(root, queue, name)
 
 
-def optional_float(value: Any) -> Optional[float]:
-    return None if value is None else float(value)
-
-
 # -- attempts ------------------------------------------------------------------------
 def attempt_name(number: int) -> str:
     return "%s%d" % (ATTEMPT_PREFIX, number)
