@@ -126,17 +126,6 @@ class Stager:
         return posixpath.join(self._pass_dir, "%d-%s" % (len(self._shared),
                                                          os.path.basename(local)))
 
-    def stage(self, rec: JobRecord) -> None:
-        """Job directory, inputs, script and job.json first; the ready marker last.
-
-        An input that is no longer the regular file validated at receive (a link
-        swapped in, gone, moved out of its root) ends the job here: its error result
-        and done marker are written instead, and the next pass collects them.
-        """
-        if self.stage_files(rec):
-            self.sync()
-            self.publish(rec.name)
-
     def publish(self, name: str) -> None:
         """The ready marker: any pilot may claim the job now (after :meth:`sync`). An empty
         file appears whole, so a local one is simply created (one step, no temp)."""
@@ -176,8 +165,13 @@ class Stager:
         self._unsynced.add(posixpath.dirname(path))
 
     def stage_files(self, rec: JobRecord) -> bool:
-        """Everything of :meth:`stage` but the ready marker; False when the job was refused
-        (its error result and done marker are written instead)."""
+        """A job's directory, inputs, script and job.json; the caller then syncs a chunk of
+        them (:meth:`sync`) and writes their ready markers (:meth:`publish`) last.
+
+        False when the job was refused: an input that is no longer the regular file
+        validated at receive (a link swapped in, gone, moved out of its root) ends the job
+        here, its error result and done marker written instead for the next pass to collect.
+        """
         key, meta = self.key(rec.name), rec.meta
         directory = self.path(p.JOBS, key)
         self.t.remove(directory)  # what an interrupted earlier attempt left
