@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from galaxy_hpc_runner.cli import jobs
+from galaxy_hpc_runner.cli import gpu_figures, jobs, site_view
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control
 from galaxy_hpc_runner.dropbox import description as d
@@ -86,9 +86,10 @@ def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> d
     entry["age"] = age_of(pilot.submitted, now)
     if pilot.state is PilotState.PENDING:
         entry["queue_wait"] = entry["age"]  # waiting in the scheduler's queue so far
+    record = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
+    hb = record.to_json() if record else None
+    entry["gpu"] = gpu_figures.pilot_figures(hb)  # a gone pilot's too: its last word
     if pilot.state is not PilotState.GONE:
-        record = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
-        hb = record.to_json() if record else None
         entry["heartbeat"] = hb
         beat = view(Beat, hb)
         epoch = beat.epoch if beat else None
@@ -113,9 +114,10 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
     last = read_json_quietly(cfg.spool / "last_pass.json")
     late = pass_is_late(cfg, last, now)
     passed = view(LastPass, last)
-    return {"site": site_picture(cfg, transport),
+    return {"site": site_view.site_picture(cfg, transport),
             "spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
             "mode": control.current(cfg.spool).describe(), "counts": counts, "pilots": pilots,
+            "gpu_total": gpu_figures.total(pilot.get("gpu") for pilot in pilots),
             "oldest_waiting": ({"name": waiting[0].name, "state": str(waiting[0].state),
                                 "since": waiting[0].received,
                                 "age": age_of(waiting[0].received, now)} if waiting else None),
@@ -127,33 +129,6 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
             "last_pass_ok": passed.ok if passed else None,
             "pass_late": late is not None,
             "problems": list(getattr(spool, "problems", []))}
-
-
-def site_picture(cfg: Config, transport: Transport) -> dict[str, Any] | None:
-    """Every server's pilots and queue from the HPC-side registry; None when unreadable."""
-    try:
-        from galaxy_hpc_runner.dropbox.registry import Registry
-
-        server = getattr(cfg, "server_tag", "")
-        return Registry(transport, cfg.workspace, server).picture()  # type: ignore[no-any-return]
-    except (ImportError, OSError, TransportError, ValueError, TypeError):
-        return None
-
-
-def _site_lines(site: dict[str, Any] | None) -> list[str]:
-    if not site or not (set(site.get("servers", [])) - {site.get("server")}):
-        return []  # this server alone: the lines above tell everything
-    lines = ["site (workspace shared by %s):" % ", ".join(site["servers"])]
-    for server, queue in sorted(site.get("queue", {}).items()):
-        lines.append("  queue of %s: ready %s, claimed %s" % (
-            server or "-", queue.get("ready", 0), queue.get(JobState.CLAIMED, 0)))
-    others = [pl for pl in site.get("pilots", []) if not pl.get("mine")]
-    for pilot in others[-PILOTS_SHOWN:]:
-        beat = pilot.get("heartbeat") or {}
-        lines.append("  %s of %s: %s%s" % (
-            pilot.get("pilot_id"), pilot.get("server"), pilot.get("state"),
-            ", heartbeat %s ago" % jobs.ago(beat.get("age_s")) if beat else ""))
-    return lines
 
 
 def last_pass_failed(data: dict[str, Any]) -> bool:
@@ -175,7 +150,8 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append("pilots:" if data["pilots"] else "pilots: none")
     for pilot in data["pilots"]:
         lines.append("  " + _pilot_line(pilot))
-    lines += _site_lines(data.get("site"))
+    own = gpu_figures.total_text(data.get("gpu_total"), "this server's pilots above")
+    lines += ([own] if own else []) + site_view.site_lines(data.get("site"))
     lines += _pass_lines(data)
     lines += ["PROBLEM: " + problem for problem in data.get("problems", [])]
     return "\n".join(lines)
@@ -193,7 +169,7 @@ def _pilot_line(pilot: dict[str, Any]) -> str:
         text += "  heartbeat %s ago, running %s, done %s" % (
             ago(pilot.get("heartbeat_age")), ",".join(hb.running or []) or "-",
             "?" if hb.done is None else hb.done)
-    return text
+    return text + gpu_figures.pilot_text(pilot.get("gpu"))
 
 
 def _pass_lines(data: dict[str, Any]) -> list[str]:
@@ -244,6 +220,8 @@ def show_data(cfg: Config, query: str) -> dict[str, Any]:
             "lost_pilots": rec.lost, "releases": getattr(rec, "releases", 0),
             "stdout_tail": _kept(res, rec, finished, "stdout"),
             "stderr_tail": _kept(res, rec, finished, "stderr"),
+            "gpu": gpu_figures.job_figures(res.get("metrics") if result else
+                                           finished[-1].get("metrics") if finished else None),
             "paths": job_paths(cfg, name), "result": result}
 
 
@@ -275,6 +253,8 @@ def format_show(data: dict[str, Any]) -> str:
             " ".join("%s=%s" % kv for kv in sorted(extra.items()))))
     lines.append("pilot %s  host %s  rc %s  lost pilots %s  releases %s" % (
         data["pilot"], data["host"], data["rc"], data["lost_pilots"], data.get("releases", 0)))
+    gpu = gpu_figures.job_line(data.get("gpu"))
+    lines += [gpu] if gpu else []
     lines.extend("%s: %s" % kv for kv in data["paths"].items())
     return "\n".join(lines)
 

@@ -184,9 +184,11 @@ class Registry:
                 counts[posixpath.basename(queue)] += 1
         return out
 
-    def picture(self) -> dict[str, Any]:
+    def picture(self, with_gone: bool = False) -> dict[str, Any]:
         """The site-wide picture: every pilot (``mine`` when this server submitted it,
-        its heartbeat while not gone), each server's queue, every server seen."""
+        its heartbeat while not gone, ``gpu_time`` when it held GPUs: the heartbeat's
+        GPU fields, of gone pilots too with ``with_gone``), each server's queue, every
+        server seen."""
         pilots = []
         for entry in sorted(self.entries().values(), key=lambda e: e.submitted):
             item: dict[str, Any] = {
@@ -194,12 +196,17 @@ class Registry:
                 "mine": entry.submitter == self.server, "state": str(entry.state),
                 "scheduler_id": entry.scheduler_id, "backend": entry.backend,
                 "submitted": entry.submitted, "slots": entry.slots}
-            beat = self.heartbeat(entry.pilot_id) if entry.state is not PilotState.GONE else None
-            if beat is not None:
+            gone = entry.state is PilotState.GONE
+            beat = self.heartbeat(entry.pilot_id) if with_gone or not gone else None
+            if beat is not None and not gone:
                 item["heartbeat"] = {"state": str(beat.state), "host": beat.host,
                                      "age_s": round(time.time() - beat.epoch, 1),
                                      "jobs": beat.running, "done": beat.done,
                                      "deadline": beat.deadline}
+            if beat is not None and beat.gpus:
+                item["gpu_time"] = {"gpus": beat.gpus, "slots_per_gpu": beat.slots_per_gpu,
+                                    "gpu_busy_seconds": beat.gpu_busy_seconds,
+                                    "gpu_idle_seconds": beat.gpu_idle_seconds}
             pilots.append(item)
         queue = self.queue_by_server()
         servers = sorted(({i["server"] for i in pilots} | set(queue) | {self.server}) - {""})
