@@ -247,7 +247,8 @@ def pilot_phase(site: Site, pattern: str, way: str, names: list[str], drops: lis
                      queue_waits=waits, held_gpu_s=held, busy_s=busy, idle_gpu_s=held - busy,
                      failed=sum(1 for j in jobs if j["status"] != "ok"),
                      steady_from=min(starts) if starts else None,
-                     before_gpu_s=before, after_gpu_s=after)
+                     before_gpu_s=before, after_gpu_s=after,
+                     gpu=rep.measured_gpu(jobs, beats.values()))
 
 
 def pilot_beats(site: Site) -> dict[str, dict[str, Any]]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from galaxy_hpc_runner.cli import gpu_figures
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class Phase:
     steady_from: float | None = None  # first pilot start: later drops met a running pilot
     before_gpu_s: float | None = None  # GPU-seconds pilots held before the first drop
     after_gpu_s: float | None = None  # GPU-seconds pilots held after the last result
+    gpu: dict[str, Any] = field(default_factory=dict)  # what the pilots measured (measured_gpu)
 
     @property
     def latencies(self) -> list[float]:
@@ -57,6 +61,25 @@ def latency_stats(values: list[float]) -> dict[str, float]:
             "max": max(values)}
 
 
+def measured_gpu(jobs: Iterable[Mapping[str, Any]],
+                 beats: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The GPU figures the pilots measured (hpc_worker.gpu): per job (result ``metrics``:
+    GPU-seconds, peak memory, mean utilisation) and per pilot (heartbeat: device-seconds
+    held busy and idle); a figure no pilot measured is absent (None), never 0."""
+    figures = [f for f in (gpu_figures.job_figures(j.get("metrics")) for j in jobs) if f]
+
+    def values(key: str) -> list[float]:
+        return [float(f[key]) for f in figures if key in f]
+
+    held = gpu_figures.total(gpu_figures.pilot_figures(b) for b in beats) or {}
+    utils, peaks, secs = values("gpu_util_mean_pct"), values("gpu_mem_peak_mib"), \
+        values("gpu_seconds")
+    return {"jobs_gpu_s": sum(secs) if secs else None,
+            "util_mean_pct": statistics.fmean(utils) if utils else None,
+            "mem_peak_mib": max(peaks) if peaks else None,
+            "busy_gpu_s": held.get("busy_s"), "idle_gpu_s": held.get("idle_s")}
+
+
 def summarize(ph: Phase) -> dict[str, Any]:
     out: dict[str, Any] = {
         "pattern": ph.pattern, "way": ph.way, "jobs": len(ph.drops), "failed": ph.failed,
@@ -66,7 +89,7 @@ def summarize(ph: Phase) -> dict[str, Any]:
         "before_gpu_s": ph.before_gpu_s, "after_gpu_s": ph.after_gpu_s,
         "queue_wait_mean": statistics.fmean(ph.queue_waits) if ph.queue_waits else None,
         "queue_wait_min": min(ph.queue_waits) if ph.queue_waits else None,
-        "drops": ph.drops, "latencies": ph.latencies}
+        "gpu": ph.gpu or None, "drops": ph.drops, "latencies": ph.latencies}
     if ph.steady_from is not None:
         steady = [lat for t, lat in zip(ph.drops, ph.latencies, strict=True)
                   if t >= ph.steady_from]
@@ -117,16 +140,26 @@ def _num(value: float | None, fmt: str = "%.1f") -> str:
 def table(rows: dict[str, dict[str, Any]]) -> str:
     """The Markdown table of the README."""
     head = ("| pattern | way | makespan s | latency mean s | p50 s | p95 s | max s "
-            "| queue wait s | scheduler submissions | pilot idle GPU-s |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "| queue wait s | scheduler submissions | pilot idle GPU-s "
+            "| measured GPU-s busy / idle |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = ""
     for row in rows.values():
         lat = row["latency"]
-        body += "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %d | %s |\n" % (
+        body += "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %d | %s | %s |\n" % (
             row["pattern"], _way_label(row["way"]), row["makespan"], lat["mean"], lat["p50"],
             lat["p95"], lat["max"], _num(row["queue_wait_mean"]), row["submissions"],
-            _num(row["idle_gpu_s"]) if row["way"] != "sbatch" else "0 (none held)")
+            _num(row["idle_gpu_s"]) if row["way"] != "sbatch" else "0 (none held)",
+            _measured(row.get("gpu")))
     return head + body
+
+
+def _measured(gpu: Mapping[str, Any] | None) -> str:
+    """``busy / idle`` device-seconds the pilots' heartbeats counted; ``-`` when no pilot
+    held a GPU it knew of (one sbatch per job, a node without GPUs)."""
+    if not gpu or gpu.get("busy_gpu_s") is None:
+        return "-"
+    return "%s / %s" % (_num(gpu["busy_gpu_s"]), _num(gpu.get("idle_gpu_s")))
 
 
 def _way_label(way: str) -> str:

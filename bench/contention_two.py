@@ -126,17 +126,19 @@ def _phase(way: str, sites: list[Site], subs: list[Submitter], names: list[list[
            drops: list[list[float]], done: list[list[float]]) -> rep.Phase:
     pairs = sorted(zip([t for d in drops for t in d], [t for d in done for t in d], strict=True))
     entries = {e.pilot_id: e for sub in subs for e in _entries(sub)}  # both registries
-    waits = []
+    waits, beats = [], {}
     for sub in subs:
         for pid, entry in entries.items():
             beat = sub.pilots.registry.heartbeat(pid)
-            if beat is not None and beat.started:
+            if beat is not None and beat.started and pid not in beats:
                 waits.append(beat.started - _epoch(entry.submitted))
+                beats[pid] = beat.to_json()  # a shared pilot once, seen by both servers
     jobs = [yaml.safe_load(site.result_path(n).read_text())["job"]
             for site, mine in zip(sites, names, strict=True) for n in mine]
     return rep.Phase(PATTERN, way, [d for d, _ in pairs], [e for _, e in pairs],
                      submissions=len(entries), queue_waits=waits,
-                     failed=sum(1 for j in jobs if j["status"] != "ok"))
+                     failed=sum(1 for j in jobs if j["status"] != "ok"),
+                     gpu=rep.measured_gpu(jobs, beats.values()))
 
 
 def _epoch(iso: str) -> float:
