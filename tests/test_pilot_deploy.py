@@ -7,17 +7,20 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from galaxy_hpc_runner.backends import pilot_spec
-from galaxy_hpc_runner.dropbox import deploy
+from galaxy_hpc_runner.dropbox import deploy, registry
 from galaxy_hpc_runner.dropbox.submitter import Submitter
 from galaxy_hpc_runner.errors import SchedulerError
-from galaxy_hpc_runner.transport.base import LocalTransport
-from hpc_worker.records import PROTOCOL_VERSION
+from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from hpc_worker import protocol as p
+from hpc_worker.records import PROTOCOL_VERSION, PilotEntry
+from hpc_worker.states import PilotState
 from tests.services.cluster import SshServer
 from tests.sitekit import Site
 from tests.test_two_servers import ssh_sections
@@ -96,5 +99,86 @@ def test_the_program_is_deployed_and_verified_over_ssh(tmp_path: Path,
         sub = Submitter(site.cfg)
         assert deploy.program_name() in sub.pilots.preflight()
         assert Path(deploy.remote_program(site.cfg)).read_bytes() == deploy.build()[1]
+    finally:
+        site.close()
+
+
+# -- pruning old programs -------------------------------------------------------------
+OLD = ("hpc_worker-v1-aaaaaaaaaaaa.pyz", "hpc_worker-v2-bbbbbbbbbbbb.pyz")
+
+
+def old_programs(site: Site, transport: Transport) -> Path:
+    """This release's program and two of older releases in W/bin, and a file of no program."""
+    deploy.ensure_deployed(site.cfg, transport)
+    bin_dir = Path(site.cfg.workspace) / deploy.BIN
+    for name in OLD + ("README.txt",):
+        transport.write_text(str(bin_dir / name), "old\n")
+    return bin_dir
+
+
+def live_entry(sub: Submitter, pilot_id: str, state: PilotState) -> PilotEntry:
+    entry = PilotEntry(pilot_id=pilot_id, submitted=p.now_iso(), state=state,
+                       submitter="other", backend="slurm", scheduler_id="77")
+    with sub.pilots.registry.lock():
+        sub.pilots.registry.write(entry)
+    return entry
+
+
+def check_pruning(site: Site, sub: Submitter) -> None:
+    """Kept while new to this server or while a live pilot may use it; then removed, and
+    this release's program never (however old)."""
+    bin_dir = old_programs(site, sub.transport)
+    t0 = time.time()
+    assert deploy.prune_programs(site.cfg, sub.transport, sub.pilots.registry, t0) == []
+    later = t0 + deploy.PROGRAM_KEEP + 1
+    entry = live_entry(sub, "pilot-other-20261127T060000-abcdef", PilotState.RUNNING)
+    assert deploy.prune_programs(site.cfg, sub.transport, sub.pilots.registry, later) == []
+    assert {n for n in OLD if (bin_dir / n).exists()} == set(OLD)  # it may run either
+    entry.state = PilotState.GONE
+    with sub.pilots.registry.lock():
+        sub.pilots.registry.write(entry)
+    much_later = later + 10 * deploy.PROGRAM_KEEP
+    removed = deploy.prune_programs(site.cfg, sub.transport, sub.pilots.registry, much_later)
+    assert sorted(removed) == sorted(OLD)
+    assert sorted(n.name for n in bin_dir.iterdir()) == sorted(
+        ["README.txt", deploy.program_name()])
+    assert not (Path(site.cfg.workspace) / p.PILOTS / (registry.LOCK_NAME)).exists()
+
+
+def test_old_programs_no_live_pilot_uses_are_pruned_never_the_current_one(site: Site) -> None:
+    check_pruning(site, Submitter(site.cfg))
+
+
+def test_programs_in_use_are_those_live_entries_name() -> None:
+    live = PilotEntry(pilot_id="a", submitted="", state=PilotState.PENDING)
+    gone = PilotEntry(pilot_id="b", submitted="", state=PilotState.GONE)
+    assert deploy.programs_in_use([gone]) == set()
+    assert deploy.programs_in_use([live, gone]) is None  # it does not say: any may be in use
+    live.program = "/w/bin/" + OLD[0]  # type: ignore[attr-defined]  # once records have it
+    assert deploy.programs_in_use([live, gone]) == {OLD[0]}
+
+
+def test_a_submission_puts_back_a_program_pruned_after_its_preflight(site: Site) -> None:
+    sub = Submitter(site.cfg)
+    sub.pilots.preflight()
+    Path(deploy.remote_program(site.cfg)).unlink()  # another server's prune, meanwhile
+    rec = sub.pilots.submit()
+    assert rec.scheduler_id and Path(deploy.remote_program(site.cfg)).exists()
+
+
+def test_the_pass_prunes_old_programs_when_no_pilot_lives(site: Site) -> None:
+    sub = Submitter(site.cfg)
+    bin_dir = old_programs(site, sub.transport)
+    p.write_json(str(site.cfg.spool / deploy.SEEN_FILE), {n: 0.0 for n in OLD})
+    sub.run_pass()
+    assert not [n for n in OLD if (bin_dir / n).exists()]
+    assert (bin_dir / deploy.program_name()).exists()
+
+
+@pytest.mark.ssh
+def test_old_programs_are_pruned_over_ssh(tmp_path: Path, ssh_server: SshServer) -> None:
+    site = Site(tmp_path, **ssh_sections(ssh_server))
+    try:
+        check_pruning(site, Submitter(site.cfg))
     finally:
         site.close()

@@ -49,6 +49,8 @@ HEARTBEAT, OUTPUT = p.PILOT_SUFFIXES[1], p.PILOT_SUFFIXES[3]
 GONE_SEEN_FILE = "registry-gone.json"  # SPOOL/...: gone pilots already reported
 PRUNE_STAMP = "pilots-pruned"  # SPOOL/...: touched at each prune of pilot files
 PRUNE_EVERY = 86400.0
+PROGRAMS_PRUNED = "programs-pruned"  # SPOOL/...: touched at each look for old pilot programs
+PROGRAMS_PRUNE_EVERY = 600.0
 
 
 class PilotManager:
@@ -93,6 +95,7 @@ class PilotManager:
         self._mark_reported(entries, {pid for pid, st in self._last.items()
                                       if st.state is PilotState.GONE})
         self._maybe_prune()
+        self._maybe_prune_programs()
         return out
 
     def _write_changes(self, changed: list[PilotEntry]) -> None:
@@ -269,6 +272,11 @@ class PilotManager:
                 return other
             self.registry.write(entry)
         self.spool.save_pilot(rec)
+        try:  # put back if a prune removed it since the preflight (deploy.prune_programs)
+            deploy.ensure_deployed(self.cfg, self.t)
+        except TransportError as exc:
+            self._refused(rec, entry, exc)
+            raise
         if self._snapshot is not None:
             self._snapshot.add(rec.pilot_id)
         try:
@@ -368,3 +376,14 @@ class PilotManager:
         if removed:
             log.info("pruned %d pilot(s) gone for more than %g days", removed,
                      self.cfg.keep_finished_days)
+
+    def _maybe_prune_programs(self) -> None:
+        """Every 10 minutes, remove old pilot programs no pilot uses (deploy.prune_programs)."""
+        stamp = self.spool.path / PROGRAMS_PRUNED
+        try:
+            if stamp.exists() and time.time() - stamp.stat().st_mtime < PROGRAMS_PRUNE_EVERY:
+                return
+            stamp.touch()
+            deploy.prune_programs(self.cfg, self.t, self.registry)
+        except (TransportError, ValueError, OSError) as exc:
+            log.warning("removing old pilot programs postponed: %s", exc)
