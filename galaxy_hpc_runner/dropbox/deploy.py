@@ -179,6 +179,7 @@ def prune_programs(cfg: Config, transport: Transport, registry: Registry,
             return []
         for name in old:
             if name not in in_use:
+                registry.keep()  # the lock's lease, refreshed (or given up) before each step
                 transport.remove(posixpath.join(bin_dir, name))
                 removed.append(name)
     if removed:

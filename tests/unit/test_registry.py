@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from galaxy_hpc_runner.config import default_server_tag
-from galaxy_hpc_runner.dropbox import deploy, registry
+from galaxy_hpc_runner.dropbox import deploy, registry, registry_lock
 from galaxy_hpc_runner.dropbox.registry import Registry, RegistryLockTimeout, id_epoch
 from galaxy_hpc_runner.transport.base import LocalTransport
 from hpc_worker import protocol as p
 from hpc_worker.records import PROTOCOL_VERSION, PilotEntry
 from hpc_worker.states import PilotState
+
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _registry(tmp_path: Path, server: str = "alpha") -> Registry:
@@ -65,29 +66,80 @@ def test_a_held_lock_times_out_naming_its_holder(tmp_path: Path) -> None:
     other.release(token)
 
 
-def test_a_stale_lock_is_broken_and_a_fresh_one_is_not(tmp_path: Path) -> None:
+def foreign_lock(token: str, **changes: object) -> str:
+    """A lock as a submitter on another machine writes it."""
+    data = json.loads(registry.lock_text("elsewhere", token))
+    data.update(host="other-host", boot="0000-other-boot")
+    data.update(changes)
+    return json.dumps(data)
+
+
+def test_a_lock_unchanged_for_the_lease_is_broken_and_a_refreshed_one_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_lock, "LOCK_LEASE", 0.6)
+    monkeypatch.setattr(registry_lock, "LOCK_MARGIN", 0.2)
     reg = _registry(tmp_path)
     lock = tmp_path / p.PILOTS / registry.LOCK_NAME
-    lock.write_text(json.dumps({"owner": "dead (host pid 1)", "token": "t0",
-                                "epoch": time.time() - registry.LOCK_STALE - 5}))
+    lock.write_text(foreign_lock("t0", epoch=time.time() + 3600))  # its clock says nothing
+    started = time.monotonic()
     token = reg.acquire(wait=5)
+    assert 0.6 <= time.monotonic() - started < 3
     assert json.loads(lock.read_text())["token"] == token
     reg.release(token)
-    lock.write_text(json.dumps({"owner": "alive", "token": "t1", "epoch": time.time()}))
-    with pytest.raises(RegistryLockTimeout, match="alive"):
-        reg.acquire(wait=0.3)
+    stop = threading.Event()
+
+    def live_holder() -> None:  # another host's holder at work: its content keeps changing
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            p.atomic_write(str(lock), foreign_lock("t1", seq=seq, epoch=0))
+            time.sleep(0.1)
+
+    p.atomic_write(str(lock), foreign_lock("t1", epoch=0))
+    thread = threading.Thread(target=live_holder)
+    thread.start()
+    try:
+        with pytest.raises(RegistryLockTimeout, match="elsewhere"):
+            reg.acquire(wait=2)  # more than three leases
+    finally:
+        stop.set()
+        thread.join()
     assert json.loads(lock.read_text())["token"] == "t1"
     assert sorted(os.listdir(lock.parent)) == [registry.LOCK_NAME]  # no breaker left
 
 
 def test_an_empty_lock_left_by_a_dead_holder_is_broken(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "LOCK_EMPTY_STALE", 0.3)
+    monkeypatch.setattr(registry_lock, "LOCK_LEASE", 0.3)
+    monkeypatch.setattr(registry_lock, "LOCK_MARGIN", 0.1)
     reg = _registry(tmp_path)
     lock = tmp_path / p.PILOTS / registry.LOCK_NAME
     lock.write_text("")
     token = reg.acquire(wait=5)
     assert json.loads(lock.read_text())["token"] == token
+
+
+def test_the_holder_refreshes_its_lease_and_gives_up_past_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_lock, "LOCK_LEASE", 1.0)
+    monkeypatch.setattr(registry_lock, "LOCK_MARGIN", 0.4)
+    monkeypatch.setattr(registry_lock, "LOCK_REFRESH", 0.1)
+    holder, waiter = _registry(tmp_path, "alpha"), _registry(tmp_path, "beta")
+    lock = tmp_path / p.PILOTS / registry.LOCK_NAME
+    entry = PilotEntry(pilot_id="pilot-alpha-1", submitted=p.now_iso())
+    with holder.lock() as token:
+        for _ in range(25):  # 2.5 s of work, each step a registry call: the lease is kept
+            holder.write(entry)
+            time.sleep(0.1)
+            with pytest.raises(RegistryLockTimeout):
+                waiter.acquire(wait=0)
+        assert json.loads(lock.read_text())["seq"] > 5
+        time.sleep(0.7)  # one step too long: past LEASE - MARGIN
+        with pytest.raises(registry.RegistryLockLost, match="nothing more is written"):
+            holder.write(entry)
+    assert json.loads(lock.read_text())["token"] == token  # left for the waiters to break
+    other = waiter.acquire(wait=5)
+    assert json.loads(lock.read_text())["token"] == other
 
 
 def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path: Path) -> None:
@@ -164,11 +216,29 @@ def test_pilot_program_is_deterministic_versioned_and_runs(tmp_path: Path) -> No
 
 def test_a_lock_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path) -> None:
     reg = _registry(tmp_path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "from galaxy_hpc_runner.dropbox import "
+                           "registry_lock as r; print(r.lock_text('killed', 't'))"],
+                          capture_output=True, text=True, check=True, cwd=PROJECT)
     lock = tmp_path / p.PILOTS / registry.LOCK_NAME
-    lock.write_text(json.dumps({"owner": "killed", "host": socket.gethostname(),
-                                "pid": int(dead.stdout), "epoch": time.time(), "token": "t"}))
+    lock.write_text(dead.stdout.strip())
+    assert registry.parse_lock(lock.read_text()).pid_start  # it said when it started
     started = time.monotonic()
     token = reg.acquire(wait=5)
     assert time.monotonic() - started < 2 and json.loads(lock.read_text())["token"] == token
+
+
+def test_same_host_checks_tell_a_live_holder_a_reused_pid_and_a_container(
+        tmp_path: Path) -> None:
+    me = registry.parse_lock(registry.lock_text("me", "t"))
+    assert not me.dead_here()  # this very process
+    reused = registry.parse_lock(registry.lock_text("me", "t").replace(
+        '"pid_start": "%s"' % me.pid_start, '"pid_start": "1"'))
+    assert reused.pid_start == "1" and reused.dead_here()  # same pid, another process
+    gone = registry.parse_lock(json.dumps(dict(json.loads(me.raw), pid=2 ** 22 + 1)))
+    assert gone.dead_here()
+    elsewhere = [dict(json.loads(gone.raw), pidns="pid:[1]"),  # a container, same host name
+                 dict(json.loads(gone.raw), boot="another-boot"),
+                 dict(json.loads(gone.raw), host="another-host"),
+                 {k: v for k, v in json.loads(gone.raw).items() if k != "boot"}]
+    for data in elsewhere:
+        assert not registry.parse_lock(json.dumps(data)).dead_here(), data
