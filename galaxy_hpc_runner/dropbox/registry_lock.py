@@ -24,8 +24,9 @@ A waiter breaks it:
 Breaking is done under a second exclusive file ``.lock.break`` (stale by the same rules):
 the breaker re-reads the lock and only if it still holds the very content judged stale
 renames it aside, checks what it moved is that content, and removes it. The rule assumes
-no single step of a holder (one file operation) takes longer than ``LOCK_MARGIN`` seconds;
-a step that does makes the holder give up, never two holders.
+no single step of a holder (one file operation) takes longer than ``LOCK_MARGIN`` seconds:
+the holder checks its lease before each step, so only a step that itself lasts past the
+margin could land after a waiter broke the lock.
 """
 
 from __future__ import annotations
