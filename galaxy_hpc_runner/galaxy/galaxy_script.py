@@ -3,10 +3,11 @@
 The runner prepares the job as Galaxy's DRMAA runner does (``prepare_job``, then
 ``get_job_file``: metrics, ``GALAXY_SLOTS``, dependency or container wrapping,
 metadata) and writes the script into the job's working directory. The job
-description names the site template ``galaxy_job`` (:data:`TEMPLATE_TEXT`, put
-into the site's templates directory when missing) with two arguments, the
-script and the working directory; nothing is copied (shared file system
-placement: the working directory and the datasets are visible on the node).
+description names the site template ``galaxy_job`` (``galaxy_job.sh``, package data
+of this package, put into the site's templates directory when missing) with two
+arguments, the script and the working directory; nothing is copied (shared file
+system placement: the working directory and the datasets are visible on the node).
+The staged placement (``galaxy_job_staged.sh``) is in :mod:`.staged`.
 
 The template leaves ``hpc_batch_slot.txt`` in the working directory (slot,
 device, host as the job saw them) for the job metrics Galaxy records.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +32,18 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = "galaxy_job"
 SLOT_FILE = "hpc_batch_slot.txt"
-TEMPLATE_TEXT = """\
-#!/bin/bash
-# hpc-batch Galaxy-script mode: run Galaxy's own job script in the job's working
-# directory. The pilot sets CUDA_VISIBLE_DEVICES and HPC_BATCH_SLOT for the slot.
-cd <<workdir>> || {
-    echo "hpc-batch: the job's working directory is not visible on $(hostname):" \
-        "Galaxy-script mode needs Galaxy's job_working_directory on a shared file system" >&2
-    exit 1
-}
-printf 'slot=%s\\ngpu=%s\\nhost=%s\\n' "${HPC_BATCH_SLOT:-}" "${CUDA_VISIBLE_DEVICES:-}" \\
-    "$(hostname)" > hpc_batch_slot.txt
-/bin/bash <<job_script>>
-"""
+STAGED_TEMPLATE = "galaxy_job_staged"
+
+
+def _packaged(template: str) -> str:
+    """A template shipped in this package (``galaxy_hpc_runner/galaxy/NAME.sh``)."""
+    return resources.files(__package__).joinpath(template + TEMPLATE_SUFFIX).read_text(
+        encoding="utf-8")
+
+
+TEMPLATE_TEXT = _packaged(TEMPLATE)
+STAGED_TEMPLATE_TEXT = _packaged(STAGED_TEMPLATE)
+
 # Galaxy's cluster statement finds the CPUs of the whole allocation (the pilot's);
 # a pilot runs SLOTS jobs at once, so each job gets its share.
 SLOTS_SHARE = """
@@ -59,11 +60,17 @@ export GALAXY_SLOTS
 
 
 def install_template(cfg: Config) -> Path:
-    """Make sure the site's templates directory has ``galaxy_job.sh``; ConfigError if it cannot.
+    """Make sure the site's templates directory has ``galaxy_job.sh`` and
+    ``galaxy_job_staged.sh`` (this package's); ConfigError if it cannot.
 
     A site's own version (e.g. with a ``module load``) is kept as it is.
     """
-    path = cfg.templates / (TEMPLATE + TEMPLATE_SUFFIX)
+    _install(cfg, STAGED_TEMPLATE, STAGED_TEMPLATE_TEXT)
+    return _install(cfg, TEMPLATE, TEMPLATE_TEXT)
+
+
+def _install(cfg: Config, name: str, shipped: str) -> Path:
+    path = cfg.templates / (name + TEMPLATE_SUFFIX)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -72,14 +79,14 @@ def install_template(cfg: Config) -> Path:
         raise ConfigError("cannot read the Galaxy-script template %s: %s" % (path, exc)) from exc
     if text is None:
         try:
-            p.atomic_write(str(path), TEMPLATE_TEXT)
+            p.atomic_write(str(path), shipped)
         except OSError as exc:
             raise ConfigError(
                 "Galaxy-script mode needs the template %s and cannot write it (%s): copy "
-                "galaxy_hpc_runner.galaxy.galaxy_script.TEMPLATE_TEXT there, or make [templates] "
-                "path writable" % (path, exc)) from exc
+                "galaxy_hpc_runner/galaxy/%s%s there, or make [templates] path writable"
+                % (path, exc, name, TEMPLATE_SUFFIX)) from exc
         log.info("installed the Galaxy-script template %s", path)
-    elif text != TEMPLATE_TEXT:
+    elif text != shipped:
         log.info("using the site's own Galaxy-script template %s", path)
     return path
 

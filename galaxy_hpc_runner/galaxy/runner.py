@@ -36,6 +36,7 @@ from galaxy_hpc_runner.galaxy import batcher as gb
 from galaxy_hpc_runner.galaxy import descriptions as gd
 from galaxy_hpc_runner.galaxy import galaxy_script as gs
 from galaxy_hpc_runner.galaxy import outcomes as go
+from galaxy_hpc_runner.galaxy import staged
 from galaxy_hpc_runner.galaxy.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         params = job_wrapper.job_destination.params
         try:
             mode = gd.run_mode(params)
+            staged.placement(params)  # a bad value fails now
             if mode == gd.Mode.TEMPLATE:  # refuse what it cannot carry, before anything runs
                 self._check_template_mode(job_wrapper.tool)
         except HpcBatchError as exc:
@@ -136,7 +138,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         name = gd.new_job_name(self.runner_params["job_prefix"], tag)
         try:
             batcher = self._pool_for(params)
-            doc = self._description(job_wrapper, mode, batcher.cfg, write_script=True)
+            doc = self._description(job_wrapper, mode, batcher.cfg, name, write_script=True)
             checked = d.validate(name, doc, batcher.cfg)  # a bad run fails now, not later
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
@@ -189,7 +191,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             raise JobError("tool %s cannot run in template mode: %s" % (
                 tool.id, " | ".join(problems)))
 
-    def _description(self, job_wrapper: Any, mode: gd.Mode, cfg: Config,
+    def _description(self, job_wrapper: Any, mode: gd.Mode, cfg: Config, name: str,
                      write_script: bool) -> dict[str, Any]:
         job = job_wrapper.get_job()
         tool = job_wrapper.tool
@@ -200,8 +202,14 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         if mode == gd.Mode.GALAXY:
             script = HpcJobState.default_job_file(job_wrapper.working_directory,
                                                   job_wrapper.get_id_tag())
+            if staged.placement(params) == staged.SEPARATE:
+                if write_script:  # Galaxy's venv is not on the node: None, as Pulsar's
+                    text = self._job_script(job_wrapper, cfg, galaxy_virtual_env=None)
+                    staged.prepare(staged.GalaxyJob.of(job_wrapper, script, text), cfg, name)
+                return staged.description(job_wrapper.working_directory, walltime, meta)
             if write_script:
-                self._write_job_script(job_wrapper, script, cfg)
+                self.write_executable_script(script, self._job_script(job_wrapper, cfg),
+                                             job_io=job_wrapper.job_io)
             return gs.description(script, job_wrapper.working_directory, walltime, meta)
         inputs = {assoc.name: assoc.dataset.get_file_name() for assoc in job.input_datasets
                   if assoc.dataset is not None}
@@ -212,7 +220,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             gd.template_for(tool.id, params), job_wrapper.get_param_dict(job), inputs, outputs,
             walltime=walltime, meta=meta)
 
-    def _write_job_script(self, job_wrapper: Any, path: str, cfg: Config) -> None:
+    def _job_script(self, job_wrapper: Any, cfg: Config, **extra: Any) -> str:
         """Galaxy's own job script, as its DRMAA runner writes it, for this pilot's slots."""
         params = job_wrapper.job_destination.params
         tool = job_wrapper.tool
@@ -223,8 +231,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
                 job_wrapper.working_directory, job_wrapper.get_id_tag()),
             shell=job_wrapper.shell, env_setup_commands=gs.gpu_statements(gpu),
             slots_statement=gs.slots_statement(SLOTS_STATEMENT_CLUSTER_DEFAULT, cfg.pilot.slots,
-                                               params.get("galaxy_slots")))
-        self.write_executable_script(path, script, job_io=job_wrapper.job_io)
+                                               params.get("galaxy_slots")), **extra)
+        return str(script)
 
     # -- watching --------------------------------------------------------------------
     def check_watched_item(self, job_state: HpcJobState) -> HpcJobState | None:
@@ -257,11 +265,12 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         outcome = job_state.outcome
         assert outcome is not None and outcome.rc is not None  # never a default exit 0
         workdir = job_state.job_wrapper.working_directory
+        if job_state.mode == gd.Mode.GALAXY and not self._collected(job_state):
+            return
         if job_state.mode == gd.Mode.GALAXY and not gs.tool_ran(workdir):
             self.fail_job(job_state, message=gs.not_run_message(outcome.rc, outcome.stderr))
             return
         try:
-            self._record_metrics(job_state, outcome)
             if job_state.mode == gd.Mode.GALAXY:  # Galaxy's script wrote the tool's files
                 go.write_all(go.job_script_streams(job_state, outcome))
             else:
@@ -270,9 +279,24 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             if not _embedded(job_state.mode, wrapper.job_destination.params,
                              self._strategy(wrapper)) and self._metadata_on_host(wrapper):
                 self._set_metadata(job_state)
+            self._record_metrics(job_state, outcome)  # after metadata: it reloads the job
             super().finish_job(job_state)
         finally:
             self._consume(job_state)
+
+    def _collected(self, job_state: HpcJobState) -> bool:
+        """Staged placement: what the job wrote, back in Galaxy's job directory (else the
+        job is failed, naming why)."""
+        wrapper = job_state.job_wrapper
+        if staged.placement(wrapper.job_destination.params) != staged.SEPARATE:
+            return True
+        try:
+            staged.collect(wrapper.working_directory, job_state.exit_code_file)
+        except HpcBatchError as exc:
+            log.error("(%s/%s) %s", wrapper.job_id, job_state.job_id, exc)
+            self.fail_job(job_state, message="Collecting the staged job failed: %s" % exc)
+            return False
+        return True
 
     def fail_job(self, job_state: Any, exception: bool = False, message: str = "Job failed",
                  full_status: dict[str, Any] | None = None) -> None:
@@ -369,7 +393,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
         if not go.untraced(batcher.cfg, batcher.submitter.spool, name):
             return
         try:  # the job script was written before the id was recorded
-            doc = self._description(job_wrapper, mode, batcher.cfg, write_script=False)
+            doc = self._description(job_wrapper, mode, batcher.cfg, name, write_script=False)
             gd.write_description(batcher.cfg, name, doc)
         except Exception:  # the monitor then reports the job lost, never ok
             log.exception("(%s/%s) cannot write its description again", job_wrapper.job_id, name)
@@ -380,7 +404,8 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
 
 
 def _embedded(mode: gd.Mode, params: Any, strategy: str) -> bool:
-    """Metadata is set inside the job script: Galaxy-script mode, unless turned off or a
-    celery strategy (Galaxy's local runner's rule)."""
-    return mode == gd.Mode.GALAXY and "celery" not in strategy and bool(
+    """Metadata is set inside the job script: Galaxy-script mode on a shared file system,
+    unless turned off or a celery strategy (Galaxy's local runner's rule)."""
+    return mode == gd.Mode.GALAXY and "celery" not in strategy and \
+        staged.placement(params) == staged.SHARED and bool(
         asbool(params.get("embed_metadata_in_job", True)))

@@ -44,6 +44,9 @@ FAKE_BIN = HERE / "fakebin"  # a stand-in singularity for the AMP templates
 # the site adds copies of each with an id suffix for another environment.
 ORDINARY = HERE / "tools" / "ordinary"
 COPIES = {"_local": "local", "_tmpl": "hpc_template", "_noembed": "hpc_noembed"}
+# With an sshd (GalaxySite(ssh=...)): staged placement through a second runner whose site
+# reaches its HPC workspace (not under any of Galaxy's directories) over ssh.
+STAGED_COPIES = {"_staged": "hpc_staged", "_staged_ext": "hpc_staged_ext"}
 GPU_DEVICES = "7,5,3,1"  # CUDA_VISIBLE_DEVICES the local pilots see: slot i gets the i-th
 
 HPC_INI = """\
@@ -117,8 +120,11 @@ class GalaxySite:
 
     def __init__(self, root: Path, slots: int = 4,
                  galaxy_overrides: dict[str, Any] | None = None,
-                 template_metadata_in_process: bool = True) -> None:
+                 template_metadata_in_process: bool = True, ssh: Any = None) -> None:
         self.root = root
+        self.ssh = ssh  # tests.services.ssh.SshServer: adds the staged environments
+        self.copies = dict(COPIES, **(STAGED_COPIES if ssh is not None else {}))
+        self.remote = root / "remote"  # the staged site's HPC workspace
         self.hpc = root / "hpc"
         self.gx = root / "galaxy"
         self.port = free_port()
@@ -146,6 +152,8 @@ class GalaxySite:
             shutil.copyfile(source, templates / source.name)
         (self.hpc / "hpc-batch.ini").write_text(HPC_INI.format(
             hpc=self.hpc, templates=templates, slots=self.slots))
+        if self.ssh is not None:
+            self.write_ssh_ini(templates)
         (self.gx / "tool_data_table_conf.xml").write_text("<tables/>\n")
         tools = sorted(str(p) for p in (HERE / "tools").glob("*.xml")) + sorted(
             str(p) for p in AMP_WRAPPERS.glob("*.xml") if p.name != "macros.xml")
@@ -155,6 +163,21 @@ class GalaxySite:
             "</toolbox>\n" % "".join('  <tool file="%s"/>\n' % t for t in tools))
         (self.gx / "job_conf.yml").write_text(yaml.safe_dump(self.job_conf(), sort_keys=False))
         (self.gx / "galaxy.yml").write_text(yaml.safe_dump({"galaxy": self.galaxy_conf()}))
+
+    def write_ssh_ini(self, templates: Path) -> None:
+        """The staged site: its own dropbox and spool here, its workspace over ssh."""
+        for sub in ("ssh-dropbox", "ssh-spool"):
+            (self.hpc / sub).mkdir(exist_ok=True)
+        (self.remote / "workspace").mkdir(parents=True, exist_ok=True)
+        text = HPC_INI.format(hpc=self.hpc, templates=templates, slots=self.slots).replace(
+            "%s/dropbox" % self.hpc, "%s/ssh-dropbox" % self.hpc).replace(
+            "%s/spool" % self.hpc, "%s/ssh-spool" % self.hpc).replace(
+            "%s/workspace" % self.hpc, "%s/workspace" % self.remote)
+        ssh = self.ssh
+        text += ("\n[transport]\ntype = ssh\nhost = %s\nport = %s\nuser = %s\nkey_file = %s\n"
+                 "known_hosts = %s\ntimeout = 10\n" % (
+                     ssh.host, ssh.port, ssh.user, ssh.client_key_path, ssh.known_hosts_path))
+        (self.hpc / "hpc-batch-ssh.ini").write_text(text)
 
     def ordinary_tools(self) -> list[str]:
         return [p.stem for p in sorted(ORDINARY.glob("*.xml"))]
@@ -168,7 +191,7 @@ class GalaxySite:
         paths = []
         for tool in sorted(ORDINARY.glob("*.xml")):
             text = tool.read_text()
-            for suffix in COPIES:
+            for suffix in self.copies:
                 path = copies / (tool.stem + suffix + ".xml")
                 path.write_text(text.replace('id="%s"' % tool.stem, 'id="%s%s"' % (
                     tool.stem, suffix), 1))
@@ -181,8 +204,8 @@ class GalaxySite:
     def job_conf(self) -> dict[str, Any]:
         ordinary = [{"id": tool, "environment": "hpc"} for tool in self.ordinary_tools()] + [
             {"id": tool + suffix, "environment": env} for tool in self.ordinary_tools()
-            for suffix, env in COPIES.items()]
-        return {
+            for suffix, env in self.copies.items()]
+        conf: dict[str, Any] = {
             "runners": {
                 "local": {"load": "galaxy.jobs.runners.local:LocalJobRunner", "workers": 2},
                 "hpc": {"load": "galaxy_hpc_runner.runner:HpcBatchJobRunner", "workers": 2,
@@ -203,6 +226,16 @@ class GalaxySite:
             + [dict(entry, environment="hpc_slots") if entry["id"] == "gx_cpu" else entry
                for entry in ordinary],
         }
+        if self.ssh is not None:
+            conf["runners"]["hpc_ssh"] = {
+                "load": "galaxy_hpc_runner.runner:HpcBatchJobRunner", "workers": 2,
+                "config_file": str(self.hpc / "hpc-batch-ssh.ini"), "interval": 0.5}
+            conf["execution"]["environments"].update({
+                "hpc_staged": {"runner": "hpc_ssh", "placement": "separate"},
+                "hpc_staged_ext": {"runner": "hpc_ssh", "placement": "separate",
+                                   "metadata_strategy": "extended"}})
+            conf["tools"].append({"id": "gx_where", "environment": "hpc_staged"})
+        return conf
 
     def galaxy_conf(self) -> dict[str, Any]:
         gx = self.gx
@@ -262,7 +295,7 @@ class GalaxySite:
 
     def pilot_pids(self) -> list[int]:
         pids = []
-        for path in (self.hpc / "spool").rglob("pilots/*.json"):
+        for path in self.hpc.glob("*spool/**/pilots/*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 pids.append(int(json.loads(path.read_text())["scheduler_id"]))
         return pids

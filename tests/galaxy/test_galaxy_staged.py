@@ -1,0 +1,112 @@
+"""Galaxy-script mode, staged placement, on the real Galaxy 26.1 server and a real sshd.
+
+A server of its own (started once for this module) with a second runner whose
+hpc-batch site reaches its HPC workspace over ssh; the workspace is not under any
+of Galaxy's directories. Ordinary tools (data inputs in a repeat, a configfile with
+``from_work_dir``, a ``$__tool_directory__`` script, ``discover_datasets``) run
+staged and are compared with Galaxy's own local runner; metadata is set on the
+Galaxy host under ``metadata_strategy`` ``directory`` (the server's) and
+``extended`` (the environment's), with ``retry_metadata_internally: false``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from galaxy_hpc_runner.dropbox.spool import Spool
+from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+from tests.galaxy.test_galaxy_script_mode import TEXTS, result, start, tool_runs
+from tests.services.ssh import SshServer
+
+pytestmark = [pytest.mark.galaxy, pytest.mark.ssh]
+TOOLS = ("gx_repeat_cat", "gx_configfile", "gx_tool_dir", "gx_discover", "gx_collection")
+
+
+@pytest.fixture(scope="module")
+def staged_site(tmp_path_factory: pytest.TempPathFactory,
+                services_installed: None) -> Iterator[GalaxySite]:
+    install_galaxy()
+    become_subreaper()
+    root = tmp_path_factory.mktemp("galaxy-staged")
+    with SshServer(root / "sshd") as server:
+        site = GalaxySite(root, slots=4, ssh=server)
+        site.write()
+        try:
+            site.start()
+            yield site
+        finally:
+            site.stop()
+            site.stop_pilots()
+
+
+@pytest.fixture(scope="module")
+def staged_api(staged_site: GalaxySite) -> GalaxyApi:
+    return GalaxyApi.for_new_user(staged_site)
+
+
+@pytest.fixture(scope="module")
+def staged_runs(staged_api: GalaxyApi) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(tool, suffix) -> (staged run, the local runner's run), all submitted first."""
+    api = staged_api
+    history = api.history("staged")
+    runs = tool_runs(api, history)
+    started = {}
+    for tool in TOOLS:
+        for suffix in ("_staged", "_staged_ext"):
+            started[tool + suffix] = (start(api, history, tool + suffix, runs[tool]),
+                                      start(api, history, tool + "_local", runs[tool]))
+    return {name: (result(api, ours), result(api, local))
+            for name, (ours, local) in started.items()}
+
+
+@pytest.mark.parametrize("tool", [t + s for t in TOOLS for s in ("_staged", "_staged_ext")])
+def shown(job: dict[str, Any]) -> tuple[Any, ...]:
+    return (job["state"], job.get("info"), job.get("job_stderr"), job.get("tool_stderr"))
+
+
+def test_staged_tool_matches_the_local_runner(
+        staged_runs: dict[str, tuple[dict[str, Any], dict[str, Any]]], tool: str) -> None:
+    ours, local = staged_runs[tool]
+    assert local["job"]["state"] == "ok", local["job"]
+    assert ours["job"]["state"] == "ok", shown(ours["job"])
+    assert ours["job"]["external_id"].startswith("galaxy-")
+    assert ours["outputs"] == local["outputs"]
+    assert ours["job"]["exit_code"] == local["job"]["exit_code"] == 0
+
+
+def test_staged_outputs_are_what_the_tools_write(
+        staged_runs: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    repeat = staged_runs["gx_repeat_cat_staged"][0]["outputs"]["out_file1"]
+    assert repeat == ("ok", "== 0\n%s== 1\n%s== 2\n%s" % (
+        TEXTS["a.txt"], TEXTS["b.txt"], TEXTS["c.txt"]))
+    assert staged_runs["gx_discover_staged_ext"][0]["outputs"]["lines"] == {
+        "line00": "gamma 1\n", "line01": "gamma 2\n"}
+    assert staged_runs["gx_configfile_staged_ext"][0]["outputs"]["output"] == (
+        "ok", "greeting = hi there\nloud = yes\n2\n")
+
+
+def test_staged_job_runs_in_the_hpc_workspace(staged_site: GalaxySite,
+                                              staged_api: GalaxyApi) -> None:
+    """The tool runs in the HPC workspace and reads its input there, not Galaxy's paths."""
+    api = staged_api
+    history = api.history("where")
+    data = api.upload(history, "payload\n")
+    run = result(api, start(api, history, "gx_where", {"input": {"src": "hda", "id": data}}))
+    assert run["job"]["state"] == "ok", shown(run["job"])
+    state, text = run["outputs"]["output"]
+    cwd, input_path, payload = text.split("\n", 2)
+    workspace = str(staged_site.remote / "workspace") + "/"
+    assert state == "ok" and payload == "payload\n"
+    assert cwd.startswith(workspace) and cwd.endswith("/galaxy/working"), cwd
+    assert input_path.startswith(workspace), input_path
+    assert str(staged_site.gx) not in text
+    name = run["job"]["external_id"]
+    assert Spool(staged_site.hpc / "ssh-spool").get(name) is not None  # the ssh site's
+    metrics = api.metrics(run["job"]["id"])
+    assert ("core", "runtime_seconds") in metrics and metrics[("hpc_batch", "host")]
+    job_dir = Path(staged_site.gx / "jobs")
+    assert not list(job_dir.rglob("hpc_batch_return.tar"))  # unpacked and removed
