@@ -72,16 +72,18 @@ def parse_duration(value: object) -> float:
         if not math.isfinite(value):
             raise ValueError("not a duration: %r (it must be a finite number)" % value)
         if value < 0:
-            raise ValueError("duration must not be negative: %r" % value)
+            raise ValueError("not a duration: %r (it must not be negative)" % value)
         return float(value)
     text = str(value).strip()
     unit = _UNIT.match(text)
     if unit:
         return float(unit.group(1)) * _UNITS[unit.group(2)]
     try:
-        return parse_duration(float(text))
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return parse_duration(number)  # says what is wrong with a negative or infinite one
     clock = _DURATION.match(text)
     if not clock or (":" not in text and "-" not in text):
         raise ValueError("not a duration: %r (use seconds, 15m, 2h or D-HH:MM:SS)" % text)
@@ -343,7 +345,10 @@ def _transport(r: _Reader) -> dict[str, str]:
             r.errors.append("[transport] port = %d is not a TCP port (1-65535)" % port)
         opts["port"] = str(port)
     if "timeout" in opts:
-        opts["timeout"] = "%g" % r.number("transport", "timeout", 20.0)
+        timeout = r.number("transport", "timeout", 20.0)
+        if timeout <= 0:  # 0 would make every connect non-blocking: it always fails
+            r.errors.append("[transport] timeout must be more than 0 seconds")
+        opts["timeout"] = "%g" % timeout
     for key in ("key_file", "known_hosts", "passphrase_file"):
         if opts.get(key):
             opts[key] = str(r.path(opts[key]))

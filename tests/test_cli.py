@@ -171,3 +171,39 @@ def test_pause_stages_nothing_and_resume_goes_on(site: Site) -> None:
     site.cli("--config", cfg, "resume")
     site.drain(["held"])
     assert site.out("held.upper").read_text() == "LATER\n"
+
+
+def test_check_refuses_a_zero_ssh_timeout_and_names_a_negative_duration(tmp_path: Path) -> None:
+    for sub in ("drop", "data"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "kh").write_text("")
+    config = tmp_path / "site.ini"
+    config.write_text("[dropbox]\npath = drop\nallowed_input_roots = data\n"
+                      "allowed_output_roots = data\n[hpc_env]\nworkspace = /ws\nscripts = /s\n"
+                      "containers = /c\n[scheduler]\ncommand_timeout = -5\n[transport]\n"
+                      "type = ssh\nhost = h\nknown_hosts = kh\ntimeout = 0\n")
+    proc = Site.cli_static("check", "--config", str(config))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    # 0 made every connect non-blocking: check said OK, then each pass "cannot reach" the host
+    assert "site.ini:15: [transport] timeout must be more than 0 seconds" in proc.stdout
+    assert ("site.ini:10: [scheduler] command_timeout = '-5' is not a valid duration "
+            "(it must not be negative)") in proc.stdout
+
+
+def test_a_typo_in_a_jobs_filter_is_a_usage_error(site: Site) -> None:
+    cfg = str(site.config_path)
+    typo = site.cli("--config", cfg, "jobs", "--state", "finished,runing")
+    assert typo.returncode == 2  # not an empty table that reads as "no such jobs"
+    assert "'runing': not a job state (choose from claimed, finished" in typo.stderr
+    for args in (("jobs", "--since", "yesterday"), ("report", "--html", "x.html",
+                                                      "--until", "soon")):
+        proc = site.cli("--config", cfg, *args)
+        assert proc.returncode == 2 and "give a duration (90m, 2h, 1d) or a date" in proc.stderr
+
+
+def test_a_busy_pass_logs_one_readable_line(site: Site) -> None:
+    site.drop("busy", site.upper_job("busy", "x\n"))
+    proc = site.cli("--config", str(site.config_path), "submitter", "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert "pass: received 1, staged 1, pilots submitted 1" in proc.stderr, proc.stderr
+    assert "PassReport(" not in proc.stderr

@@ -119,17 +119,27 @@ def cmd_submitter(args: argparse.Namespace) -> int:
             report = submitter.run_pass()
         except LockTimeout as exc:  # a long pass still runs: not this pass's failure
             return _pass_still_running(cfg, exc)
-        ok = report.ok
         # quiet when idle: cron mails whatever is printed, so only a pass that did or
-        # met something says so at INFO
-        busy = any(v for v in vars(report).values()
-                   if isinstance(v, (int, list)) and not isinstance(v, bool))
-        log.log(logging.INFO if busy or not ok else logging.DEBUG, "pass: %s", report)
-        return Exit.OK if ok else Exit.UNREACHABLE
+        # met something says so at INFO (its errors were logged as ERROR already)
+        summary = _pass_summary(vars(report))
+        log.log(logging.INFO if summary else logging.DEBUG, "pass: %s", summary or "idle")
+        return Exit.OK if report.ok else Exit.UNREACHABLE
     stop = threading.Event()  # SIGTERM (systemctl stop): finish the pass, then leave
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     submitter.loop(stop)
     return Exit.OK
+
+
+def _pass_summary(counts: dict[str, object]) -> str:
+    """``received 2, staged 2, 1 error(s)``: what a pass did, empty when it did nothing."""
+    parts = ["%s %d" % (key.replace("_", " "), value) for key, value in counts.items()
+             if isinstance(value, int) and not isinstance(value, bool) and value]
+    errors = counts.get("errors")
+    if isinstance(errors, list) and errors:
+        parts.append("%d error(s)" % len(errors))
+    if counts.get("more") is True:
+        parts.append("more descriptions wait for the next pass")
+    return ", ".join(parts)
 
 
 def _pass_still_running(cfg: Config, exc: Exception) -> int:

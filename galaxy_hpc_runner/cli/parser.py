@@ -48,6 +48,30 @@ EXAMPLES = {
 }
 
 
+def _states(text: str) -> str:
+    """--state S[,S]: every name a job state (a typo would silently list nothing)."""
+    known = {s.value for s in JobState}
+    wrong = [s.strip() for s in text.split(",") if s.strip() not in known]
+    if wrong:
+        raise argparse.ArgumentTypeError("%s: not a job state (choose from %s)" % (
+            ", ".join(map(repr, wrong)), ", ".join(sorted(known))))
+    return text
+
+
+def _when(text: str) -> str:
+    """--since/--until: checked here, so a typo is a usage error (exit 2)."""
+    import time
+
+    from galaxy_hpc_runner.cli.jobs import since_cutoff
+    from galaxy_hpc_runner.errors import HpcBatchError
+
+    try:
+        since_cutoff(text, time.time())
+    except HpcBatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2] or str(exc)) from None
+    return text
+
+
 def _epilog(name: str) -> str:
     return "examples:\n" + "\n".join("  " + line for line in EXAMPLES.get(name, []))
 
@@ -69,9 +93,9 @@ def _admin_commands(add: Adder) -> None:
     add("status", m.cmd_status, "counts, pilots, heartbeats, the last pass").add_argument(
         "--json", action="store_true")
     sp = add("jobs", m.cmd_jobs, "a table of jobs (like squeue): active, and finished ones")
-    sp.add_argument("--state", metavar="S[,S]",
+    sp.add_argument("--state", metavar="S[,S]", type=_states,
                     help="only these states (%s)" % ", ".join(s.value for s in JobState))
-    sp.add_argument("--since", metavar="T",
+    sp.add_argument("--since", metavar="T", type=_when,
                     help="only jobs received since T: a duration back (2h, 1d) or a date")
     sp.add_argument("--server", metavar="S", help="only jobs of submitting server S")
     sp.add_argument("--json", action="store_true")
@@ -90,9 +114,10 @@ def _admin_commands(add: Adder) -> None:
     add("resume", m.cmd_mode, "undo pause or drain")
     sp = add("report", m.cmd_report, "a self-contained HTML page of where the time went")
     sp.add_argument("--html", required=True, metavar="FILE", help="the page to write")
-    sp.add_argument("--since", metavar="T", default="1d",
+    sp.add_argument("--since", metavar="T", default="1d", type=_when,
                     help="window start: a duration back (12h, 7d) or a date (default 1d)")
-    sp.add_argument("--until", metavar="T", default=None, help="window end (default: now)")
+    sp.add_argument("--until", metavar="T", default=None, type=_when,
+                    help="window end (default: now)")
     add("pilot", m.cmd_pilot, "submit a pilot now, or show what would be submitted"
         ).add_argument("--dry-run", action="store_true")
 
