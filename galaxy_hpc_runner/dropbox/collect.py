@@ -5,7 +5,8 @@ keeps everything on the HPC side and leaves the job where it is: the next pass
 tries again, while ``policy.may_retry_collect`` allows (``FETCH_TRIES`` failures
 and ``FETCH_MAX_AGE`` seconds since the first, both). Then the job ends in error
 naming the files. Temp files an interrupted fetch left beside a job's outputs
-(``.NAME.hpc-batch-tmp-*``) are removed first.
+(``.NAME.hpc-batch-tmp-*``) are removed first (each output directory is listed once
+per process: ``userfiles.StaleTemps``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from galaxy_hpc_runner.dropbox import policy
 from galaxy_hpc_runner.dropbox.jobfiles import UnsafeOutput
 from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
 from galaxy_hpc_runner.dropbox.staging import Stager
-from galaxy_hpc_runner.dropbox.userfiles import remove_stale_output_temps
+from galaxy_hpc_runner.dropbox.userfiles import StaleTemps, remove_stale_output_temps
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from hpc_worker.states import Reason, ResultStatus
 
@@ -32,12 +33,13 @@ FETCH_MAX_AGE = 3600.0  # ... and seconds since the first failure (both must be 
 class Collector:
     def __init__(self, spool: Spool, stager: Stager) -> None:
         self.spool, self.stager = spool, stager
+        self.stale = StaleTemps()  # each output directory listed once per process
 
     def collect(self, rec: JobRecord, errors: list[str]) -> dict[str, Any] | None:
         """The job's result node with its outputs in place; None to try again next pass
         (the reason is appended to ``errors``, so the pass is reported failed)."""
         outputs: dict[str, str] = rec.meta.get("outputs") or {}
-        for path in remove_stale_output_temps(list(outputs.values())):
+        for path in remove_stale_output_temps(list(outputs.values()), self.stale):
             log.info("(%s) removed %s, left by an interrupted fetch", rec.name, path)
         node = self.result_node(rec)
         if node["status"] != ResultStatus.OK or not outputs:

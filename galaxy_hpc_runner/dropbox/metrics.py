@@ -1,5 +1,8 @@
 """Metrics for monitoring: a Prometheus text file written after every submitter pass.
 
+Every figure comes from what the spool keeps up to date as jobs change (counts per
+state, the oldest waiting job): writing it costs nothing per job.
+
 Point node_exporter's textfile collector (``--collector.textfile.directory``) at the
 directory of ``[submitter] metrics_file`` (default ``SPOOL/metrics.prom``). The file is
 replaced atomically, so a scrape never sees half of it. Every value comes from the
@@ -30,8 +33,6 @@ if TYPE_CHECKING:
     from galaxy_hpc_runner.config import Config
     from galaxy_hpc_runner.dropbox.spool import Spool
 
-WAITING = (JobState.RECEIVED, JobState.STAGED)
-
 
 def metrics_path(cfg: Config) -> Path:
     return cfg.metrics_file or cfg.spool / "metrics.prom"
@@ -43,25 +44,22 @@ def write_metrics(cfg: Config, spool: Spool, ok: bool, duration: float | None = 
     path = metrics_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     p.atomic_write(str(path), render(cfg, spool, ok, duration,
-                                     time.time() if now is None else now))
+                                     time.time() if now is None else now),
+                   sync=False)  # for monitoring, not state: a crash may lose the last one
     return path
 
 
 def render(cfg: Config, spool: Spool, ok: bool, duration: float | None, now: float) -> str:
-    active = spool.active()
-    jobs = Counter(str(rec.state) for rec in active)
-    jobs[str(JobState.FINISHED)] += len(spool.finished_names())
     pilots = Counter(str(rec.state) for rec in spool.pilots())
-    waits = [now - ts for rec in active if rec.state in WAITING
-             if (ts := timestamp(rec.received)) is not None]
+    oldest = spool.oldest_waiting()
     mode = control.current(cfg.spool).mode
     out: list[str] = []
     _family(out, "jobs", "Jobs in the spool by state.",
-            [('state="%s"' % s, jobs[str(s)]) for s in JobState])
+            [('state="%s"' % s, spool.count(s)) for s in JobState])
     _family(out, "pilots", "Pilot records by scheduler state.",
             [('state="%s"' % s, pilots[str(s)]) for s in PilotState])
     _family(out, "oldest_queue_wait_seconds", "Age of the oldest job not yet running.",
-            [("", max(waits, default=0.0))])
+            [("", max(now - oldest, 0.0) if oldest else 0.0)])
     if duration is not None:
         _family(out, "pass_duration_seconds", "Duration of the last submitter pass.",
                 [("", duration)])

@@ -21,11 +21,17 @@ A process killed at any instant leaves every record either before or after a
 transition, and each step of a pass is safe to repeat, so nothing is lost and
 nothing runs twice.
 
-Cost. Records are kept in memory and read again only when their file changed
-(inode, size, modification time; one ``stat`` each per pass), so a pass over an idle
-backlog does not re-read it. A record whose file changed within :data:`FRESH` seconds
-of being looked at is read again next time (a change in the same timestamp tick
-would not show).
+Cost. A pass keeps in memory a compact entry of each active job (state, pilot,
+withdrawal, time received: :mod:`.spool_index`), the names in each state and the counts,
+all updated on every change; it reads a whole record (:mod:`.spool_records`) only when
+it acts on the job. jobs/ is listed again only when it changed behind this object's
+back: its inode and time differ from what this object last knew (every record write
+replaces a file, which moves the time), another spool object took the pass lock since
+(its token in the lock file, :meth:`Spool.lock`), or RESCAN_EVERY seconds passed (a
+record edited in place, or in the same timestamp tick as this object's last write).
+Then only records whose file changed (inode, size, times; one ``stat`` each) are read.
+A record whose file changed within :data:`FRESH` seconds of being looked at is read
+again next time (a change in the same timestamp tick would not show).
 
 Durability in batches. The hot-path writes (``create`` and ``transition``) replace the
 record atomically but do not ``fsync`` it (``sync=False``): a killed *process* loses
@@ -39,22 +45,30 @@ the records and results written since the last one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import json
 import logging
 import os
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from galaxy_hpc_runner.dropbox.passlock import pass_lock
+from galaxy_hpc_runner.dropbox.spool_index import DirView, Entry, JobIndex, epoch, stat_key
+from galaxy_hpc_runner.dropbox.spool_records import (
+    DETAIL_FIELDS,
+    JobRecord,
+    PilotRecord,
+    RecordCache,
+    SpoolError,
+    unreadable,
+    write_record,
+)
 from galaxy_hpc_runner.errors import HpcBatchError
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState, PilotState
 
+__all__ = ["ACTIVE", "CLAIMED", "DETAIL_FIELDS", "FINISHED", "RECEIVED", "STAGED", "Entry",
+           "JobRecord", "PilotRecord", "Spool", "SpoolError", "unreadable"]
 log = logging.getLogger(__name__)
 
 RECEIVED, STAGED, CLAIMED, FINISHED = JobState
@@ -65,64 +79,11 @@ TRANSITIONS = {
     FINISHED: set(),
 }
 RECORD_SUFFIX = ".json"
-# temp files the submitter writes beside a job's outputs: .BASENAME.hpc-batch-tmp-PID-RAND
+ACTIVE = (RECEIVED, STAGED, CLAIMED)
 FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
-RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.active)
-StatKey = tuple[int, int, int, int]  # inode, size, mtime ns, ctime ns
-# (jobs/ inode and time, records, names, problems) of one look at jobs/
-Listing = tuple[tuple[int, int], list["JobRecord"], list[str], list[str]]
-
-
-class SpoolError(HpcBatchError):
-    """A spool record cannot be read; the message names the file and what to do."""
-
-
-@dataclass
-class JobRecord:
-    name: str
-    state: JobState = RECEIVED
-    doc: dict[str, Any] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # validated facts for staging
-    pilot: str = ""
-    lost: int = 0  # times its pilot died under it (policy.may_requeue_lost)
-    walltime_kills: int = 0  # pilots that hit their hard walltime holding it (a release
-    #                          with no runs.jsonl line; policy.may_requeue_released)
-    withdrawn: str = ""  # the Reason it is being taken out of the queue for, until finished
-    fetch_failures: int = 0  # failed collections of its outputs (policy.may_retry_collect)
-    fetch_since: float = 0.0  # epoch of the first failed collection
-    received: str = ""
-    updated: str = ""
-    status: str = ""  # ok | error once finished
-    message: str = ""
-
-    @classmethod
-    def from_json(cls, data: Any) -> JobRecord:
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise ValueError("not a job record (a JSON object with a name)")
-        rec = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        rec.state = JobState(rec.state)
-        return rec
-
-
-DETAIL_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord)) - {"name", "state"}
-
-
-@dataclass
-class PilotRecord:
-    pilot_id: str
-    scheduler_id: str
-    backend: str
-    submitted: str
-    state: PilotState = PilotState.PENDING
-    reason: str = ""
-    updated: str = ""
-    failed: bool = False  # ended without ever starting (no heartbeat)
-
-
-def unreadable(path: Path | str, exc: BaseException) -> str:
-    """The message for a record that cannot be read: which file, why, what to do."""
-    return ("unreadable spool record %s (%s): move it out of the spool directory and look "
-            "at it; the job it describes is not followed while it is there" % (path, exc))
+RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.names)
+RECORDS_KEPT = 1024  # whole records kept in memory (the rest is read again when needed)
+TOKEN_BYTES = 64  # the lock file holds the token of the spool that last took it
 
 
 class Spool:
@@ -133,12 +94,16 @@ class Spool:
         self.pilots_dir = self.path / "pilots"
         self.events = self.path / "events.jsonl"
         self.problems: list[str] = []  # unreadable records met since the last take_problems()
-        self._cache: dict[str, tuple[StatKey, bool, JobRecord]] = {}  # file -> (key, sure, rec)
-        self._cache_lock = threading.Lock()  # Galaxy's monitor thread reads beside the passes
-        self._listing: tuple[tuple[int, int], list[JobRecord], list[str], list[str],
-                             float] | None = None  # the last look at jobs/ and its time
+        self._index = JobIndex()  # what a pass needs of every active job (spool_index.py)
+        self._jobs_view = DirView(str(self.jobs), FRESH, RESCAN_EVERY)
+        self._listed_problems: list[str] = []  # unreadable records of the last look
+        self._unreadable: set[str] = set()  # their names
+        self._finished_view = DirView(str(self.finished), FRESH, RESCAN_EVERY)
+        self._finished_count = 0
+        self._records = RecordCache(RECORDS_KEPT, FRESH)  # whole records, read on demand
+        self._locked = False  # in a pass: only this process writes the spool
+        self._token = "%d-%s" % (os.getpid(), os.urandom(8).hex())  # see lock()
         self._unsynced: set[str] = set()  # directories with writes not yet made durable
-        self.reads = 0  # records read from disk (tests and benchmarks look at it)
         self._make_private()
         for d in (self.jobs, self.finished, self.pilots_dir):
             d.mkdir(mode=0o700, exist_ok=True)
@@ -150,64 +115,108 @@ class Spool:
         if info.st_uid == os.getuid() and info.st_mode & 0o077:
             os.chmod(self.path, 0o700)
 
+    @property
+    def reads(self) -> int:
+        """Records read from disk so far (tests and benchmarks look at it)."""
+        return self._records.reads
+
     def take_problems(self) -> list[str]:
         out, self.problems = self.problems, []
         return out
 
-    # -- jobs ------------------------------------------------------------------------
-    def active(self) -> list[JobRecord]:
-        """Every active job; an unreadable record is logged and kept in ``problems``.
+    # -- jobs: what a pass sees ------------------------------------------------------
+    def names(self, *states: JobState) -> set[str]:
+        """Names of the active jobs in ``states`` (from memory: module docstring)."""
+        self._refresh()
+        return self._index.names(*states)
 
-        Records come from memory unless their file changed (module docstring). Every
-        record write replaces its file, which changes the time of ``jobs/``: while that
-        time stands (and is older than FRESH), the last look is reused without a ``stat``
-        per record, for at most RESCAN_EVERY seconds (files changed in place)."""
-        return list(self._listing_now()[1])
+    def entry(self, name: str) -> Entry | None:
+        """What the index knows of an active job (as of the last :meth:`names`)."""
+        return self._index.get(name)
+
+    def count(self, state: JobState) -> int:
+        """Jobs in ``state``; finished: the records kept in ``finished/``."""
+        if state == FINISHED:
+            return self._count_finished()
+        self._refresh()
+        return self._index.count(state)
+
+    def oldest_waiting(self) -> float:
+        """Unix time the oldest job not yet running was received (0.0: none waits)."""
+        self._refresh()
+        return self._index.oldest_waiting()
 
     def active_names(self) -> set[str]:
         """Names of the active records, unreadable ones included."""
-        return set(self._listing_now()[2])
+        self._refresh()
+        return set(self._index.entries) | self._unreadable
 
-    def _listing_now(self) -> Listing:
-        now = time.time()
-        try:
-            info = os.stat(self.jobs)
-        except FileNotFoundError:
-            return ((0, 0), [], [], [])
-        key = (info.st_ino, info.st_mtime_ns)
-        last = self._listing
-        if last is not None and last[0] == key and now - last[4] < RESCAN_EVERY:
-            for problem in last[3]:  # reported in every pass while it is there
+    def active(self) -> list[JobRecord]:
+        """Every active job's whole record, by name (read from disk: for people, not passes);
+        an unreadable record is logged and kept in ``problems``."""
+        out = []
+        for name in sorted(self.names(*ACTIVE)):
+            with contextlib.suppress(SpoolError):  # reported by _refresh
+                rec = self._records.load(self.jobs / (name + RECORD_SUFFIX))
+                if rec is not None:
+                    out.append(rec)
+        return out
+
+    def _refresh(self) -> None:
+        """Look at jobs/ again only when it changed (module docstring: Cost)."""
+        key = self._jobs_view.key()
+        if self._jobs_view.current(key):
+            for problem in self._listed_problems:  # reported in every pass while it is there
                 self._problem(problem)
-            return last[:4]
-        listing = self._scan(key)
-        if now - info.st_mtime_ns / 1e9 > FRESH:
-            self._listing = (*listing, now)
-        else:
-            self._listing = None
-        return listing
-
-    def _scan(self, key: tuple[int, int]) -> Listing:
-        out, names, problems = [], [], []
-        seen = set()
+            return
+        listed, problems = set(), []
         for fname in p.listdir(str(self.jobs)):
             if fname.endswith(RECORD_SUFFIX):
-                names.append(fname[: -len(RECORD_SUFFIX)])
-                path = self.jobs / fname
-                seen.add(str(path))
+                name = fname[: -len(RECORD_SUFFIX)]
+                listed.add(name)
                 try:
-                    rec = self._load(path)
+                    self._index_one(name)
                 except SpoolError as exc:
                     self._problem(str(exc))
                     problems.append(str(exc))
-                    continue
-                if rec is not None:
-                    out.append(rec)
-        with self._cache_lock:
-            prefix = str(self.jobs)
-            for gone in [k for k in self._cache if k not in seen and k.startswith(prefix)]:
-                del self._cache[gone]
-        return key, out, names, problems
+        for gone in set(self._index.entries) - listed:
+            self._index.drop(gone)
+        self._listed_problems = problems
+        self._unreadable = listed - set(self._index.entries)
+        self._jobs_view.looked(key, self._locked)
+
+    def _index_one(self, name: str) -> None:
+        path = self.jobs / (name + RECORD_SUFFIX)
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            self._index.drop(name)
+            return
+        except OSError as exc:
+            self._index.drop(name)
+            raise SpoolError(unreadable(path, exc)) from exc
+        if self._index.known(name, stat_key(info)):
+            return
+        try:
+            rec = self._records.load(path)
+        except SpoolError:
+            self._index.drop(name)
+            raise
+        if rec is None:
+            self._index.drop(name)
+        else:
+            self._remember_entry(rec, info)
+
+    def _remember_entry(self, rec: JobRecord, info: os.stat_result) -> None:
+        self._index.put(rec.name, stat_key(info), self._records.sure(info), Entry(
+            rec.state, rec.pilot, rec.withdrawn, epoch(rec.received)))
+
+    def _count_finished(self) -> int:
+        key = self._finished_view.key()
+        if not self._finished_view.current(key):
+            self._finished_count = len(self.finished_names())
+            self._finished_view.looked(key, self._locked)
+        return self._finished_count
 
     def finished_names(self) -> set[str]:
         return {n[: -len(RECORD_SUFFIX)] for n in p.listdir(str(self.finished))
@@ -220,11 +229,12 @@ class Spool:
     def get(self, name: str) -> JobRecord | None:
         """The job's record, None when the spool has none; SpoolError when it is unreadable."""
         for directory in (self.jobs, self.finished):
-            rec = self._load(directory / (name + RECORD_SUFFIX))
+            rec = self._records.load(directory / (name + RECORD_SUFFIX))
             if rec is not None:
                 return rec
         return None
 
+    # -- jobs: changes ---------------------------------------------------------------
     def create(self, name: str, doc: dict[str, Any] | None,
                meta: dict[str, Any] | None = None) -> JobRecord:
         """The first journal entry of a job: written before anything can run."""
@@ -263,9 +273,15 @@ class Spool:
     def archive(self, rec: JobRecord) -> None:
         """A finished job whose HPC files are gone leaves the active set."""
         src = self.jobs / (rec.name + RECORD_SUFFIX)
-        self._forget(str(src))
-        with contextlib.suppress(FileNotFoundError):  # archived already: safe to repeat
+        self._records.forget(str(src))
+        self._index.drop(rec.name)
+        try:
             os.replace(src, self.finished / (rec.name + RECORD_SUFFIX))
+        except FileNotFoundError:  # archived already: safe to repeat
+            return
+        self._finished_count += 1
+        self._jobs_view.own_change(self._locked)
+        self._finished_view.own_change(self._locked)
         self._unsynced.add(str(self.finished))
 
     def note_unsynced(self, path: Path | str) -> None:
@@ -286,6 +302,8 @@ class Spool:
         src = self.finished / (name + RECORD_SUFFIX)
         if src.exists():
             os.replace(src, self.finished / ("%s%s.%d" % (name, RECORD_SUFFIX, time.time_ns())))
+            self._finished_count -= 1
+            self._finished_view.own_change(self._locked)
 
     def event(self, name: str, old: JobState | None, new: JobState, **detail: Any) -> None:
         entry = {"time": p.now_iso(), "job": name, "from": old, "to": new}
@@ -309,6 +327,8 @@ class Spool:
             if entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
                 removed += 1
+        if removed:
+            self._finished_view.forget()  # counted again when asked
         if self.events.exists() and self.events.stat().st_size > max_event_bytes:
             os.replace(self.events, str(self.events) + ".1")
         return removed
@@ -316,11 +336,15 @@ class Spool:
     def _save(self, rec: JobRecord, sync: bool = True) -> None:
         path = str(self.jobs / (rec.name + RECORD_SUFFIX))
         try:
-            p.write_json(path, asdict(rec), sync=sync)
-            self._remember(path, os.stat(path), rec)
+            info = write_record(path, rec, sync)
         except BaseException:
-            self._forget(path)  # what is on disk decides from now on
+            self._records.forget(path)  # what is on disk decides from now on
+            self._index.drop(rec.name)
+            self._jobs_view.forget()
             raise
+        self._records.remember(path, info, rec)
+        self._remember_entry(rec, info)
+        self._jobs_view.own_change(self._locked)
         if not sync:
             self._unsynced.add(str(self.jobs))
 
@@ -328,43 +352,6 @@ class Spool:
         log.error("%s", message)
         if message not in self.problems:
             self.problems.append(message)
-
-    def _remember(self, path: str, info: os.stat_result, rec: JobRecord) -> None:
-        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        sure = time.time() - info.st_mtime_ns / 1e9 > FRESH  # a rewrite is a new file
-        with self._cache_lock:
-            self._cache[path] = (key, sure, rec)
-
-    def _forget(self, path: str) -> None:
-        with self._cache_lock:
-            self._cache.pop(path, None)
-
-    def _load(self, path: Path) -> JobRecord | None:
-        """The record at ``path`` (from memory while its file is unchanged); None if absent."""
-        where = str(path)
-        try:
-            info = os.stat(where, follow_symlinks=False)
-        except FileNotFoundError:
-            self._forget(where)
-            return None
-        except OSError as exc:
-            raise SpoolError(unreadable(path, exc)) from exc
-        with self._cache_lock:
-            cached = self._cache.get(where)
-        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if cached is not None and cached[0] == key and cached[1]:
-            return cached[2]
-        try:
-            rec = JobRecord.from_json(_read_record(where))
-        except FileNotFoundError:
-            self._forget(where)
-            return None
-        except (OSError, ValueError, TypeError) as exc:
-            self._forget(where)
-            raise SpoolError(unreadable(path, exc)) from exc
-        self.reads += 1
-        self._remember(where, info, rec)
-        return rec
 
     # -- pilots ----------------------------------------------------------------------
     def pilots(self) -> list[PilotRecord]:
@@ -383,21 +370,35 @@ class Spool:
 
     def save_pilot(self, rec: PilotRecord) -> None:
         rec.updated = p.now_iso()
-        p.write_json(str(self.pilots_dir / (rec.pilot_id + RECORD_SUFFIX)), asdict(rec))
+        p.write_json(str(self.pilots_dir / (rec.pilot_id + RECORD_SUFFIX)), vars(rec))
 
     # -- the pass lock ---------------------------------------------------------------
-    def lock(self, timeout: float) -> contextlib.AbstractContextManager[None]:
-        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``."""
-        return pass_lock(self.path / "lock", timeout)
+    @contextlib.contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        """Hold the spool lock; LockTimeout if another pass keeps it past ``timeout``.
 
+        Whoever takes the lock leaves its token in the lock file: another token there
+        means another spool object changed the spool since this one last held it, so
+        what this one knows of it is looked at again."""
+        with pass_lock(self.path / "lock", timeout):
+            if not self._own_token():
+                self._jobs_view.forget()
+                self._finished_view.forget()
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
-def _read_record(path: str) -> Any:
-    """JSON of a spool record, opened without following a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(exc.errno, "a symbolic link, not a record") from None
-        raise
-    with os.fdopen(fd, encoding="utf-8") as handle:
-        return json.load(handle)
+    def _own_token(self) -> bool:
+        """True when this spool object was the last to hold the lock; leaves its token."""
+        token = self._token.encode()
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            if os.pread(fd, TOKEN_BYTES, 0) == token:
+                return True
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, token, 0)
+            return False
+        finally:
+            os.close(fd)

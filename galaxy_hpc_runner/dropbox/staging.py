@@ -10,7 +10,9 @@ import posixpath
 import secrets
 import shutil
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
 SNAPSHOTS = ".hpc-batch-stage-"  # private snapshots of inputs, in the spool, during staging
+QUIET = 1.0  # seconds a local queue directory must be unchanged before a listing is reused
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Stager:
         self.server = cfg.server_tag
         self.tag = hashlib.sha1(str(cfg.spool).encode()).hexdigest()[:8]
         self._unsynced: set[str] = set()  # local directories written without fsync
+        self._queues: dict[str, tuple[tuple[int, int, int], frozenset[str], int]] = {}
         self.begin_pass([], clean=False)
 
     def path(self, *parts: str) -> str:
@@ -76,13 +80,15 @@ class Stager:
     def marker_exists(self, name: str) -> bool:
         return self.queue_view().has(name)
 
-    def begin_pass(self, records: list[JobRecord], clean: bool = True) -> None:
-        """Count input uses: a file several jobs share is uploaded once and hard-linked.
+    def begin_pass(self, inputs: Iterable[str], clean: bool = True) -> None:
+        """Count input uses (the input paths of every job this pass stages): a file several
+        jobs share is uploaded once and hard-linked.
 
         Under the spool lock (``clean``), snapshots a killed pass left are removed."""
         for stale in self.cfg.spool.glob(SNAPSHOTS + "*") if clean else ():
             shutil.rmtree(stale, ignore_errors=True)
-        self._uses = Counter(src for rec in records for src in rec.meta["inputs"].values())
+        self._uses = Counter(inputs)
+        self.file_mode = p.umask_mode(0o666)  # what the umask leaves: read once a pass
         self._shared: dict[str, str] = {}
         self._pass_dir = self.path(p.INPUTS, "%s-%s" % (self.tag, secrets.token_hex(4)))
 
@@ -154,15 +160,39 @@ class Stager:
         return out
 
     def _write(self, path: str, text: str) -> None:
-        """A protocol file: on a local workspace written unsynced (see :meth:`sync`)."""
+        """A file of a job directory staging just made: on a local workspace written in
+        place, unsynced (see :meth:`sync`). Nobody reads it before its ready marker, which
+        comes after the sync; a pass killed before then leaves a directory the next
+        attempt removes first."""
         if not isinstance(self.t, LocalTransport):
             self.t.write_text(path, text)
             return
         try:
-            p.atomic_write(path, text, sync=False)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         self.file_mode)
+            try:
+                data = memoryview(text.encode("utf-8"))
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise TransportError("cannot write %s: %s" % (path, exc.strerror)) from exc
         self._unsynced.add(posixpath.dirname(path))
+
+    def _job_dir(self, directory: str) -> None:
+        """An empty job directory; what an interrupted earlier attempt left goes first."""
+        if isinstance(self.t, LocalTransport):
+            try:
+                os.mkdir(directory)
+                return
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise TransportError("cannot make directory %s: %s"
+                                     % (directory, exc.strerror)) from exc
+        self.t.remove(directory)
+        self.t.makedirs(directory)
 
     def stage_files(self, rec: JobRecord) -> bool:
         """A job's directory, inputs, script and job.json; the caller then syncs a chunk of
@@ -174,8 +204,7 @@ class Stager:
         """
         key, meta = self.key(rec.name), rec.meta
         directory = self.path(p.JOBS, key)
-        self.t.remove(directory)  # what an interrupted earlier attempt left
-        self.t.makedirs(directory)
+        self._job_dir(directory)
         local = isinstance(self.t, LocalTransport)  # copied from the descriptor: no snapshots
         snapshots = "" if local else tempfile.mkdtemp(prefix=SNAPSHOTS, dir=str(self.cfg.spool))
         try:
@@ -199,17 +228,54 @@ class Stager:
 
     def queue_view(self) -> QueueView:
         """This server's jobs by name in each queue; other servers' only in ``backlog``."""
-        ready = self.t.listdir(self.path(p.READY))
-        view = QueueView(ready=self._mine(ready), backlog=len(ready))
-        for marker in self.t.listdir(self.path(p.CLAIMED)):
+        ready, backlog = self._queue(p.READY)
+        view = QueueView(ready=ready, backlog=backlog)
+        for marker in self._listdir(p.CLAIMED):
             key, pilot = p.split_claim(marker)
             view.claimed.update({name: pilot for name in self._mine([key])})
-        view.done = self._mine(self.t.listdir(self.path(p.DONE)))
+        view.done = self._queue(p.DONE)[0]
         return view
+
+    def _queue(self, queue: str) -> tuple[set[str], int]:
+        """This server's names in a queue directory and the number of all its markers.
+
+        A local directory unchanged since a look, and quiet for QUIET seconds before it
+        (so no change can hide in the same timestamp tick), is not listed again."""
+        if not isinstance(self.t, LocalTransport):
+            keys = self.t.listdir(self.path(queue))
+            return self._mine(keys), len(keys)
+        path = self.path(queue)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return set(), 0
+        sig = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        cached = self._queues.get(queue)
+        if cached is not None and cached[0] == sig:
+            return set(cached[1]), cached[2]
+        keys = self._listdir(queue)
+        names = self._mine(keys)
+        if time.time() - info.st_mtime_ns / 1e9 > QUIET:
+            self._queues[queue] = (sig, frozenset(names), len(keys))
+        else:
+            self._queues.pop(queue, None)
+        return names, len(keys)
+
+    def _listdir(self, queue: str) -> list[str]:
+        """Visible entries of a queue directory, in no order (a local one unsorted)."""
+        if isinstance(self.t, LocalTransport):
+            try:
+                return [n for n in os.listdir(self.path(queue)) if not n.startswith(".")]
+            except FileNotFoundError:
+                return []
+        return self.t.listdir(self.path(queue))
 
     def _mine(self, keys: list[str]) -> set[str]:
         """The names behind the keys of this server (``SERVER=NAME``)."""
         prefix = self.key("")
+        if self.server and p.SERVER_SEP not in self.server:  # the prefix names the server
+            cut = len(prefix)
+            return {key[cut:] for key in keys if key.startswith(prefix)}
         return {key[len(prefix):] for key in keys if key.startswith(prefix)
                 and p.server_of(key) == self.server}
 

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ from galaxy_hpc_runner.dropbox.spool import (
     STAGED,
     JobRecord,
     Spool,
+    SpoolError,
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
 from galaxy_hpc_runner.dropbox.userfiles import is_resubmission, set_aside_result
@@ -166,27 +167,51 @@ class Submitter:
         if not self._layout_ready:
             self.stager.ensure_layout()
             self._layout_ready = True
-        records = self.spool.active()
         view = self.stager.queue_view()
-        to_stage = [rec for rec in records  # paused: received jobs wait as they are
-                    if rec.state == RECEIVED and self.control.stage_allowed]
-        self.stager.begin_pass(to_stage)
+        unclean = self.spool.names(FINISHED)  # a pass that died before its cleanup
+        to_stage = sorted(self.spool.names(RECEIVED)) if self.control.stage_allowed else []
+        self.stager.begin_pass(src for rec in self._records(to_stage)  # paused: they wait
+                               for src in rec.meta["inputs"].values())
         try:
             for start in range(0, len(to_stage), CHUNK):
-                self._stage_chunk(to_stage[start:start + CHUNK], view, report)
+                self._stage_chunk(self._records(to_stage[start:start + CHUNK]), view, report)
                 if start == 0 and len(to_stage) > CHUNK:  # a backlog: pilots start now
                     self._guarded(report, "asking for pilots", self._manage_pilots)
         finally:
             self.stager.end_pass()
-        for rec in records:
+        for rec in self._records(sorted(self._to_follow(view))):
             if rec.state in (STAGED, CLAIMED):
                 self._follow(rec, view, report)
-            elif rec.state == FINISHED:  # a pass that died before its cleanup
-                self._to_clean.append(rec)
+        self._to_clean.extend(self._records(sorted(unclean)))
         self._clean_finished(report)
         self._manage_pilots(report)
 
-    def _stage_chunk(self, chunk: list[JobRecord], view: QueueView, report: PassReport
+    def _to_follow(self, view: QueueView) -> set[str]:
+        """The staged and claimed jobs whose queue marker says something new: done, claimed
+        by a pilot the spool does not know of yet, back in ready/, or gone (set operations
+        over the names: nothing per job in a quiet pass)."""
+        claimed = self.spool.names(CLAIMED)
+        active = self.spool.names(STAGED) | claimed
+        out = (view.done & active) | (view.ready & claimed)
+        out |= active - view.ready - view.claimed.keys() - view.done
+        for name in view.claimed.keys() & active:
+            entry = self.spool.entry(name)
+            if entry is None or entry.state != CLAIMED or entry.pilot != view.claimed[name]:
+                out.add(name)
+        return out
+
+    def _records(self, names: list[str]) -> Iterator[JobRecord]:
+        """The whole records of ``names``, read when needed; an unreadable one is skipped
+        (the spool reports it by name in every pass)."""
+        for name in names:
+            try:
+                rec = self.spool.get(name)
+            except SpoolError:
+                continue
+            if rec is not None:
+                yield rec
+
+    def _stage_chunk(self, chunk: Iterable[JobRecord], view: QueueView, report: PassReport
                      ) -> None:
         """Files of every job in the chunk, one sync, then their ready markers and records."""
         placed = [rec for rec in chunk if self._place(rec, view)]
@@ -357,7 +382,8 @@ class Submitter:
     def _finish(self, rec: JobRecord, node: dict[str, Any]) -> None:
         """Result file first (outputs are already in place), then the record, then cleanup."""
         result = self.cfg.dropbox / (rec.name + d.FINISHED_SUFFIX)
-        p.atomic_write(str(result), d.result_document(rec.doc, node), sync=False)
+        p.atomic_write(str(result), d.result_document(rec.doc, node), sync=False,
+                       mode=self.stager.file_mode)
         self.spool.note_unsynced(self.cfg.dropbox)
         self.spool.transition(rec, FINISHED, status=node["status"], message=node["message"],
                               rc=node.get("rc"))

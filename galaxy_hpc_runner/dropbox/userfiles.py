@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 OUTPUT_TEMP_MARK = ".hpc-batch-tmp-"
@@ -17,24 +18,54 @@ REPLACED_MARK = ".replaced-"  # NAME.job.finished.replaced-NS: the result of an 
 
 
 # -- names the submitter writes in the user's directories ---------------------------------
-def remove_stale_output_temps(targets: list[str]) -> list[str]:
+class StaleTemps:
+    """Temp files an interrupted fetch left, found by listing each output directory once.
+
+    Only a process that died mid-fetch leaves temps (a live one removes its own), so what
+    one look at a directory finds is all there is for this process to clean; later jobs
+    with outputs there cost no listing. Directories looked at are remembered up to
+    ``size`` (then looked at again)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._found: OrderedDict[str, set[str]] = OrderedDict()
+
+    def names(self, directory: str) -> set[str]:
+        """Names of our temp pattern in ``directory`` when it was first looked at."""
+        found = self._found.get(directory)
+        if found is not None:
+            self._found.move_to_end(directory)
+            return found
+        try:
+            found = {n for n in os.listdir(directory or ".")
+                     if n.startswith(".") and OUTPUT_TEMP_MARK in n}
+        except OSError:
+            found = set()
+        self._found[directory] = found
+        while len(self._found) > self.size:
+            self._found.popitem(last=False)
+        return found
+
+
+def remove_stale_output_temps(targets: list[str], stale: StaleTemps | None = None
+                              ) -> list[str]:
     """Remove our temp files left beside ``targets`` by a pass that was killed mid-fetch.
 
     Only names of the fetch's temp pattern (``safefs.temp_name``: .BASE + OUTPUT_TEMP_MARK
-    + PID-RAND) for exactly these targets, only regular files.
-    Called under the spool lock, so no other pass of this spool is fetching them now.
+    + PID-RAND) for exactly these targets, only regular files. ``stale`` remembers what
+    a look at each directory found (no listing per job); without it every directory is
+    listed. Called under the spool lock, so no other pass of this spool is fetching now.
     """
+    stale = stale or StaleTemps()
     removed = []
     for target in targets:
         directory, base = os.path.split(target)
         prefix = ".%s%s" % (base, OUTPUT_TEMP_MARK)
-        try:
-            names = os.listdir(directory or ".")
-        except OSError:
-            continue
-        for name in names:
+        found = stale.names(directory)
+        for name in [n for n in found if n.startswith(prefix)]:
+            found.discard(name)
             path = os.path.join(directory, name)
-            if name.startswith(prefix) and os.path.isfile(path) and not os.path.islink(path):
+            if os.path.isfile(path) and not os.path.islink(path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed.append(path)

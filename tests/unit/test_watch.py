@@ -126,7 +126,8 @@ def test_a_barrier_syncs_what_was_written_unsynced(tmp_path: Path) -> None:
     p.sync_paths([str(tmp_path), str(tmp_path / "missing")])  # a missing path is skipped
 
 
-def test_a_quiet_spool_is_looked_at_with_one_stat_and_a_write_is_seen(tmp_path: Path) -> None:
+def test_a_quiet_spool_is_looked_at_with_one_stat_and_a_write_is_seen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mine, theirs = Spool(tmp_path / "spool"), Spool(tmp_path / "spool")
     for i in range(3):
         mine.create("q%d" % i, None)
@@ -134,9 +135,12 @@ def test_a_quiet_spool_is_looked_at_with_one_stat_and_a_write_is_seen(tmp_path: 
         _aged(path)
     _aged(mine.jobs)
     assert len(mine.active()) == 3
-    listing = mine._listing
-    assert listing is not None and mine.active_names() == {"q0", "q1", "q2"}
-    assert mine._listing is listing  # reused: jobs/ did not change
+    reads, listed = mine.reads, []
+    real = p.listdir
+    monkeypatch.setattr(p, "listdir", lambda path: listed.append(path) or real(path))
+    assert mine.active_names() == {"q0", "q1", "q2"}
+    assert mine.names(JobState.RECEIVED) == {"q0", "q1", "q2"}
+    assert (mine.reads, listed) == (reads, [])  # reused: jobs/ did not change
     other = theirs.get("q1")
     assert other is not None
     theirs.transition(other, JobState.STAGED)  # replaces the file: jobs/ changes
