@@ -16,7 +16,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 # Paths relative to the checkout; the same names inside galaxy_hpc_runner/shipped/.
-SHIPPED = ("templates", "examples/demo/templates", "examples/hpc-batch.ini",
+SHIPPED = ("templates", "examples/demo/templates", "examples/hpc-batch.ini", "examples/ops",
            "tool_wrappers", "job_conf.example.yml")
 
 

@@ -50,7 +50,8 @@ def shipped(rel: str) -> Path:
     """A file or directory the package ships, by its path in the source tree.
 
     ``templates``, ``examples/demo/templates``, ``examples/hpc-batch.ini``,
-    ``tool_wrappers``, ``job_conf.example.yml``: an installed wheel holds them under
+    ``examples/ops`` (systemd units, crontab), ``tool_wrappers``,
+    ``job_conf.example.yml``: an installed wheel holds them under
     ``galaxy_hpc_runner/shipped/`` (setup.py maps them there); a checkout or an editable
     install reads them where they live.
     """

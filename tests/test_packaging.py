@@ -22,7 +22,9 @@ NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv", ".galaxy-venv", ".planemo-venv", "build", "dist", "demo-run",
     "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "results")
 SHIPPED = ("templates/whisper.sh", "examples/demo/templates/shout.sh", "examples/hpc-batch.ini",
-           "tool_wrappers/whisper.xml", "job_conf.example.yml")
+           "examples/ops/crontab", "examples/ops/hpc-batch-submitter.service",
+           "examples/ops/hpc-batch-submitter.timer", "tool_wrappers/whisper.xml",
+           "job_conf.example.yml")
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
@@ -136,3 +138,47 @@ def _stop_pilots(demo: Path) -> None:
     for record in (demo / "spool/pilots").glob("*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             os.kill(int(json.loads(record.read_text())["scheduler_id"]), signal.SIGTERM)
+
+
+def _installed(venv: Path, rel: str, cwd: Path) -> Path:
+    return Path(run([str(venv / "bin/python"), "-c", "from galaxy_hpc_runner.config import "
+                     "shipped; print(shipped(%r))" % rel], cwd, clean_env()).stdout.strip())
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_installed_systemd_units_verify(venv: Path, tmp_path: Path) -> None:
+    ops = _installed(venv, "examples/ops", tmp_path)
+    assert str(ops).startswith(str(venv))
+    for unit in ("hpc-batch-submitter.service", "hpc-batch-submitter.timer",
+                 "hpc-batch-submitter-loop.service"):
+        text = (ops / unit).read_text().replace("/opt/galaxy-hpc-batch/venv", str(venv))
+        (tmp_path / unit).write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *sorted(
+        str(p) for p in tmp_path.glob("hpc-batch-*"))], capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_the_shipped_cron_line_runs_a_quiet_pass(venv: Path, tmp_path: Path) -> None:
+    """The crontab's command, as cron runs it (in $HOME, config from the environment):
+    an idle pass prints nothing, so cron mails nothing."""
+    lines = [line for line in (_installed(venv, "examples/ops/crontab", tmp_path)
+                               .read_text().splitlines()) if line and line[0] != "#"]
+    env_lines = dict(line.split("=", 1) for line in lines if "=" in line.split()[0])
+    assert set(env_lines) == {"MAILTO", "HPC_BATCH_CONFIG"}
+    [entry] = [line for line in lines if "=" not in line.split()[0]]
+    command = entry.split(None, 5)[5].replace("/opt/galaxy-hpc-batch/venv", str(venv))
+    for sub in ("drop", "data"):
+        (tmp_path / sub).mkdir()
+    config = tmp_path / "site.ini"
+    config.write_text("[dropbox]\npath = drop\nallowed_input_roots = data\n"
+                      "allowed_output_roots = data\n[spool]\npath = spool\n[hpc_env]\n"
+                      "workspace = %s\nscripts = /s\ncontainers = /c\n" % (tmp_path / "ws"))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_env(HPC_BATCH_CONFIG=str(config), HOME=str(home))
+    for _ in range(2):  # the first pass lays out the workspace, the second is idle
+        proc = subprocess.run(command.split(), cwd=home, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == proc.stderr == "", (proc.stdout, proc.stderr)
