@@ -39,7 +39,8 @@ def make_site(tmp_path: Path) -> Iterator[object]:
         s.close()
 
 
-# Real services (munge + Slurm, sshd, Grid Engine), session-scoped.
+# Real services (munge + Slurm, sshd, Grid Engine), session-scoped; the fault matrix's table.
+from tests.faults.report import pytest_terminal_summary  # noqa: E402, F401 (the matrix table)
 from tests.services.fixtures import (  # noqa: E402, F401
     gridengine,
     services_installed,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_hpc_runner.cli.exitcodes import Exit
+from hpc_worker.states import PilotState
 from tests.services.cluster import GridEngine
 from tests.sitekit import PROJECT, Site
 
@@ -49,6 +50,40 @@ def test_burst_through_drmaa_on_grid_engine_ends_ok_with_one_pilot(
         assert job["status"] == "ok" and job["pilot"] == pilots[0].scheduler_id, job
         assert site.out(name + ".upper").read_text() == "GRID ENGINE ITEM %d\n" % i
     assert "submitted pilot" in err and "as drmaa job" in err
+
+
+def test_a_pilot_killed_at_its_h_rt_is_a_walltime_release_not_a_lost_attempt(
+        tmp_path: Path, gridengine: GridEngine) -> None:
+    """Grid Engine kills the pilot at its h_rt (the pilot, told 1 h, never drains): the
+    job it held counts as released by a walltime kill, and the next pilot finishes it."""
+    site = Site(tmp_path, scheduler={"backend": "drmaa", "failure_backoff": "2",
+                                     "native_spec": "-l h_rt=0:0:12"},
+                pilot={"python": sys.executable, "heartbeat": "1", "grace": "2"})
+    flag = tmp_path / "first-attempt"
+    site.drop("cut", {"script": "first_slow", "args": {"flag": str(flag)},
+                      "output_map": {"output": str(site.out("cut.out"))}})
+    env = dict(os.environ, **gridengine.env, PYTHONPATH=str(PROJECT))
+    loop = subprocess.Popen([sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter",
+                             "--config", str(site.config_path)], cwd=PROJECT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not site.result_path("cut").exists():
+            assert loop.poll() is None, loop.stderr.read() if loop.stderr else ""
+            time.sleep(0.2)
+    finally:
+        loop.terminate()
+        _, err = loop.communicate(timeout=30)
+        for pilot in site.spool.pilots():
+            subprocess.run(["qdel", pilot.scheduler_id], env=env, capture_output=True)
+    assert site.result_path("cut").exists(), err[-3000:]
+    job = site.result("cut")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 2, job
+    rec = site.spool.get("cut")
+    assert rec is not None and rec.lost == 0 and rec.walltime_kills == 1, (rec, err[-2000:])
+    assert site.ledger_lines().count("completed cut") == 1
+    first = site.spool.pilots()[0]
+    assert first.state is PilotState.GONE and first.reason.startswith("TIMEOUT"), first
 
 
 def test_drmaa_backend_without_its_library_says_how_to_fix_it(tmp_path: Path) -> None:

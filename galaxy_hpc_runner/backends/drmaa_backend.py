@@ -3,13 +3,29 @@
 DRM-agnostic: the same code drives Grid Engine's libdrmaa (used in the tests)
 and slurm-drmaa at a site that has it. ``[scheduler] native_spec`` passes
 DRM-specific options (slurm-drmaa wants e.g. ``--gres=gres:gpu:1 --mem=100``).
+
+How a pilot ended: DRMAA 1.0 says only "done" or "failed" (and forgets the job
+once another session asks). Where Grid Engine's ``qacct`` is on the PATH, its
+accounting record tells a hard-limit kill (``failed 37 : qmaster enforced h_rt``)
+from any other end; such a pilot is reported ``TIMEOUT`` like Slurm's, so its claims
+count as walltime releases, not lost attempts. Grid Engine writes that record up to
+its ``flush_time`` (15 s by default) after the end: a pilot this session saw end
+other than by its own exit 0 (signalled, aborted; Grid Engine says "done" or
+"failed" for an h_rt kill alike) is reported UNKNOWN (nothing is reclaimed, no pilot
+is added) until the record is there, at most :data:`ACCOUNTING_WAIT` seconds. A
+pilot no session saw end is judged on the record there is, if any.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import shlex
+import subprocess
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from galaxy_hpc_runner.backends.base import Backend, PilotSpec, PilotState, PilotStatus
@@ -17,6 +33,11 @@ from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.errors import ConfigError, SchedulerError
 
 log = logging.getLogger(__name__)
+
+ACCOUNTING_WAIT = 60.0  # longest wait for Grid Engine's accounting record of an ended pilot
+QACCT_TIMEOUT = 20.0
+HARD_LIMIT_KILL = 37  # Grid Engine's "failed 37 : qmaster enforced h_rt, h_cpu, or h_vmem limit"
+GONE_FROM_DRM = "no longer known to the DRM"
 
 
 def _import_drmaa() -> Any:
@@ -41,6 +62,7 @@ class DrmaaBackend(Backend):
         self.drmaa = _import_drmaa()
         self._lock = threading.Lock()  # a DRMAA session is not thread-safe
         self._session: Any = None
+        self._ended: dict[str, float] = {}  # seen ended, accounting record not yet written
 
     def _s(self) -> Any:
         if self._session is None:
@@ -88,7 +110,7 @@ class DrmaaBackend(Backend):
         try:
             state = self._s().jobStatus(sid)
         except self.drmaa.errors.InvalidJobException:
-            return PilotStatus(PilotState.GONE, "no longer known to the DRM")
+            return self._ended_status(sid, "")
         except self.drmaa.errors.DrmaaException as exc:
             raise SchedulerError("DRMAA cannot tell the state of %s: %s" % (sid, exc)) from exc
         if state in (js.QUEUED_ACTIVE, js.SYSTEM_ON_HOLD, js.USER_ON_HOLD,
@@ -97,8 +119,39 @@ class DrmaaBackend(Backend):
         if state in (js.RUNNING, js.SYSTEM_SUSPENDED, js.USER_SUSPENDED):
             return PilotStatus(PilotState.RUNNING)
         if state in (js.DONE, js.FAILED):
-            return PilotStatus(PilotState.GONE, str(state))
+            if self._exited_cleanly(sid):
+                return PilotStatus(PilotState.GONE, str(state))
+            return self._ended_status(sid, str(state))  # killed: by a hard limit?
         return PilotStatus(PilotState.UNKNOWN, str(state))
+
+    def _ended_status(self, sid: str, state: str) -> PilotStatus:
+        """GONE with the accounting's word on how it ended; UNKNOWN while a pilot this
+        session saw end has no accounting record yet (bounded by ACCOUNTING_WAIT)."""
+        record, may_come = qacct(sid)
+        if record is not None:
+            self._ended.pop(sid, None)
+            self._reap(sid)
+            return PilotStatus(PilotState.GONE, end_reason(record))
+        if may_come and (state or sid in self._ended):
+            first = self._ended.setdefault(sid, time.monotonic())
+            if time.monotonic() - first < ACCOUNTING_WAIT:
+                return PilotStatus(PilotState.UNKNOWN, "%s; waiting for its accounting record"
+                                   % (state or "ended"))
+        self._ended.pop(sid, None)
+        return PilotStatus(PilotState.GONE, state or GONE_FROM_DRM)
+
+    def _exited_cleanly(self, sid: str) -> bool:
+        """The job's own exit 0 (its JobInfo, which this reaps): no limit killed it."""
+        try:
+            info = self._s().wait(sid, self.drmaa.Session.TIMEOUT_NO_WAIT)
+        except self.drmaa.errors.DrmaaException:
+            return False
+        return bool(info.hasExited and info.exitStatus == 0 and not info.hasSignal)
+
+    def _reap(self, sid: str) -> None:
+        """Free the session's memory of an ended job (its JobInfo); errors do not matter."""
+        with contextlib.suppress(self.drmaa.errors.DrmaaException):
+            self._s().wait(sid, self.drmaa.Session.TIMEOUT_NO_WAIT)
 
     def cancel(self, scheduler_id: str) -> None:
         with self._lock:
@@ -112,3 +165,63 @@ class DrmaaBackend(Backend):
     def dry_run(self, spec: PilotSpec) -> str:
         return "DRMAA runJob: remoteCommand=%s args=%s env=%s nativeSpecification=%r" % (
             spec.argv[0], shlex.join(spec.argv[1:]), spec.env, self.native_spec(spec))
+
+
+@dataclass
+class Accounting:
+    """The fields of a Grid Engine accounting record (``qacct -j``) that tell how it ended."""
+
+    failed: str = "0"  # "37  : qmaster enforced h_rt, h_cpu, or h_vmem limit"
+    exit_status: str = ""
+    wallclock: str = ""  # ru_wallclock, "6s"
+    category: str = ""  # the requests, "-l h_rt=5"
+
+
+QACCT_LINE = re.compile(r"^(failed|exit_status|ru_wallclock|category)\s+(.*)$")
+
+
+def qacct(sid: str) -> tuple[Accounting | None, bool]:
+    """Grid Engine's accounting record of job ``sid`` (``qacct -j``), and whether a
+    missing record may still come (``qacct`` runs and only lacks it)."""
+    try:
+        proc = subprocess.run(["qacct", "-j", sid], capture_output=True, text=True,
+                              timeout=QACCT_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("qacct -j %s: %s", sid, exc)
+        return None, False
+    if proc.returncode != 0:
+        return None, "not found" in proc.stderr
+    if "=====" not in proc.stdout:
+        return None, True
+    record = Accounting()
+    for line in proc.stdout.splitlines():  # the last record wins: a reused id's newest
+        match = QACCT_LINE.match(line)
+        if match:
+            name = match.group(1).replace("ru_", "", 1)
+            setattr(record, name, match.group(2).strip())
+    return record, False
+
+
+def end_reason(record: Accounting) -> str:
+    """``TIMEOUT ...`` for a hard wallclock kill (what ``PilotStatus.timed_out`` reads),
+    else ``FAILED n: why`` or ``DONE exit N``."""
+    words = record.failed.split()
+    code = words[0] if words else "0"
+    if code == str(HARD_LIMIT_KILL) and _hit_h_rt(record):
+        return "TIMEOUT (Grid Engine: %s)" % record.failed
+    if code != "0":
+        return "FAILED %s" % record.failed
+    return "DONE exit %s" % (record.exit_status.split() or ["?"])[0]
+
+
+def _hit_h_rt(record: Accounting) -> bool:
+    """Failed 37 is h_rt, h_cpu or h_vmem: it is the wallclock when the job asked for no
+    h_rt of its own (a queue limit) or ran at least as long as the h_rt it asked for."""
+    match = re.search(r"h_rt=([0-9:]+)", record.category)
+    if not match:
+        return True
+    limit = 0
+    for part in match.group(1).split(":"):
+        limit = limit * 60 + int(part or "0")
+    wallclock = re.match(r"[0-9.]+", record.wallclock)
+    return wallclock is None or float(wallclock.group(0)) >= limit - 1
