@@ -37,6 +37,8 @@ HOSTILE_TEMPLATES = {
     "ctx_heredoc": "#!/bin/bash\ncat > <<output>> <<EOF\n<<value>>\nEOF\n",
     "ctx_backticks": "#!/bin/bash\necho `echo <<value>>` > <<output>>\n",
     "ctx_arith": "#!/bin/bash\necho $(( <<value>> )) > <<output>>\n",
+    "input_mode": "#!/bin/bash\n# Writes the mode of its input as the job sees it.\n"
+                  "stat -L -c %a <<input>> > <<output>>\n",
     "env_dump": "#!/bin/bash\n# Writes the job's whole environment.\nenv > <<output>>\n",
     "grow_runs_65mb": (
         "#!/bin/bash\n# Hostile job: grows its own runs.jsonl by about 65 MB, then ends well.\n"

@@ -211,6 +211,21 @@ def test_a3_an_output_directory_swapped_for_a_link_is_never_written_through(
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a3_an_output_file_swapped_for_a_link_is_replaced_not_written_through(
+        site: ReplaySite) -> None:
+    victim = site.root / "victim-a3.txt"
+    victim.write_text("keep\n")
+    out = site.out("a3file.txt")
+    site.drop("a3file", {"script": "two_outputs", "args": {"seconds": 1.5},
+                         "output_map": {"out1": str(out), "out2": str(site.out("a3file2"))}})
+    site.pass_until(lambda: site.state("a3file") == JobState.CLAIMED, timeout=60,
+                    sub=site.sub)
+    out.symlink_to(victim)
+    finish_ok(site, "a3file")
+    assert victim.read_text() == "keep\n"
+    assert not out.is_symlink() and out.read_text() == "first\n"
+
+
 def test_a4_a_job_linking_its_output_to_a_secret_copies_nothing(site: ReplaySite) -> None:
     target = site.out("a4.txt")
     site.drop("a4", {"script": "link_out", "args": {"target": str(make_secret(site))},
@@ -390,15 +405,20 @@ def test_a17_modes_follow_the_umask_and_the_spool_is_private(site: ReplaySite) -
     old = os.umask(0o077)
     try:
         site.drop("a17", site.upper_job("a17", "mine\n"))
-        finish_ok(site, "a17")
+        site.drop("a17mode", {"script": "input_mode", "input_map": {"input": str(private)},
+                              "output_map": {"output": str(site.out("a17.mode"))}})
+        finish_ok(site, "a17", "a17mode")
     finally:
         os.umask(old)
     assert site.out("a17.upper").read_text() == "MINE\n"
-    assert stat.S_IMODE(site.out("a17.upper").stat().st_mode) & 0o077 == 0
-    assert stat.S_IMODE(site.result_path("a17").stat().st_mode) & 0o077 == 0
+    assert int(site.out("a17.mode").read_text(), 8) & 0o077 == 0  # staged over SFTP: private
+    for path in (site.out("a17.upper"), site.out("a17.mode"), site.result_path("a17")):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     spool = site.cfg.spool
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
     assert stat.S_IMODE((spool / "lock").stat().st_mode) == 0o600
+    for path in spool.rglob("a17*.json"):  # its records were written under that umask
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 def test_a18_other_users_can_neither_hold_the_lock_nor_touch_the_spool(
