@@ -4,16 +4,20 @@
    (``cat input > output``) on Galaxy's local runner and on ours in both modes
    (Galaxy-script mode: Galaxy's own job script with metadata in it; template
    mode: a site template, metadata set on the Galaxy host), all run side by side
-   in one server: sequential jobs, then a burst.
+   in one server: sequential jobs, then a burst. With ``--staged`` (the default)
+   also Galaxy-script mode staged over a real sshd (``placement: separate``, a
+   second runner; metadata on the Galaxy host: Galaxy's external script, or in
+   Galaxy's process with ``retry_metadata_internally: true``).
 2. State delay: the time from the pilot reporting a state (its claim marker,
    its done marker in the HPC workspace) to Galaxy's API showing it (target <= 2 s).
 
-    .venv/bin/python bench/bench_galaxy.py [--jobs 10] [--burst 20] [--delays 5]
+    .venv/bin/python bench/bench_galaxy.py [--jobs 10] [--burst 20] [--delays 5] [--no-staged]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -30,6 +34,9 @@ from tests.galaxy.server import (
     install_galaxy,
     wait_until,
 )
+from tests.services.ssh import SshServer
+
+STAGED = ("bench_cat_staged", "bench_cat_staged_inproc")
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -79,42 +86,58 @@ def summary(values: list[float]) -> str:
 
 
 def run(args: argparse.Namespace, root: Path) -> None:
-    site = GalaxySite(root / "site")
-    site.write()
-    site.start()
-    try:
-        api = GalaxyApi.for_new_user(site)
-        history = api.history("bench")
-        dataset = api.upload(history, "benchmark input\n" * 10)
-        for tool in ("bench_cat_local", "bench_cat_local_inproc", "bench_cat_hpc", "bench_cat_gx"):
-            sequential(api, history, tool, dataset, 1)  # warm up (and start the pilot)
-        local = sequential(api, history, "bench_cat_local", dataset, args.jobs)
-        inproc = sequential(api, history, "bench_cat_local_inproc", dataset, args.jobs)
-        hpc = sequential(api, history, "bench_cat_hpc", dataset, args.jobs)
-        gx = sequential(api, history, "bench_cat_gx", dataset, args.jobs)
-        local_burst = burst(api, history, "bench_cat_local", dataset, args.burst)
-        hpc_burst = burst(api, history, "bench_cat_hpc", dataset, args.burst)
-        gx_burst = burst(api, history, "bench_cat_gx", dataset, args.burst)
-        delays = [state_delays(site, api, history, root) for _ in range(args.delays)]
-    finally:
-        site.stop()
-        site.stop_pilots()
+    with contextlib.ExitStack() as stack:
+        ssh = stack.enter_context(SshServer(root / "sshd")) if args.staged else None
+        site = GalaxySite(root / "site", ssh=ssh)
+        site.write()
+        site.start()
+        try:
+            seq, bursts, delays = measure(args, site, root)
+        finally:
+            site.stop()
+            site.stop_pilots()
+    report(args, seq, bursts, delays)
+
+
+def measure(args: argparse.Namespace, site: GalaxySite, root: Path
+            ) -> tuple[dict[str, list[float]], dict[str, float], list[tuple[float, float]]]:
+    api = GalaxyApi.for_new_user(site)
+    history = api.history("bench")
+    dataset = api.upload(history, "benchmark input\n" * 10)
+    tools = ["bench_cat_local", "bench_cat_local_inproc", "bench_cat_hpc", "bench_cat_gx"]
+    tools += list(STAGED) if args.staged else []
+    for tool in tools:
+        sequential(api, history, tool, dataset, 1)  # warm up (and start the pilots)
+    seq = {tool: sequential(api, history, tool, dataset, args.jobs) for tool in tools}
+    bursts = {tool: burst(api, history, tool, dataset, args.burst)
+              for tool in tools if tool != "bench_cat_local_inproc"}
+    delays = [state_delays(site, api, history, root) for _ in range(args.delays)]
+    return seq, bursts, delays
+
+
+LABELS = {
+    "bench_cat_local": "local runner (metadata in the job script, the default)",
+    "bench_cat_local_inproc": "local runner (embed_metadata_in_job: false)",
+    "bench_cat_hpc": "hpc runner, template mode (metadata in Galaxy's process)",
+    "bench_cat_gx": "hpc runner, Galaxy-script mode, shared (metadata in the job)",
+    "bench_cat_staged": "hpc runner, Galaxy-script, staged over ssh (metadata: external script)",
+    "bench_cat_staged_inproc": "hpc runner, Galaxy-script, staged over ssh (metadata in-process)",
+}
+
+
+def report(args: argparse.Namespace, seq: dict[str, list[float]], bursts: dict[str, float],
+           delays: list[tuple[float, float]]) -> None:
     print("Galaxy 26.1.2, galaxy-web on loopback, SQLite, job_runner_monitor_sleep 0.5 s, "
           "batcher interval 0.5 s, local backend (pilot kept warm)")
+    local = statistics.mean(seq["bench_cat_local"])
     print("sequential, %d jobs each (submit -> ok):" % args.jobs)
-    print("  local runner (metadata in the job script, the default): %s" % summary(local))
-    print("  local runner (embed_metadata_in_job: false)          : %s" % summary(inproc))
-    print("  hpc runner, template mode (metadata in Galaxy's process): %s" % summary(hpc))
-    print("  hpc runner, Galaxy-script mode (metadata in the job)   : %s" % summary(gx))
-    print("  ratio template/local (mean): %.2f; galaxy-script/local: %.2f" % (
-        statistics.mean(hpc) / statistics.mean(local),
-        statistics.mean(gx) / statistics.mean(local)))
+    for tool, values in seq.items():
+        print("  %-78s: %s  (x%.2f local)" % (LABELS[tool], summary(values),
+                                               statistics.mean(values) / local))
     print("burst of %d submitted at once, until all ok:" % args.burst)
-    print("  local runner : %.2fs (%.2fs/job)" % (local_burst, local_burst / args.burst))
-    print("  hpc template : %.2fs (%.2fs/job)" % (hpc_burst, hpc_burst / args.burst))
-    print("  hpc galaxy   : %.2fs (%.2fs/job)" % (gx_burst, gx_burst / args.burst))
-    print("  ratio template/local: %.2f; galaxy-script/local: %.2f" % (
-        hpc_burst / local_burst, gx_burst / local_burst))
+    for tool, total in bursts.items():
+        print("  %-78s: %.2fs (%.2fs/job, x%.2f local)" % (
+            LABELS[tool], total, total / args.burst, total / bursts["bench_cat_local"]))
     print("state delay, pilot -> Galaxy API, %d jobs:" % args.delays)
     print("  claimed -> running : %s" % summary([r for r, _ in delays]))
     print("  done    -> ok      : %s" % summary([o for _, o in delays]))
@@ -126,6 +149,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=10, help="sequential jobs per runner")
     ap.add_argument("--burst", type=int, default=20, help="jobs submitted at once per runner")
     ap.add_argument("--delays", type=int, default=5, help="jobs for the state delay")
+    ap.add_argument("--no-staged", dest="staged", action="store_false",
+                    help="leave out the staged placement (no sshd)")
     args = ap.parse_args()
     install_galaxy()
     become_subreaper()

@@ -47,6 +47,7 @@ COPIES = {"_local": "local", "_tmpl": "hpc_template", "_noembed": "hpc_noembed"}
 # With an sshd (GalaxySite(ssh=...)): staged placement through a second runner whose site
 # reaches its HPC workspace (not under any of Galaxy's directories) over ssh.
 STAGED_COPIES = {"_staged": "hpc_staged", "_staged_ext": "hpc_staged_ext"}
+STAGED_BENCH = {"bench_cat_staged": "hpc_staged", "bench_cat_staged_inproc": "hpc_staged_inproc"}
 GPU_DEVICES = "7,5,3,1"  # CUDA_VISIBLE_DEVICES the local pilots see: slot i gets the i-th
 
 HPC_INI = """\
@@ -197,9 +198,11 @@ class GalaxySite:
                     tool.stem, suffix), 1))
                 paths.append(str(path))
         bench = (HERE / "tools" / "bench_cat_local.xml").read_text()
-        (copies / "bench_cat_gx.xml").write_text(bench.replace(
-            'id="bench_cat_local"', 'id="bench_cat_gx"', 1))
-        return [*paths, str(copies / "bench_cat_gx.xml")]
+        bench_ids = ["bench_cat_gx"] + (list(STAGED_BENCH) if self.ssh is not None else [])
+        for ident in bench_ids:
+            (copies / (ident + ".xml")).write_text(bench.replace(
+                'id="bench_cat_local"', 'id="%s"' % ident, 1))
+        return [*paths, *(str(copies / (ident + ".xml")) for ident in bench_ids)]
 
     def job_conf(self) -> dict[str, Any]:
         ordinary = [{"id": tool, "environment": "hpc"} for tool in self.ordinary_tools()] + [
@@ -233,7 +236,10 @@ class GalaxySite:
             conf["execution"]["environments"].update({
                 "hpc_staged": {"runner": "hpc_ssh", "placement": "separate"},
                 "hpc_staged_ext": {"runner": "hpc_ssh", "placement": "separate",
-                                   "metadata_strategy": "extended"}})
+                                   "metadata_strategy": "extended"},
+                "hpc_staged_inproc": {"runner": "hpc_ssh", "placement": "separate",
+                                      "retry_metadata_internally": True}})
+            conf["tools"] += [{"id": k, "environment": v} for k, v in STAGED_BENCH.items()]
             conf["tools"].append({"id": "gx_where", "environment": "hpc_staged"})
         return conf
 

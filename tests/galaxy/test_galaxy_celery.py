@@ -1,0 +1,64 @@
+"""``metadata_strategy: celery`` with ``retry_metadata_internally: false``, no broker service.
+
+Galaxy 26's Celery needs no broker service here: its default broker is the
+SQLAlchemy transport on an SQLite file (``amqp_internal_connection``), its result
+backend an SQLite file, and ``task_always_eager`` runs each task in the calling
+process instead of a ``galaxy-celery`` worker. Galaxy's metadata task then runs
+after the job, as Galaxy's local runner asks for it; an output whose metadata it
+did not set would end ``failed_metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+
+pytestmark = pytest.mark.galaxy
+
+CELERY = {"enable_celery_tasks": True, "metadata_strategy": "celery",
+          "retry_metadata_internally": False,
+          "celery_conf": {"task_always_eager": True, "broker_url": None, "result_backend": None,
+                          "task_routes": {"galaxy.fetch_data": "galaxy.external",
+                                          "galaxy.set_job_metadata": "galaxy.external"}}}
+
+
+@pytest.fixture(scope="module")
+def celery_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
+    install_galaxy()
+    become_subreaper()
+    site = GalaxySite(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
+                      galaxy_overrides=CELERY, template_metadata_in_process=False)
+    site.write()
+    try:
+        site.start()
+        yield GalaxyApi.for_new_user(site)
+    finally:
+        site.stop()
+        site.stop_pilots()
+
+
+def test_celery_metadata_in_both_modes(celery_api: GalaxyApi) -> None:
+    api = celery_api
+    history = api.history("celery metadata")
+    ids = api.upload_many(history, {"a.txt": "one\ntwo\n", "b.txt": "three\n"})
+    a, b = ({"src": "hda", "id": ids[name]} for name in ("a.txt", "b.txt"))
+    runs = {tool: api.call("POST", "/api/tools", {
+        "tool_id": tool, "history_id": history, "inputs": inputs}) for tool, inputs in {
+        "gx_repeat_cat": {"queries_0|input": a, "queries_1|input": b},  # Galaxy-script mode
+        "gx_repeat_cat_local": {"queries_0|input": a, "queries_1|input": b},
+        "hpc_shout": {"input": a, "suffix": "!"},  # template mode
+    }.items()}
+    for tool, run in runs.items():
+        job = api.wait_job(str(run["jobs"][0]["id"]), 300)
+        assert job["state"] == "ok", (tool, job.get("info"), job.get("job_stderr"))
+    shown = {tool: api.call("GET", "/api/datasets/%s" % run["outputs"][0]["id"])
+             for tool, run in runs.items()}
+    assert {tool: s["state"] for tool, s in shown.items()} == dict.fromkeys(runs, "ok")
+    assert api.content(str(runs["gx_repeat_cat"]["outputs"][0]["id"])) == api.content(
+        str(runs["gx_repeat_cat_local"]["outputs"][0]["id"]))
+    assert shown["gx_repeat_cat"]["metadata_data_lines"] == \
+        shown["gx_repeat_cat_local"]["metadata_data_lines"] == 5  # really set, not just "ok"
+    assert shown["hpc_shout"]["metadata_data_lines"] == 3
