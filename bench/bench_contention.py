@@ -147,7 +147,7 @@ def pilot_sections(args: argparse.Namespace, warm: bool = False) -> dict[str, di
                       "failure_backoff": "5", "command_timeout": "20"},
         "pilot": {"slots": str(args.slots), "idle_timeout": "%g" % idle,
                   "walltime": "20m", "poll": "0.1", "heartbeat": "1", "grace": "2",
-                  "python": sys.executable, "code_dir": str(PROJECT)},
+                  "python": sys.executable},
         "submitter": {"interval": "%g" % args.pass_interval, "lock_timeout": "30"},
     }
 
