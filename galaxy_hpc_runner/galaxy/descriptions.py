@@ -129,6 +129,17 @@ def _exclusive(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return False
 
 
+def check_template_mode(tool: Any) -> None:
+    """JobError naming every parameter or output of a Galaxy tool template mode cannot map."""
+    outputs = {name: (bool(getattr(out, "collection", False)),
+                      bool(not getattr(out, "collection", False)
+                           and getattr(out, "dataset_collector_descriptions", None)))
+               for name, out in tool.outputs.items()}
+    problems = template_mode_problems(list(tool_shape(tool.inputs)), outputs)
+    if problems:
+        raise JobError("tool %s cannot run in template mode: %s" % (tool.id, " | ".join(problems)))
+
+
 def template_mode_problems(shape: list[ParamShape],
                            outputs: Mapping[str, tuple[bool, bool]]) -> list[str]:
     """What template mode would silently get wrong.

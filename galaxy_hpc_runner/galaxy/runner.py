@@ -31,7 +31,7 @@ from galaxy.util import asbool
 from galaxy_hpc_runner.config import Config, load_config
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.submitter import Submitter
-from galaxy_hpc_runner.errors import ConfigError, HpcBatchError, JobError
+from galaxy_hpc_runner.errors import ConfigError, HpcBatchError
 from galaxy_hpc_runner.galaxy import batcher as gb
 from galaxy_hpc_runner.galaxy import descriptions as gd
 from galaxy_hpc_runner.galaxy import galaxy_script as gs
@@ -127,7 +127,7 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
             mode = gd.run_mode(params)
             staged.placement(params)  # a bad value fails now
             if mode == gd.Mode.TEMPLATE:  # refuse what it cannot carry, before anything runs
-                self._check_template_mode(job_wrapper.tool)
+                gd.check_template_mode(job_wrapper.tool)
         except HpcBatchError as exc:
             log.info("(%s) cannot be run on HPC: %s", tag, exc)
             job_wrapper.fail(str(exc), job_stderr=str(exc))  # shown with the job
@@ -179,17 +179,6 @@ class HpcBatchJobRunner(AsynchronousJobRunner):  # type: ignore[misc]
                           files_dir=job_wrapper.working_directory, job_id=name)
         ajs.old_state = model.Job.states.QUEUED
         return ajs
-
-    @staticmethod
-    def _check_template_mode(tool: Any) -> None:
-        outputs = {name: (bool(getattr(out, "collection", False)),
-                          bool(not getattr(out, "collection", False)
-                               and getattr(out, "dataset_collector_descriptions", None)))
-                   for name, out in tool.outputs.items()}
-        problems = gd.template_mode_problems(list(gd.tool_shape(tool.inputs)), outputs)
-        if problems:
-            raise JobError("tool %s cannot run in template mode: %s" % (
-                tool.id, " | ".join(problems)))
 
     def _description(self, job_wrapper: Any, mode: gd.Mode, cfg: Config, name: str,
                      write_script: bool) -> dict[str, Any]:
