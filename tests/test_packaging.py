@@ -64,6 +64,9 @@ def test_the_sdist_is_the_whole_project_and_its_tests_run(built: dict[str, Path]
     for rel in SHIPPED + ("LICENSE", "README.md", "tests/sitekit.py",
                           "tests/unit/test_config.py", "scripts/test.sh", "setup.py"):
         assert (unpacked / rel).is_file(), rel
+    with tarfile.open(built["sdist"]) as tar:  # a checkout's venvs (bench/.venv-parsl) stay out
+        venvs = [n for n in tar.getnames() if "/.venv" in n or n.endswith("/pyvenv.cfg")]
+    assert venvs == [], venvs[:5]
     proc = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "tests/unit/test_config.py"], unpacked,
                env=clean_env(PYTHONPATH=str(unpacked)))
