@@ -239,6 +239,19 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
               % (args.jobs, figures["pass_s"], figures["pass_s"] / 2))
 
 
+def settings(args: argparse.Namespace, load_before: float) -> dict[str, str]:
+    """What a README row needs beside the figure: the sizes, the versions, how busy it was."""
+    import paramiko
+
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.split(",")[0]
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "args": "--mb %d --files %d --many %d --jobs %d --repeat %d" % (
+                args.mb, args.files, args.many, args.jobs, args.repeat),
+            "python": sys.version.split()[0], "paramiko": paramiko.__version__,
+            "openssh": ssh.strip(), "cores": str(os.cpu_count()),
+            "load1": "%.1f before, %.1f after" % (load_before, os.getloadavg()[0])}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=100)
@@ -251,6 +264,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     parts = set(args.only.split(","))
+    load_before = os.getloadavg()[0]
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as tmp:
         root = Path(tmp)
@@ -266,6 +280,8 @@ def main() -> int:
                                                      args.repeat)
     print("ssh transport vs OpenSSH on the same loopback sshd (median of %d)" % args.repeat)
     report(figures, args)
+    figures["settings"] = settings(args, load_before)
+    print("  settings: %s" % ", ".join("%s %s" % kv for kv in figures["settings"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
