@@ -207,3 +207,24 @@ def test_a_busy_pass_logs_one_readable_line(site: Site) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "pass: received 1, staged 1, pilots submitted 1" in proc.stderr, proc.stderr
     assert "PassReport(" not in proc.stderr
+
+
+def test_drain_keeps_no_warm_pilot_and_resume_brings_it_back(make_site: Any) -> None:
+    """min_pilots = 1 keeps a pilot warm; under drain the idle one leaves and none replaces
+    it; resume submits one again. (pause/drain flags: tests/unit/test_cli_jobs.py)"""
+    from hpc_worker.states import PilotState
+
+    site = make_site(scheduler={"min_pilots": "1"}, pilot={"idle_timeout": "1"})
+    cfg = str(site.config_path)
+
+    def live() -> list[str]:
+        return [r.pilot_id for r in site.spool.pilots() if r.state is not PilotState.GONE]
+
+    sub = site.pass_until(lambda: len(live()) == 1)
+    assert site.cli("--config", cfg, "drain", "--reason", "upgrade").returncode == 0
+    site.pass_until(lambda: live() == [], sub=sub)  # the warm pilot idled out
+    for _ in range(5):
+        sub.run_pass()
+    assert live() == [] and len(site.spool.pilots()) == 1  # and none replaced it
+    assert site.cli("--config", cfg, "resume").returncode == 0
+    site.pass_until(lambda: len(live()) == 1, sub=sub)
