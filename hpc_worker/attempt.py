@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import stat
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from . import protocol as p
 from .records import (
@@ -40,6 +41,16 @@ PILOT_PREFIX = "HPC_BATCH_"
 KEY_CHARS = "A-Za-z0-9_.+=@-"
 MAX_SCRIPT_BYTES = MAX_RECORD_BYTES
 MAX_ATTEMPTS_DIRS = 100000
+# The start gate. The pilot starts ``bash attempt-N.sh`` with this variable set to 1 and
+# stdin a pipe only the pilot can write to; the script's first command reads one line of
+# it. The pilot writes that line once its guard knows the job's process group: a pilot
+# killed before that closes the pipe, ``read`` sees end-of-file and the script exits
+# before any of the job's own commands ran. Without the variable (the script run by hand)
+# there is no gate. The gate goes at the start of the first line that is not a ``#!``
+# line, on that line: every line keeps its number.
+GATE_VARIABLE = "HPC_BATCH_GATE"
+GATE = ('if [ "${%s-}" = 1 ]; then read -r %s || exit 1; exec </dev/null; fi; unset %s; '
+        % ((GATE_VARIABLE,) * 3)).encode()
 
 
 class JobInvalid(Exception):
@@ -163,7 +174,8 @@ class Attempt:
                 os.symlink(src, dst)
 
     def write_script(self, workspace: str, root_as_given: str) -> None:
-        """job.sh with every spelling of W/jobs/KEY (<<workspace>>) pointed at this attempt."""
+        """job.sh with every spelling of W/jobs/KEY (<<workspace>>) pointed at this attempt,
+        and the start gate (GATE)."""
         path = os.path.join(self.job_dir, p.SCRIPT)
         try:
             text = read_bounded(path, MAX_SCRIPT_BYTES)
@@ -171,13 +183,15 @@ class Attempt:
             raise JobInvalid("%s is missing" % path, Reason.TRANSFER) from None
         except ProtocolError as exc:
             raise JobInvalid(str(exc)) from None
-        spellings = {workspace, p.job_dir(root_as_given, self.key), self.job_dir,
-                     p.job_dir(os.path.realpath(self.root), self.key)} - {""}
-        pattern = re.compile(b"(?:%s)(?![%s])" % (b"|".join(
-            re.escape(s.encode("utf-8")) for s in sorted(spellings, key=len, reverse=True)),
-            KEY_CHARS.encode()))
-        body = pattern.sub(lambda _m: self.dir.encode("utf-8"), text)
-        p.atomic_write(self.script, body, sync=False)
+        prefixes = _job_dir_prefixes(root_as_given, self.root)
+        key, new = self.key.encode("utf-8"), self.dir.encode("utf-8")
+        if workspace and workspace.encode("utf-8") not in {x + key for x in prefixes}:
+            body = _spelling_pattern(frozenset(x + key for x in prefixes) | {
+                workspace.encode("utf-8")}).sub(lambda _m: new, text)
+        else:  # the usual case: one pattern per pilot, the key compared per match
+            body = _prefix_pattern(prefixes).sub(
+                lambda m: new if m.group(1) == key else m.group(0), text)
+        p.replace_file(self.script, _gated(body))
 
     def open_logs(self) -> "tuple[int, int]":
         """Create the attempt's stdout/stderr, published at once so logs show the live run."""
@@ -186,7 +200,7 @@ class Attempt:
             path = os.path.join(self.dir, name)
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         self.publish((p.STDOUT, p.STDERR))
-        p.atomic_write(os.path.join(self.job_dir, p.CURRENT), self.name + "\n", sync=False)
+        p.replace_file(os.path.join(self.job_dir, p.CURRENT), self.name + "\n")
         return fds[0], fds[1]
 
     def publish(self, names: Iterable[str]) -> None:
@@ -205,8 +219,11 @@ class Attempt:
             if _same_file(info, dst):
                 continue  # rename() onto a link of the same file would do nothing
             tmp = os.path.join(self.job_dir, ".tmp-publish-%s-%s" % (self.name, name))
-            _remove(tmp)
-            os.link(src, tmp, follow_symlinks=False)
+            try:
+                os.link(src, tmp, follow_symlinks=False)
+            except FileExistsError:  # left by a pilot killed here
+                _remove(tmp)
+                os.link(src, tmp, follow_symlinks=False)
             os.replace(tmp, dst)
 
     def regular_file(self, name: str) -> Optional[bool]:
@@ -215,6 +232,37 @@ class Attempt:
             return stat.S_ISREG(os.lstat(os.path.join(self.dir, name)).st_mode)
         except FileNotFoundError:
             return None
+
+
+def _gated(body: bytes) -> bytes:
+    """``body`` with GATE at the start of its first line that is not a ``#!`` line."""
+    if not body.startswith(b"#!"):
+        return GATE + body
+    end = body.find(b"\n")
+    if end < 0:
+        return body + b"\n" + GATE + b"\n"
+    return body[:end + 1] + GATE + body[end + 1:]
+
+
+@functools.lru_cache(maxsize=16)
+def _job_dir_prefixes(root_as_given: str, root: str) -> Tuple[bytes, ...]:
+    """Every spelling of W/jobs/ this pilot knows, longest first."""
+    roots = {root_as_given, root, os.path.realpath(root)} - {""}
+    return tuple(sorted({p.job_dir(r, "").encode("utf-8") for r in roots},
+                        key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _prefix_pattern(prefixes: Tuple[bytes, ...]) -> "Pattern[bytes]":
+    """W/jobs/ in any spelling and the whole key after it (every key character)."""
+    return re.compile(b"(?:%s)([%s]+)" % (b"|".join(re.escape(x) for x in prefixes),
+                                           KEY_CHARS.encode()))
+
+
+def _spelling_pattern(spellings: "frozenset[bytes]") -> "Pattern[bytes]":
+    """Any of ``spellings`` not followed by a key character."""
+    return re.compile(b"(?:%s)(?![%s])" % (b"|".join(
+        re.escape(s) for s in sorted(spellings, key=len, reverse=True)), KEY_CHARS.encode()))
 
 
 def _remove(path: str) -> None:

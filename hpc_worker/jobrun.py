@@ -9,15 +9,16 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from . import protocol as p
-from .attempt import Attempt, JobInvalid, job_env
+from .attempt import GATE_VARIABLE, Attempt, JobInvalid, job_env
 from .gpu import Usage
 from .records import JobSpec, Result, RunLine, learned_runtime
 from .states import Reason, ReleaseReason, ResultStatus
 
 log = logging.getLogger(__name__)
+HOST = socket.gethostname()  # asked once: a system call per use otherwise
 
 
 class JobRun:
@@ -53,9 +54,15 @@ class JobRun:
         return max(0.0, now - self.start_time) if self.start_time else 0.0
 
     def start(self, pilot_env: Mapping[str, str], slot_env: Mapping[str, str],
-              root_as_given: str, keep: Sequence[str] = ()) -> int:
+              root_as_given: str, keep: Sequence[str] = (),
+              announce: Callable[[int], None] = lambda _pgid: None) -> int:
         """Make a fresh attempt directory and start ``bash attempt-N.sh`` there, in its own
-        session; returns the process group id."""
+        session; returns the process group id.
+
+        The attempt's script waits at its gate (``Attempt.write_script``) until
+        ``announce(pgid)`` (the guard learns the group) returned and the pilot opened the
+        gate; a pilot killed before that closes the gate's pipe, and the script leaves
+        without running anything: no instant of a start leaves a job the guard cannot end."""
         starts = sum(1 for run in self.runs if run.start is not None)
         attempt = Attempt.create(self.root, self.key, starts)
         self.attempt = attempt
@@ -64,17 +71,22 @@ class JobRun:
         env = job_env(pilot_env, self.spec.env, dict(
             slot_env, HPC_BATCH_JOB=self.key, HPC_BATCH_SLOT=str(self.slot),
             HPC_BATCH_ATTEMPT=attempt.name, HPC_BATCH_WORKSPACE=attempt.dir), keep)
+        env[GATE_VARIABLE] = "1"
         out, err = attempt.open_logs()
         self.start_time, self.start_iso = time.time(), p.now_iso()
-        self._append(RunLine(pilot=self.pilot, start=self.start_iso, host=socket.gethostname(),
+        self._append(RunLine(pilot=self.pilot, start=self.start_iso, host=HOST,
                              slot=self.slot, gpu=self.gpu, attempt=attempt.name))
+        gate, opener = os.pipe()  # both close on exec: only the pilot holds the opener
         try:
             self.proc = subprocess.Popen(
-                ["bash", attempt.script], cwd=attempt.dir, env=env, stdin=subprocess.DEVNULL,
+                ["bash", attempt.script], cwd=attempt.dir, env=env, stdin=gate,
                 stdout=out, stderr=err, start_new_session=True)
+            announce(self.proc.pid)
+            with contextlib.suppress(BrokenPipeError):  # bash is gone already: poll() tells
+                os.write(opener, b"\n")
         finally:
-            os.close(out)
-            os.close(err)
+            for fd in (out, err, gate, opener):
+                os.close(fd)
         log.info("(%s) started on slot %s (gpu %s), pid %s in %s", self.key, self.slot,
                  self.gpu, self.proc.pid, attempt.name)
         return self.proc.pid
@@ -113,19 +125,19 @@ class JobRun:
         the claim to done/ (the marker last). None when the claim was taken from us."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
-        result.start, result.end, result.host = self.start_iso, p.now_iso(), socket.gethostname()
+        result.start, result.end, result.host = self.start_iso, p.now_iso(), HOST
         result.pilot, result.scheduler_id, result.slot = self.pilot, scheduler_id, self.slot
         result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
         assert self.attempt is not None
         result.attempt = self.attempt.name
-        text = result.dumps() + "\n"
-        p.atomic_write(os.path.join(self.attempt.dir, p.RESULT), text, sync=False)
+        # the one fsync of a job: its result, published below as a link to the same file
+        p.replace_file(os.path.join(self.attempt.dir, p.RESULT), result.dumps() + "\n",
+                       sync=True)
         if not os.path.exists(self.claim_path):
             log.error("(%s) its claim was taken from this pilot: result kept in %s only",
                       self.key, self.attempt.dir)
             return None
-        self.attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs))
-        p.atomic_write(p.result_path(self.root, self.key), text)
+        self.attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs) + (p.RESULT,))
         p.try_rename(self.claim_path, p.marker(self.root, p.DONE, self.key))
         log.info("(%s) finished: %s (rc %s)", self.key, result.status, result.rc)
         return result
@@ -137,7 +149,7 @@ class JobRun:
         if not os.path.exists(self.claim_path):
             log.error("(%s) its claim was taken from this pilot: not released", self.key)
             return
-        self._append(RunLine(pilot=self.pilot, released=p.now_iso(), host=socket.gethostname(),
+        self._append(RunLine(pilot=self.pilot, released=p.now_iso(), host=HOST,
                              slot=self.slot, gpu=self.gpu, reason=reason.value,
                              elapsed=round(self.elapsed(time.time()), 3),
                              attempt=self.attempt.name if self.attempt else ""))
@@ -182,7 +194,7 @@ def report_unrunnable(root: str, key: str, pilot: str, scheduler_id: str,
                       exc: JobInvalid) -> None:
     """A claimed job whose description cannot be run ends in error, the pilot goes on."""
     result = _error(None, exc.reason, str(exc))
-    result.end, result.host = p.now_iso(), socket.gethostname()
+    result.end, result.host = p.now_iso(), HOST
     result.pilot, result.scheduler_id = pilot, scheduler_id
     try:
         p.atomic_write(p.result_path(root, key), result.dumps() + "\n")

@@ -21,7 +21,6 @@ import errno
 import logging
 import os
 import signal
-import socket
 import time
 from typing import Dict, List, Optional
 
@@ -30,7 +29,7 @@ from . import gpu
 from . import protocol as p
 from .attempt import JobInvalid, load_spec, read_runs
 from .guard import GroupGuard
-from .jobrun import JobRun, report_unrunnable
+from .jobrun import HOST, JobRun, report_unrunnable
 from .readyq import ReadyQueue
 from .records import Heartbeat, RunLine, learned_runtime
 from .settings import PilotSettings
@@ -44,6 +43,7 @@ DRAIN_SIGNALS = frozenset((signal.SIGUSR1, signal.SIGUSR2))
 SIGNALLED = frozenset(STOP_SIGNALS | DRAIN_SIGNALS)
 __all__ = ["Pilot", "PilotSettings"]
 TICK = 0.05  # seconds between looks at ready/ while slots are free (a stat each)
+BEAT_GAP = 1.0  # seconds: jobs starting and ending bring the heartbeat forward, this often
 
 
 class Pilot:
@@ -63,6 +63,7 @@ class Pilot:
         self.last_activity = self.started
         self.last_heartbeat = 0.0
         self._changed = False  # a job started or ended since the last heartbeat
+        self._urgent = False  # the heartbeat's state changed: write it at once
         self.done_count = 0
         self.waker = Waker()
         self._env = dict(os.environ)
@@ -89,7 +90,7 @@ class Pilot:
     def _log_start(self) -> None:
         log.info("pilot %s (%s) on %s: %d slot(s), gpus %s (%s), idle timeout %ss, "
                  "walltime %s, releases at %s", self.s.pilot_id, self.s.scheduler_id,
-                 socket.gethostname(), self.alloc.slots, ",".join(self.gpus),
+                 HOST, self.alloc.slots, ",".join(self.gpus),
                  self.alloc.source or "no GPU variable set: nominal", self.s.idle_timeout,
                  self.s.walltime, p.epoch_iso(self.release_at))
         refused = self.alloc.refused_slots_message()
@@ -103,7 +104,7 @@ class Pilot:
         self._supervise(now)
         started = 0 if self.draining or self.stopping else self._fill_slots(now)
         self._account(now)
-        self._heartbeat(force=self._changed)
+        self._heartbeat()
         held = len(self.running) + len(self.settling)
         if self.draining and not held:
             log.info("drained: stopping")
@@ -142,7 +143,7 @@ class Pilot:
     def _on_drain_signal(self, signum: int, _frame: object) -> None:
         if not self.draining:
             self.draining = signal.Signals(signum).name
-            self._changed = True
+            self._urgent = True
 
     # -- jobs ending -------------------------------------------------------------------
     def _reap(self, now: float) -> None:
@@ -228,7 +229,7 @@ class Pilot:
         """The release point: give back what still runs, take nothing new."""
         if not self.draining:
             self.draining = "release point"
-            self._changed = True
+            self._urgent = True
         pending = [job for job in self.running.values() if not job.kill_reason]
         if pending:
             cause = self.draining + (" received" if self.draining.startswith("SIG") else "")
@@ -295,8 +296,8 @@ class Pilot:
 
     def _start(self, job: JobRun) -> bool:
         try:
-            pgid = job.start(self._env, gpu.env_for(job.gpu), self.s.root_as_given,
-                             self.s.keep_env)
+            job.start(self._env, gpu.env_for(job.gpu), self.s.root_as_given,
+                      self.s.keep_env, announce=self.guard.add)
         except JobInvalid as exc:
             report_unrunnable(self.s.root, job.key, self.s.pilot_id, self.s.scheduler_id, exc)
             self.last_activity, self._changed = time.time(), True
@@ -309,7 +310,6 @@ class Pilot:
                 job.release(ReleaseReason.START_FAILED)
             self.queue.never(job.key)  # another pilot may; this one does not loop on it
             return False
-        self.guard.add(pgid)
         self.running[job.slot] = job
         self.last_activity = time.time()
         self._changed = True
@@ -325,18 +325,22 @@ class Pilot:
                 if sample is not None:
                     job.usage.add(sample)
 
-    def _heartbeat(self, force: bool = False) -> None:
+    def _heartbeat(self) -> None:
+        """Every --heartbeat seconds; sooner (at most every BEAT_GAP) when jobs started or
+        ended, at once when the pilot began to drain."""
         now = time.time()
-        if not force and now - self.last_heartbeat < self.s.heartbeat:
+        since = now - self.last_heartbeat
+        if since < self.s.heartbeat and not self._urgent and \
+                not (self._changed and since >= BEAT_GAP):
             return
-        self.last_heartbeat, self._changed = now, False
+        self.last_heartbeat, self._changed, self._urgent = now, False, False
         state = HeartbeatState.DRAINING if self.draining else HeartbeatState.RUNNING
         self._write_heartbeat(state, now)
 
     def _write_heartbeat(self, state: HeartbeatState, now: float) -> None:
         beat = Heartbeat(
             pilot=self.s.pilot_id, state=state, epoch=now, scheduler_id=self.s.scheduler_id,
-            host=socket.gethostname(), pid=os.getpid(), time=p.now_iso(), started=self.started,
+            host=HOST, pid=os.getpid(), time=p.now_iso(), started=self.started,
             deadline=self.deadline, running=sorted(
                 job.key for job in list(self.running.values()) + self.settling),
             done=self.done_count, slots=self.alloc.slots, gpus=list(self.alloc.devices),

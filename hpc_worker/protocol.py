@@ -188,6 +188,37 @@ def atomic_write(path: str, data: "bytes | str", mode: Optional[int] = None,
         raise
 
 
+def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
+    """:func:`atomic_write` with the umask's mode in fewer system calls, for a process that
+    writes many small files (the pilot): the temp file ``.tmp-PID-NAME`` is created
+    exclusively, without following links, with the umask's mode (no ``chmod``); where that
+    name is taken (a leftover of a killed process with the same pid) it falls back to
+    :func:`atomic_write`. A reader sees the old file or the whole new one."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), name))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        atomic_write(path, data, sync=sync)
+        return
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
 def write_json(path: str, obj: Any, sync: bool = True) -> None:
     """Atomic JSON; key order is kept (descriptions keep the order they were written in).
     ``sync=False``: the caller makes it durable later with :func:`sync_paths`."""

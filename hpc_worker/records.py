@@ -76,7 +76,9 @@ class Record:
         if not isinstance(data, dict):
             raise ProtocolError("%s: expected a JSON object, got %s" % (where, _kind(data)))
         check_version(data.get("v", OLDEST_READABLE), where)
-        hints = typing.get_type_hints(cls)
+        hints = _HINTS.get(cls)
+        if hints is None:  # resolved once per record type: they never change
+            hints = _HINTS[cls] = typing.get_type_hints(cls)
         values: Dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in data:
@@ -94,6 +96,9 @@ class Record:
         except ValueError as exc:
             raise ProtocolError("%s: not valid JSON: %s" % (where or cls.NAME, exc)) from exc
         return cls.from_json(data, where)
+
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
 
 
 def check_version(version: Any, where: str) -> None:
@@ -267,17 +272,33 @@ def read_bounded(path: str, limit: int) -> bytes:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ProtocolError("%s: cannot be opened safely (%s)" % (path, exc.strerror)) from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not _is_regular(info.st_mode):
             raise ProtocolError("%s: not a regular file" % path)
         if info.st_size > limit:
             raise ProtocolError("%s: %d bytes, more than the %d allowed" % (
                 path, info.st_size, limit))
-        data = handle.read(limit + 1)
+        data = _read_up_to(fd, limit + 1, info.st_size + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise ProtocolError("%s: more than the %d bytes allowed" % (path, limit))
     return data
+
+
+def _read_up_to(fd: int, most: int, guess: int) -> bytes:
+    """At most ``most`` bytes of ``fd`` (fewer at end of file), read in pieces of the
+    expected size (no buffer of ``most`` bytes for a small file)."""
+    parts: List[bytes] = []
+    got = 0
+    while got < most:
+        part = os.read(fd, max(1, min(most - got, max(guess, 65536) if parts else guess)))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def _is_regular(mode: int) -> bool:

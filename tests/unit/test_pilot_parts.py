@@ -13,7 +13,7 @@ import pytest
 from hpc_worker import decisions as d
 from hpc_worker import gpu
 from hpc_worker import protocol as p
-from hpc_worker.attempt import Attempt, JobInvalid, job_env, load_spec, spec_problems
+from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_spec, spec_problems
 from hpc_worker.readyq import ReadyQueue
 from hpc_worker.records import JobSpec
 
@@ -244,8 +244,13 @@ def test_attempt_gets_its_own_directory_inputs_and_workspace(tmp_path: Path) -> 
     second.link_inputs(["in.txt"])
     assert os.stat(second.dir + "/in.txt").st_ino == os.stat(job / "in.txt").st_ino
     second.write_script("", root)
-    assert Path(second.script).read_text() == "cd %s\ncp %s/in.txt %s/out\nls %s2 %s.x\n" % (
-        second.dir, second.dir, second.dir, rendered, rendered)
+    assert Path(second.script).read_bytes() == GATE + (
+        "cd %s\ncp %s/in.txt %s/out\nls %s2 %s.x\n" % (
+            second.dir, second.dir, second.dir, rendered, rendered)).encode()
+    (job / p.SCRIPT).write_text("#!/bin/bash\ncat /elsewhere/k/x\n")  # a workspace of its own
+    second.write_script("/elsewhere/k", root)
+    assert Path(second.script).read_bytes() == b"#!/bin/bash\n" + GATE + (
+        "cat %s/x\n" % second.dir).encode()
     (job / "link").symlink_to(job / "in.txt")
     with pytest.raises(JobInvalid, match="not a regular file"):
         second.link_inputs(["link"])
