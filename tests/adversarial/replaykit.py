@@ -39,6 +39,21 @@ HOSTILE_TEMPLATES = {
     "ctx_arith": "#!/bin/bash\necho $(( <<value>> )) > <<output>>\n",
     "input_mode": "#!/bin/bash\n# Writes the mode of its input as the job sees it.\n"
                   "stat -L -c %a <<input>> > <<output>>\n",
+    "fifo_out": "#!/bin/bash\n# Hostile job: its output is a FIFO (a read of it would block).\n"
+                "mkfifo <<output>>\n",
+    "dir_out": "#!/bin/bash\n# Hostile job: its output is a directory.\nmkdir <<output>>\n",
+    "fifo_stdout": (
+        "#!/bin/bash\n# Hostile job: replaces its published stdout.txt with a FIFO.\n"
+        "for dir in . ..; do\n"
+        "    if [ -e $dir/stdout.txt ]; then rm -f $dir/stdout.txt; mkfifo $dir/stdout.txt; fi\n"
+        "done\necho fine > <<output>>\n"),
+    "link_stderr": (
+        "#!/bin/bash\n# Hostile job: replaces its published stderr.txt with a link to <<target>>.\n"
+        "for dir in . ..; do\n"
+        "    if [ -e $dir/stderr.txt ]; then\n"
+        "        rm -f $dir/stderr.txt; ln -s <<target>> $dir/stderr.txt\n"
+        "    fi\n"
+        "done\necho fine > <<output>>\n"),
     "env_dump": "#!/bin/bash\n# Writes the job's whole environment.\nenv > <<output>>\n",
     "grow_runs_65mb": (
         "#!/bin/bash\n# Hostile job: grows its own runs.jsonl by about 65 MB, then ends well.\n"

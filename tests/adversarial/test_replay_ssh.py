@@ -244,6 +244,22 @@ def test_a4_a_job_linking_its_stdout_to_a_secret_leaks_nothing(site: ReplaySite)
     assert not site.out("a4log.txt").exists()
 
 
+@pytest.mark.parametrize("template, named", [
+    ("fifo_out", "a4fifo_out"), ("dir_out", "a4dir_out"), ("fifo_stdout", p.STDOUT),
+    ("link_stderr", p.STDERR)])
+def test_a4_what_a_job_leaves_instead_of_a_file_is_an_error_and_never_blocks(
+        site: ReplaySite, template: str, named: str) -> None:
+    name = "a4" + template
+    site.drop(name, {"script": template, "args": {"target": str(make_secret(site))},
+                     "output_map": {"output": str(site.out(name))}})
+    deadline = time.monotonic() + 60
+    while not site.result_path(name).exists() and time.monotonic() < deadline:
+        run_pass_guarded(site.sub)  # a pass that blocks on a FIFO fails here
+        time.sleep(0.05)
+    assert named in error(site, name, Reason.UNSAFE)
+    assert not site.out(name).exists() and not site.out(name).is_symlink()
+
+
 # -- 3. a symlinked NAME.job -------------------------------------------------------------
 def test_a5_a_symlinked_description_is_refused_and_its_target_never_copied(
         site: ReplaySite) -> None:
