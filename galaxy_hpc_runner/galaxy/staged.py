@@ -203,7 +203,11 @@ def prepare(job: GalaxyJob, cfg: Config, name: str) -> Plan:
                                 client.remote.tool_files_directory()))
     plan = Plan(job_script=job.script_name, sent=[job.script_name])
     _extra_files(job, client, plan)
-    script = client.finish(_pulsar_rewrite(job, client))
+    try:
+        script = client.finish(_pulsar_rewrite(job, client))
+    except Exception as exc:  # Pulsar raises plain Exceptions: name the job and the cause
+        raise JobError("staging job %s with Pulsar's FileStager failed: %s" % (
+            job.job_id, exc)) from exc
     client.add(job.script_name, None, script)
     plan.inputs = dict(client.inputs)
     for output in job.outputs:
@@ -316,6 +320,8 @@ def collect(workdir: str, exit_code_file: str) -> None:
         for member, target in plan.outputs.items():
             _move(os.path.join(tmp, member), target)
         _merge(tmp, workdir, set(plan.sent))
+    except OSError as exc:
+        raise JobError("cannot put what the job wrote in place: %s" % exc) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
