@@ -9,7 +9,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from hpc_worker import protocol as p
 from tests.faults.bench import ACTIVE, Rep
 from tests.faults.checks import orphans_after
 
@@ -90,11 +92,14 @@ def sbatch_kill(rep: Rep) -> None:
 
 
 def ssh_drop(rep: Rep) -> None:
-    """Every ssh connection of the submitter cut at a random instant of its uploads."""
-    _jobs(rep, 4, 0.5, size=3 << 20)
+    """Every ssh connection of the submitter cut once its uploads began, and again later."""
+    _jobs(rep, 4, 0.5, size=8 << 20)
+    jobs_dir = Path(rep.site.cfg.workspace) / p.JOBS
     rep.start_loop()
-    for _ in range(2):
-        time.sleep(rep.rng.uniform(0.1, 1.5))
+    rep.wait(lambda: jobs_dir.is_dir() and any(jobs_dir.iterdir()), IN_FLIGHT_TIMEOUT,
+             "the first upload")
+    for pause in (rep.rng.uniform(0.0, 0.3), rep.rng.uniform(0.2, 1.5)):
+        time.sleep(pause)
         for pid in rep.bench.sshd_sessions():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -134,7 +139,7 @@ CASES = [
     Case("sbatch kill", sbatch_kill, ci=2, long=20,
          about="submitter kill -9 once Slurm queued its pilot"),
     Case("ssh drop", ssh_drop, ci=2, long=10,
-         about="every ssh connection cut twice while 4 x 3 MiB upload"),
+         about="every ssh connection cut as 4 x 8 MiB upload, then again"),
     Case("slurmctld down", controller_down, ci=1, long=3,
          about="controller stopped 4-8 s with a job in flight and 3 arriving"),
     Case("walltime warn", walltime, ci=0, long=2,
