@@ -385,6 +385,20 @@ def test_a13_the_shipped_demo_template_runs_no_output_name(site: ReplaySite) -> 
     assert out.read_text() == "DEMO\n"
 
 
+def test_a13_values_and_file_names_full_of_shell_syntax_arrive_as_bytes(
+        site: ReplaySite) -> None:
+    value = "$(touch %s) `touch %s`; touch %s\n'\"\\ $HOME ${x:-y} * ~ -n" % ((PWNED,) * 3)
+    site.drop("a13arg", {"script": "echo_arg", "args": {"value": value},
+                         "output_map": {"output": str(site.out("a13arg.txt"))}})
+    odd = "-a13 $(touch %s) 'q\" `x` ; * ~.txt" % PWNED
+    media = site.media(odd, "odd\n")
+    site.drop("a13file", {"script": "copy", "input_map": {"input": str(media)},
+                          "output_map": {"output": str(site.out("out " + odd))}})
+    finish_ok(site, "a13arg", "a13file")
+    assert site.out("a13arg.txt").read_text() == value
+    assert site.out("out " + odd).read_text() == "odd\n"
+
+
 def test_a14_a_nul_in_an_arg_is_an_error_result(site: ReplaySite) -> None:
     site.drop("a14", text='script: echo_arg\nargs: {value: "a\\0b"}\n'
               "output_map: {output: %s}\n" % site.out("a14.txt"))
