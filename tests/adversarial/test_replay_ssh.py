@@ -502,25 +502,36 @@ def test_a20_a_resubmitted_name_is_a_new_job(site: ReplaySite) -> None:
     assert len(kept) == 1 and "status: ok" in kept[0].read_text()
 
 
+def _replace_job_json(site: ReplaySite, name: str, text: str) -> None:
+    """What a hostile writer of the workspace does to a staged job's ``job.json``."""
+    meta = Path(p.job_dir(site.cfg.workspace, site.key(name))) / p.META
+    tmp = meta.with_name(".hostile")
+    tmp.write_text(text)
+    os.replace(tmp, meta)
+
+
 def test_a21_a_hostile_job_json_never_makes_the_pilot_touch_outside_the_workspace(
         site: ReplaySite) -> None:
     victim = site.root / "victim.txt"
     victim.write_text("keep\n")
-    site.drop("a21block", site.sleepy_job("a21block", 3))
+    site.drop("a21block", site.sleepy_job("a21block", 3))  # holds the one slot meanwhile
     site.pass_until(lambda: site.state("a21block") == JobState.CLAIMED, timeout=60,
                     sub=site.sub)
     site.drop("a21", site.upper_job("a21"))
-    site.pass_until(lambda: site.state("a21") == JobState.STAGED, sub=site.sub)
-    meta = Path(p.job_dir(site.cfg.workspace, site.key("a21"))) / p.META
-    depth = len(Path(p.job_dir(site.cfg.workspace, site.key("a21"))).relative_to(site.root).parts)
-    hostile = '{"key": "%s", "inputs": ["../../../../etc/passwd"], "outputs": ["%s"]}' % (
-        site.key("a21"), "../" * depth + victim.name)
-    tmp = meta.with_name(".hostile")
-    tmp.write_text(hostile)
-    os.replace(tmp, meta)
-    site.drain(["a21", "a21block"], sub=site.sub)
+    site.drop("a21garbled", site.upper_job("a21garbled"))
+    site.pass_until(lambda: site.state("a21") == site.state("a21garbled") == JobState.STAGED,
+                    sub=site.sub)
+    job_dir = Path(p.job_dir(site.cfg.workspace, site.key("a21")))
+    escape = "../" * len(job_dir.relative_to(site.root).parts) + victim.name
+    _replace_job_json(site, "a21", '{"key": "%s", "inputs": ["../../../../etc/passwd"], '
+                      '"outputs": ["%s"]}' % (site.key("a21"), escape))
+    _replace_job_json(site, "a21garbled", '{"key": ')
+    site.drain(["a21", "a21garbled", "a21block"], sub=site.sub)
     assert "not a plain file name" in error(site, "a21", Reason.INVALID)
+    assert "not valid JSON" in error(site, "a21garbled", Reason.INVALID)
     assert victim.read_text() == "keep\n"
-    assert job(site, "a21block")["status"] == ResultStatus.OK
     assert Path("/etc/passwd").exists()
-
+    assert job(site, "a21block")["status"] == ResultStatus.OK
+    site.drop("a21after", site.upper_job("a21after"))
+    finish_ok(site, "a21after")
+    assert job(site, "a21after")["pilot"] == job(site, "a21block")["pilot"], "the pilot died"
