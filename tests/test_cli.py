@@ -228,3 +228,16 @@ def test_drain_keeps_no_warm_pilot_and_resume_brings_it_back(make_site: Any) -> 
     assert live() == [] and len(site.spool.pilots()) == 1  # and none replaced it
     assert site.cli("--config", cfg, "resume").returncode == 0
     site.pass_until(lambda: len(live()) == 1, sub=sub)
+
+
+def test_a_missing_file_is_named_without_errno_noise(tmp_path: Path) -> None:
+    proc = Site.cli_static("demo", "--dir", str(tmp_path / "demo"), "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        config = str(tmp_path / "demo" / "demo.ini")
+        proc = Site.cli_static("--config", config, "render", str(tmp_path / "nofile.yml"))
+        assert proc.returncode == 1
+        assert proc.stderr == "hpc-batch: %s: No such file or directory\n" % (
+            tmp_path / "nofile.yml")
+    finally:
+        _stop_demo_pilots(tmp_path / "demo")

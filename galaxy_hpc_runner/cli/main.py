@@ -53,8 +53,9 @@ def _main(argv: list[str] | None) -> int:
         return _exit_for(exc)
     except BrokenPipeError:
         raise
-    except OSError as exc:
-        print("hpc-batch: %s" % exc, file=sys.stderr)
+    except OSError as exc:  # "nofile.yml: No such file or directory", not "[Errno 2] ..."
+        where = "%s: %s" % (exc.filename, exc.strerror) if exc.filename and exc.strerror else exc
+        print("hpc-batch: %s" % where, file=sys.stderr)
         return Exit.FAILED
 
 
