@@ -2,7 +2,8 @@
 it while a fourth, killed at a random instant (before, while or after it takes the lock),
 holds it; no two ever hold it at once and the dead holder costs: nothing on this host (its
 process is seen gone), at most the lease when it "ran on another host" (every other try,
-with a short lease)."""
+with a short lease). HPC_BATCH_LOCK_TRIES sets the number of tries (the sshd variant runs a
+tenth of them, at least 4)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from galaxy_hpc_runner.dropbox import registry
 from hpc_worker import protocol as p
+from tests.services.cluster import SshServer
+from tests.sitekit import Site
+from tests.test_two_servers import ssh_sections
 
 PROJECT = Path(__file__).resolve().parents[1]
 TRIES = int(os.environ.get("HPC_BATCH_LOCK_TRIES", "50"))
@@ -35,7 +41,12 @@ if remote:  # a submitter on another machine: no same-host check helps, a short 
     if hold > 0.5:
         mine = rl.identity()
         rl.identity = lambda: dict(mine, host="another-host", boot="another-boot")
-reg = Registry(LocalTransport(), workspace, "s%%d" %% os.getpid())
+transport = LocalTransport()
+if sys.argv[5]:  # over the real sshd: the lock taken through SFTP
+    from galaxy_hpc_runner.config import load_config
+    from galaxy_hpc_runner.dropbox.submitter import make_transport
+    transport = make_transport(load_config(sys.argv[5]))
+reg = Registry(transport, workspace, "s%%d" %% os.getpid())
 
 def note(what):
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -52,9 +63,10 @@ with reg.lock(wait=60):
 """ % {"lease": SHORT_LEASE}
 
 
-def spawn(workspace: Path, log: Path, hold: float, remote: bool) -> subprocess.Popen[bytes]:
+def spawn(workspace: Path, log: Path, hold: float, remote: bool,
+          config: str = "") -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", WORKER, str(workspace), str(log),
-                             "%g" % hold, "1" if remote else "0"], cwd=PROJECT,
+                             "%g" % hold, "1" if remote else "0", config], cwd=PROJECT,
                             env=dict(os.environ, PYTHONPATH=str(PROJECT)))
 
 
@@ -73,13 +85,31 @@ def intervals(log: Path, killed: int, killed_at: int) -> list[tuple[int, int, in
     return sorted(out)
 
 
-def one_try(tmp_path: Path, attempt: int, remote: bool) -> float:
+def entered(log: Path, pid: int, timeout: float) -> None:
+    """Wait until ``pid`` noted that it holds the lock (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and ("enter %d " % pid) in log.read_text():
+            return
+        time.sleep(0.01)
+    raise AssertionError("%d never took the lock" % pid)
+
+
+def one_try(tmp_path: Path, attempt: int, remote: bool, config: str = "",
+            kill_after: float = 0.6) -> tuple[float, bool]:
+    """One race; how long the racers took after the kill, and whether the victim was
+    killed while it held the lock."""
     workspace, log = tmp_path / ("w%d" % attempt), tmp_path / ("log%d" % attempt)
     p.ensure_layout(str(workspace))
-    victim = spawn(workspace, log, 3.0, remote)  # holds long, alive: mostly killed holding
-    time.sleep(random.uniform(0.0, 0.2))
-    racers = [spawn(workspace, log, random.uniform(0, 0.01), remote) for _ in range(RACERS)]
-    time.sleep(random.uniform(0.2, 0.6))
+    victim = spawn(workspace, log, 3.0, remote, config)  # holds long, alive: mostly killed holding
+    if attempt % 4 != 3:  # mostly: killed while it holds the lock the racers wait for
+        entered(log, victim.pid, timeout=30)
+        kill_after = 0.3
+    else:  # else at any instant: before, while or after it takes the lock
+        time.sleep(random.uniform(0.0, 0.2))
+    racers = [spawn(workspace, log, random.uniform(0, 0.01), remote, config)
+              for _ in range(RACERS)]
+    time.sleep(random.uniform(0.0, kill_after))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_at = time.monotonic_ns()
@@ -90,15 +120,38 @@ def one_try(tmp_path: Path, attempt: int, remote: bool) -> float:
     assert len(spans) >= RACERS, (attempt, spans)
     for (_, end, pid), (start, _, other) in itertools.pairwise(spans):
         assert end <= start, "try %d: %d and %d held the lock at once" % (attempt, pid, other)
-    assert not (workspace / p.PILOTS / registry.LOCK_NAME).exists()
-    return time.monotonic() - started
+    if spans[-1][2] != victim.pid:  # else it took the lock last and died with it
+        assert not (workspace / p.PILOTS / registry.LOCK_NAME).exists()
+    return time.monotonic() - started, any(pid == victim.pid for _, _, pid in spans)
 
 
 def test_fifty_races_with_a_killed_holder_never_two_holders(tmp_path: Path) -> None:
     waits: dict[bool, list[float]] = {False: [], True: []}
+    killed_holding = 0
     for attempt in range(TRIES):
         remote = attempt % 2 == 1
-        waits[remote].append(one_try(tmp_path, attempt, remote))
+        waited, held = one_try(tmp_path, attempt, remote)
+        waits[remote].append(waited)
+        killed_holding += held
+    assert killed_holding >= TRIES // 4  # most tries kill the holder while it holds
     # the racers' own work is milliseconds: what is left is the dead holder's cost
     assert max(waits[False]) < 3.0, waits[False]
     assert max(waits[True]) < SHORT_LEASE + 3.0, waits[True]
+
+
+@pytest.mark.ssh
+def test_races_over_sftp_with_a_killed_holder_never_two_holders(
+        tmp_path: Path, ssh_server: SshServer) -> None:
+    """The same over the real sshd (the lock file created, refreshed and broken through
+    SFTP), fewer tries: each process opens its own ssh connection."""
+    site = Site(tmp_path / "site", **ssh_sections(ssh_server))
+    try:
+        held = 0
+        for attempt in range(max(4, TRIES // 10)):
+            waited, killed_holding = one_try(tmp_path, attempt, attempt % 2 == 1,
+                                             str(site.config_path), kill_after=1.5)
+            assert waited < SHORT_LEASE + 6.0, (attempt, waited)
+            held += killed_holding
+        assert held >= 1
+    finally:
+        site.close()
