@@ -25,7 +25,11 @@ def long_wanted(markexpr: str = "") -> bool:
 def run_rep(bench: Bench, case: Case, index: int, base: Path, rng: random.Random,
             tally: Tally) -> None:
     prefix = "%s%d" % ("".join(ch for ch in case.name if ch.isalnum())[:8], index)
-    rep = Rep(bench, base / prefix, prefix, rng, **case.overrides)
+    try:
+        rep = Rep(bench, base / prefix, prefix, rng, **case.overrides)
+    except Exception as exc:  # no site: nothing to check, but counted
+        tally.problems.append("repetition %d: no site: %s" % (index, exc))
+        return
     try:
         case.run(rep)
     except Exception as exc:  # a repetition that could not finish is counted, not fatal
