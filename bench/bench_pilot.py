@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import json
 import os
 import re
@@ -36,7 +37,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 WORKER_PATH = os.environ.get("BENCH_WORKER_PATH", str(HERE.parent))
 sys.path.insert(0, WORKER_PATH)
-import bench_local as bl  # noqa: E402  (imports hpc_worker, from WORKER_PATH)
+importlib.import_module("hpc_worker")  # from WORKER_PATH, before bench_local puts the project first
+import bench_local as bl  # noqa: E402
 
 import hpc_worker  # noqa: E402
 from galaxy_hpc_runner.config import load_config  # noqa: E402

@@ -111,11 +111,17 @@ def job_env(pilot_env: Mapping[str, str], spec_env: Mapping[str, str],
             slot_env: Mapping[str, str], keep: Sequence[str] = ()) -> Dict[str, str]:
     """The allowlisted part of the pilot's environment, then the description's variables,
     then the slot's own (devices, HPC_BATCH_*), which the description cannot change."""
-    env = {name: value for name, value in pilot_env.items() if _kept(name, keep)}
+    env = kept_env(pilot_env, keep)
     env.update((k, v) for k, v in spec_env.items()
                if k not in PILOT_VARIABLES and not k.startswith(PILOT_PREFIX))
     env.update(slot_env)
     return env
+
+
+def kept_env(pilot_env: Mapping[str, str], keep: Sequence[str] = ()) -> Dict[str, str]:
+    """The allowlisted part of the pilot's environment (filtering it again is a no-op, so
+    the pilot filters once and passes the result as ``pilot_env``)."""
+    return {name: value for name, value in pilot_env.items() if _kept(name, keep)}
 
 
 def _kept(name: str, keep: Sequence[str]) -> bool:

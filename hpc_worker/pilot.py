@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 from . import decisions as d
 from . import gpu
 from . import protocol as p
-from .attempt import JobInvalid, load_spec, read_runs
+from .attempt import JobInvalid, kept_env, load_spec, read_runs
 from .guard import GroupGuard
 from .jobrun import HOST, JobRun, report_unrunnable
 from .readyq import ReadyQueue
@@ -66,7 +66,7 @@ class Pilot:
         self._urgent = False  # the heartbeat's state changed: write it at once
         self.done_count = 0
         self.waker = Waker()
-        self._env = dict(os.environ)
+        self._env = kept_env(os.environ, settings.keep_env)  # once, not per job
         self.queue = ReadyQueue(os.path.join(self.s.root, p.READY), min_rescan=settings.poll,
                                 rescan_every=max(10.0, 10 * settings.poll))
         self.guard = GroupGuard()
@@ -103,6 +103,7 @@ class Pilot:
         self._reap(now)
         self._supervise(now)
         started = 0 if self.draining or self.stopping else self._fill_slots(now)
+        self._report_settled(now)  # after the starts: the next job runs while we report
         self._account(now)
         self._heartbeat()
         held = len(self.running) + len(self.settling)
@@ -159,6 +160,8 @@ class Pilot:
                 self._end(slot, job)
             else:
                 self._settle(slot, job, rc, now)
+
+    def _report_settled(self, now: float) -> None:
         if self.stopping:
             return  # what settles was maybe cut short by the stop: _shutdown releases it
         for job in list(self.settling):
@@ -348,8 +351,8 @@ class Pilot:
             gpu_idle_seconds=round(self.ledger.idle, 3),
             gpu_busy_seconds=round(self.ledger.busy, 3))
         try:
-            p.atomic_write(p.pilot_path(self.s.root, self.s.pilot_id, p.HEARTBEAT),
-                           beat.dumps() + "\n", sync=False)
+            p.replace_file(p.pilot_path(self.s.root, self.s.pilot_id, p.HEARTBEAT),
+                           beat.dumps() + "\n")
         except OSError as exc:  # a file system hiccup must not end the pilot
             log.warning("cannot write heartbeat: %s", exc)
 

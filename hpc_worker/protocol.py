@@ -200,6 +200,8 @@ def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
     tmp = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), name))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
+        if len(name) > 200:
+            raise FileExistsError(tmp)  # the temp name would be too long: the usual way
         fd = os.open(tmp, flags, 0o666)
     except FileExistsError:
         atomic_write(path, data, sync=sync)

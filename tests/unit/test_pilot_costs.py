@@ -1,0 +1,117 @@
+"""The cheaper per-job paths of the pilot keep their promises: the lean atomic write, the
+start gate, the script pattern per pilot, the bounded read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpc_worker import protocol as p
+from hpc_worker.attempt import GATE, GATE_VARIABLE, Attempt, job_env, kept_env
+from hpc_worker.records import MAX_RECORD_BYTES, ProtocolError, read_bounded
+
+
+def test_replace_file_writes_whole_files_with_the_umask_mode_and_leaves_no_temp(
+        tmp_path: Path) -> None:
+    target = tmp_path / "f.json"
+    old = os.umask(0o027)
+    try:
+        p.replace_file(str(target), "one\n")
+        p.replace_file(str(target), b"two\n", sync=True)
+    finally:
+        os.umask(old)
+    assert target.read_text() == "two\n"
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["f.json"]
+
+
+def test_replace_file_falls_back_when_its_temp_name_is_taken_or_too_long(
+        tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    leftover = tmp_path / (".tmp-%d-f" % os.getpid())
+    leftover.write_text("left by a killed pilot with the same pid")
+    p.replace_file(str(target), "new")
+    assert target.read_text() == "new" and leftover.exists()
+    long = tmp_path / ("x" * 250)
+    p.replace_file(str(long), "long")
+    assert long.read_text() == "long"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    p.replace_file(str(tmp_path / "link"), "replaces the link, never follows it")
+    assert not (tmp_path / "elsewhere").exists()
+    assert not (tmp_path / "link").is_symlink()
+
+
+def test_read_bounded_reads_small_and_large_files_whole_and_refuses_more(
+        tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(b"abc")
+    assert read_bounded(str(small), 10) == b"abc"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(300000))
+    assert read_bounded(str(big), MAX_RECORD_BYTES) == big.read_bytes()
+    with pytest.raises(ProtocolError, match="more than"):
+        read_bounded(str(big), 1000)
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_bounded(str(tmp_path / "empty"), 10) == b""
+
+
+def _attempt(tmp_path: Path, script: str) -> Attempt:
+    job = tmp_path / p.JOBS / "k"
+    job.mkdir(parents=True)
+    (job / p.SCRIPT).write_text(script)
+    attempt = Attempt.create(str(tmp_path), "k", starts=0)
+    attempt.write_script(str(job), str(tmp_path))
+    return attempt
+
+
+def _run(attempt: Attempt, gated: bool, stdin: int | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != GATE_VARIABLE}
+    if gated:
+        env[GATE_VARIABLE] = "1"
+    return subprocess.run(["bash", attempt.script], cwd=attempt.dir, env=env, stdin=stdin,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_gate_runs_nothing_when_the_pilot_died_before_opening_it(tmp_path: Path) -> None:
+    attempt = _attempt(tmp_path, "#!/bin/bash\necho ran $LINENO ${%s-unset}\n" % GATE_VARIABLE)
+    assert Path(attempt.script).read_bytes().startswith(b"#!/bin/bash\n" + GATE)
+    closed_r, closed_w = os.pipe()
+    os.close(closed_w)  # the pilot died: end of file before the line
+    try:
+        died = _run(attempt, True, closed_r)
+    finally:
+        os.close(closed_r)
+    assert died.returncode == 1 and died.stdout == ""
+    open_r, open_w = os.pipe()
+    os.write(open_w, b"\n")
+    os.close(open_w)
+    try:
+        opened = _run(attempt, True, open_r)
+    finally:
+        os.close(open_r)
+    assert opened.returncode == 0 and opened.stdout == "ran 2 unset\n"  # line numbers kept
+    by_hand = _run(attempt, False, subprocess.DEVNULL)
+    assert by_hand.returncode == 0 and by_hand.stdout == "ran 2 unset\n"
+
+
+def test_the_gate_leaves_stdin_empty_and_fits_any_first_line(tmp_path: Path) -> None:
+    attempt = _attempt(tmp_path, "cat <<EOF\nheredoc on line 1\nEOF\ncat; echo rc=$?\n")
+    assert Path(attempt.script).read_bytes().startswith(GATE + b"cat <<EOF\n")
+    gate_r, gate_w = os.pipe()
+    os.write(gate_w, b"\nmore input the job must never read\n")
+    os.close(gate_w)
+    try:
+        result = _run(attempt, True, gate_r)
+    finally:
+        os.close(gate_r)
+    assert result.stdout == "heredoc on line 1\nrc=0\n"
+
+
+def test_the_pilot_filters_its_environment_once_with_the_same_result() -> None:
+    pilot = {"PATH": "/bin", "SECRET": "x", "SITE_A": "1", "HPC_BATCH_GATE": "0"}
+    once = kept_env(pilot, ("SITE_*",))
+    assert job_env(once, {}, {}, ("SITE_*",)) == job_env(pilot, {}, {}, ("SITE_*",))
+    assert once == {"PATH": "/bin", "SITE_A": "1"}
