@@ -340,7 +340,8 @@ def report(rows: dict[str, dict[str, Any]], setup: dict[str, Any],
     for line in rep.held_lines(rows) + rep.verdicts(rat) + ct.lines(rows):
         print(line)
     rep.write_json(args.json, setup, rows, rat)
-    rep.plot(args.png, rows, setup["measured_wait_W"])
+    if any(row["pattern"] in ("stream", "burst") for row in rows.values()):
+        rep.plot(args.png, rows, setup["measured_wait_W"])  # not redrawn by --patterns two
 
 
 def replot(args: argparse.Namespace) -> int:
