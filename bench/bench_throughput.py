@@ -125,6 +125,12 @@ class Ours:
             [sys.executable, "-m", "galaxy_hpc_runner.cli", "submitter", "--config",
              str(self.config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the submitter process has used so far."""
+        assert self.proc is not None
+        fields = Path("/proc/%d/stat" % self.proc.pid).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         assert self.proc is not None
         for line in Path("/proc/%d/status" % self.proc.pid).read_text().splitlines():
@@ -157,15 +163,17 @@ def run_ours(jobs: int, stream: int, extra: str = "") -> dict[str, float]:
         ours = Ours(Path(tmp), extra)
         ours.start()
         try:
-            started = time.monotonic()
+            started, cpu = time.monotonic(), ours.cpu_s()
             for i in range(jobs):
                 bl.drop(ours.root, "burst%05d" % i)
             ours.wait_finished(jobs)
             rate = jobs / (time.monotonic() - started)
+            cpu_ms = (ours.cpu_s() - cpu) * 1000 / jobs
             starts, ends = _stream(ours, stream) if stream else ([0.0], [0.0])
         finally:
             ours.stop()
-    return {"jobs_per_s": rate, "dispatch_p50_s": statistics.median(starts),
+    return {"jobs_per_s": rate, "submitter_cpu_ms_per_job": cpu_ms,
+            "dispatch_p50_s": statistics.median(starts),
             "dispatch_p95_s": _p95(starts), "finished_p50_s": statistics.median(ends),
             "finished_p95_s": _p95(ends)}
 
@@ -203,12 +211,13 @@ def run_scale(backlog: int, window: float) -> dict[str, float]:
             first = min(bl.start_time(ours.root, n[: -len(".job.finished")])
                         for n in os.listdir(ours.root / "dropbox") if n.endswith(".finished"))
             time.sleep(2.0)  # past the start-up
-            n0, t0 = ours.finished(), time.monotonic()
+            n0, t0, c0 = ours.finished(), time.monotonic(), ours.cpu_s()
             n1 = n0
             while time.monotonic() - t0 < window and n1 < backlog:  # ends with the backlog
                 time.sleep(0.2)
                 n1 = ours.finished()
             rate = (n1 - n0) / (time.monotonic() - t0)
+            cpu_ms = (ours.cpu_s() - c0) * 1000 / max(n1 - n0, 1)
             rss = ours.peak_rss_mb()
         finally:
             ours.stop()
@@ -216,6 +225,7 @@ def run_scale(backlog: int, window: float) -> dict[str, float]:
             [sys.executable, __file__, "--idle-pass", str(ours.config)], check=True,
             capture_output=True, text=True).stdout.strip().splitlines()[-1])
     return {"backlog": backlog, "first_start_s": first - started, "drain_jobs_per_s": rate,
+            "drain_submitter_cpu_ms_per_job": cpu_ms, "load_average": os.getloadavg()[0],
             "peak_rss_mb": rss, "idle_pass_s": idle["idle_pass_s"],
             "idle_rss_mb": idle["rss_mb"], "idle_records": idle["records"]}
 
@@ -236,7 +246,7 @@ def idle_pass(config: str) -> None:
         times.append(time.monotonic() - t0)
     hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines()
            if ln.startswith("VmHWM:")]
-    print(json.dumps({"idle_pass_s": min(times), "records": len(sub.spool.active()),
+    print(json.dumps({"idle_pass_s": min(times), "records": len(sub.spool.active_names()),
                       "rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else float("nan")}))
 
 
@@ -267,21 +277,27 @@ def main() -> int:
         ours = run_ours(args.jobs, args.stream if r == 0 else 0)
         two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
         out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
-                              "ours": ours["jobs_per_s"], "ours_2_slots": two["jobs_per_s"]})
+                              "ours": ours["jobs_per_s"], "ours_2_slots": two["jobs_per_s"],
+                              "submitter_cpu_ms_per_job": ours["submitter_cpu_ms_per_job"],
+                              "load_average": os.getloadavg()[0]})
         if r == 0:
             out["dispatch"] = {"ours": ours, "parsl": parsl}
         _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
                      ours["jobs_per_s"], two["jobs_per_s"])
+        print("  submitter CPU %.2f ms per job; load average %.2f" % (
+            ours["submitter_cpu_ms_per_job"], os.getloadavg()[0]))
     if "dispatch" in out:
         _print_dispatch(out["dispatch"])
     out["scale"] = []
     for backlog in (int(n) for n in args.scale.split(",") if n):
         s = run_scale(backlog, args.window)
         out["scale"].append(s)
-        print("backlog %6d: first start %.2f s, drain %.1f jobs/s, submitter peak RSS %.0f MB; "
-              "idle pass over %d records %.3f s (peak RSS %.0f MB)" % (
-                  backlog, s["first_start_s"], s["drain_jobs_per_s"], s["peak_rss_mb"],
-                  s["idle_records"], s["idle_pass_s"], s["idle_rss_mb"]))
+        print("backlog %6d: first start %.2f s, drain %.1f jobs/s (submitter CPU %.2f ms/job), "
+              "submitter peak RSS %.0f MB; idle pass over %d records %.3f s (peak RSS %.0f MB); "
+              "load average %.2f" % (
+                  backlog, s["first_start_s"], s["drain_jobs_per_s"],
+                  s["drain_submitter_cpu_ms_per_job"], s["peak_rss_mb"], s["idle_records"],
+                  s["idle_pass_s"], s["idle_rss_mb"], s["load_average"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -14,13 +14,15 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox import safefs
 from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
+from galaxy_hpc_runner.dropbox.userfiles import is_resubmission, set_aside_result
+from galaxy_hpc_runner.dropbox.watch import QuietDirectory
 from galaxy_hpc_runner.errors import JobError
 from hpc_worker import protocol as p
 from hpc_worker.states import Reason, ResultStatus
@@ -34,9 +36,68 @@ _unanswerable: set[str] = set()  # names already logged as impossible to answer
 class Report(Protocol):
     received: int
     rejected: int
+    more: bool  # descriptions left for the next pass
 
 
 Finish = Callable[[JobRecord, dict[str, Any]], None]
+
+
+class DropboxReader:
+    """The receive step of a pass: new descriptions, at most ``limit`` a pass, in name
+    order; the dropbox is not listed again while it is as a look that left nothing
+    waiting found it (``watch.QuietDirectory``)."""
+
+    def __init__(self, cfg: Config, spool: Spool, finish: Finish) -> None:
+        self.cfg, self.spool, self.finish = cfg, spool, finish
+        self._quiet = QuietDirectory(str(cfg.dropbox))
+
+    def receive(self, report: Report, limit: int) -> None:
+        key = self._quiet.key()
+        if self._quiet.unchanged(key):
+            return
+        self._quiet.looked(key, complete=self._listed(report, limit))
+
+    def _listed(self, report: Report, limit: int) -> bool:
+        """True when every description listed is taken or answered (none left waiting)."""
+        names = os.listdir(self.cfg.dropbox)
+        answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
+        active = self.spool.active_names()
+        taken, complete = 0, True
+        with safefs.opened(safefs.open_root(self.cfg.dropbox)) as dir_fd:  # once a pass
+            for name in self._waiting(names, answered, active):
+                if taken >= limit:  # the rest in the next pass, which the loop starts at once
+                    report.more = True
+                    return False
+                taken += 1
+                if self.spool.has_finished(name):  # its result was taken away, dropped again
+                    self.spool.retire(name)
+                done = report.received + report.rejected
+                receive_one(self.cfg, self.spool, name, report, self.finish, dir_fd)
+                complete = complete and report.received + report.rejected > done
+        return complete
+
+    def _waiting(self, names: list[str], answered: set[str], active: set[str]
+                 ) -> Iterator[str]:
+        """Names of the descriptions not yet received, in order."""
+        for fname in sorted(names):
+            if not fname.endswith(d.SUFFIX) or fname.startswith("."):
+                continue
+            name = fname[: -len(d.SUFFIX)]
+            if name in active:
+                continue
+            if name in answered and not self._resubmitted(name):
+                continue
+            yield name
+
+    def _resubmitted(self, name: str) -> bool:
+        """A NAME.job newer than its NAME.job.finished is a new job; the old result is kept
+        aside as NAME.job.finished.replaced-NS (README: resubmitting a name)."""
+        result = self.cfg.dropbox / (name + d.FINISHED_SUFFIX)
+        if not is_resubmission(self.cfg.dropbox / (name + d.SUFFIX), result):
+            return False
+        kept = set_aside_result(result)
+        log.info("(%s) resubmitted: a new job; the earlier result is kept as %s", name, kept)
+        return True
 
 
 def answerable(name: str) -> bool:
@@ -48,8 +109,10 @@ def answerable(name: str) -> bool:
     return size <= NAME_MAX
 
 
-def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Finish) -> None:
-    """Receive ``NAME.job``: a spool record, an error result, or (still young) nothing yet."""
+def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Finish,
+                dir_fd: int | None = None) -> None:
+    """Receive ``NAME.job``: a spool record, an error result, or (still young) nothing yet.
+    ``dir_fd``: the dropbox, opened once for a pass (else opened here)."""
     if not answerable(name):
         if name not in _unanswerable:
             _unanswerable.add(name)
@@ -58,7 +121,7 @@ def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Fi
         return
     doc: dict[str, Any] | None = None
     try:
-        doc = _read_description(cfg, name)
+        doc = _read_description(cfg, name, dir_fd)
         spool.create(name, doc, _meta(d.validate(name, doc, cfg)))
         report.received += 1
         return
@@ -84,8 +147,8 @@ def _text(exc: BaseException) -> str:
     return str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _read_description(cfg: Config, name: str) -> dict[str, Any]:
-    data = read_entry(cfg, name + d.SUFFIX)
+def _read_description(cfg: Config, name: str, dir_fd: int | None) -> dict[str, Any]:
+    data = read_entry(cfg, name + d.SUFFIX, dir_fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -93,10 +156,12 @@ def _read_description(cfg: Config, name: str) -> dict[str, Any]:
     return d.parse(text)
 
 
-def read_entry(cfg: Config, fname: str) -> bytes:
+def read_entry(cfg: Config, fname: str, dir_fd: int | None = None) -> bytes:
     """A dropbox entry's bytes: a regular file, not a link, opened without blocking, capped."""
-    with safefs.opened(safefs.open_root(cfg.dropbox)) as dir_fd:
+    if dir_fd is not None:
         return safefs.read_at(dir_fd, fname, MAX_DESCRIPTION_BYTES, fname)
+    with safefs.opened(safefs.open_root(cfg.dropbox)) as own:
+        return safefs.read_at(own, fname, MAX_DESCRIPTION_BYTES, fname)
 
 
 def _meta(job: d.Job) -> dict[str, Any]:

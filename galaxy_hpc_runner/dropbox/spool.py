@@ -45,6 +45,7 @@ the records and results written since the last one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -60,6 +61,7 @@ from galaxy_hpc_runner.dropbox.spool_records import (
     PilotRecord,
     RecordCache,
     SpoolError,
+    take_token,
     unreadable,
     write_record,
 )
@@ -83,7 +85,6 @@ ACTIVE = (RECEIVED, STAGED, CLAIMED)
 FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
 RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.names)
 RECORDS_KEPT = 1024  # whole records kept in memory (the rest is read again when needed)
-TOKEN_BYTES = 64  # the lock file holds the token of the spool that last took it
 
 
 class Spool:
@@ -102,6 +103,7 @@ class Spool:
         self._finished_count = 0
         self._records = RecordCache(RECORDS_KEPT, FRESH)  # whole records, read on demand
         self._locked = False  # in a pass: only this process writes the spool
+        self._events_fd: int | None = None  # events.jsonl, open while the lock is held
         self._token = "%d-%s" % (os.getpid(), os.urandom(8).hex())  # see lock()
         self._unsynced: set[str] = set()  # directories with writes not yet made durable
         self._make_private()
@@ -205,10 +207,11 @@ class Spool:
         if rec is None:
             self._index.drop(name)
         else:
-            self._remember_entry(rec, info)
+            self._remember_entry(name, rec, info)
 
-    def _remember_entry(self, rec: JobRecord, info: os.stat_result) -> None:
-        self._index.put(rec.name, stat_key(info), self._records.sure(info), Entry(
+    def _remember_entry(self, name: str, rec: JobRecord, info: os.stat_result) -> None:
+        """The index entry of the record in jobs/NAME.json (its file name decides)."""
+        self._index.put(name, stat_key(info), self._records.sure(info), Entry(
             rec.state, rec.pilot, rec.withdrawn, epoch(rec.received)))
 
     def _count_finished(self) -> int:
@@ -308,7 +311,13 @@ class Spool:
     def event(self, name: str, old: JobState | None, new: JobState, **detail: Any) -> None:
         entry = {"time": p.now_iso(), "job": name, "from": old, "to": new}
         entry.update(detail)
-        p.append_jsonl(str(self.events), entry)
+        if not self._locked:
+            p.append_jsonl(str(self.events), entry)
+            return
+        if self._events_fd is None:  # kept open while the lock is held: one open a pass
+            self._events_fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                      | os.O_CLOEXEC, 0o644)
+        os.write(self._events_fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.history_all() if e.get("job") == name]
@@ -330,6 +339,7 @@ class Spool:
         if removed:
             self._finished_view.forget()  # counted again when asked
         if self.events.exists() and self.events.stat().st_size > max_event_bytes:
+            self._close_events()
             os.replace(self.events, str(self.events) + ".1")
         return removed
 
@@ -343,7 +353,7 @@ class Spool:
             self._jobs_view.forget()
             raise
         self._records.remember(path, info, rec)
-        self._remember_entry(rec, info)
+        self._remember_entry(rec.name, rec, info)
         self._jobs_view.own_change(self._locked)
         if not sync:
             self._unsynced.add(str(self.jobs))
@@ -381,7 +391,7 @@ class Spool:
         means another spool object changed the spool since this one last held it, so
         what this one knows of it is looked at again."""
         with pass_lock(self.path / "lock", timeout):
-            if not self._own_token():
+            if not take_token(self.path / "lock", self._token):
                 self._jobs_view.forget()
                 self._finished_view.forget()
             self._locked = True
@@ -389,16 +399,9 @@ class Spool:
                 yield
             finally:
                 self._locked = False
+                self._close_events()
 
-    def _own_token(self) -> bool:
-        """True when this spool object was the last to hold the lock; leaves its token."""
-        token = self._token.encode()
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_NOFOLLOW)
-        try:
-            if os.pread(fd, TOKEN_BYTES, 0) == token:
-                return True
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, token, 0)
-            return False
-        finally:
-            os.close(fd)
+    def _close_events(self) -> None:
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None

@@ -153,6 +153,21 @@ def write_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
     return os.stat(path)  # after the rename, which changes its ctime
 
 
+def take_token(lock: Path, token: str) -> bool:
+    """Leave ``token`` in the lock file (held); True when it was there already, i.e. no
+    other spool object took the lock since the one ``token`` names."""
+    data = token.encode()
+    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.pread(fd, len(data) + 1, 0) == data:
+            return True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _read_record(path: str) -> Any:
     """JSON of a spool record, opened without following a link."""
     try:

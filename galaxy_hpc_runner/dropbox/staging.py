@@ -302,7 +302,16 @@ class Stager:
         key = self.key(name)
         self.t.remove(self.path(p.JOBS, key))
         for queue in (p.DONE, p.CANCEL, p.READY):
-            self.t.remove(self.path(queue, key))
+            marker = self.path(queue, key)
+            if not isinstance(self.t, LocalTransport):
+                self.t.remove(marker)
+                continue
+            try:  # a marker is a file: one unlink, no look first
+                os.unlink(marker)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self.t.remove(marker)  # not a file after all: the transport's own way
 
     # -- results ---------------------------------------------------------------------
     def collect(self, rec: JobRecord) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from galaxy_hpc_runner.dropbox.collect import Collector
 from galaxy_hpc_runner.dropbox.liveness import Liveness
 from galaxy_hpc_runner.dropbox.pass_pilots import PilotSteps
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
-from galaxy_hpc_runner.dropbox.receive import receive_one
+from galaxy_hpc_runner.dropbox.receive import DropboxReader
 from galaxy_hpc_runner.dropbox.spool import (
     CLAIMED,
     FINISHED,
@@ -58,8 +58,6 @@ from galaxy_hpc_runner.dropbox.spool import (
     SpoolError,
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
-from galaxy_hpc_runner.dropbox.userfiles import is_resubmission, set_aside_result
-from galaxy_hpc_runner.dropbox.watch import QuietDirectory
 from galaxy_hpc_runner.errors import (
     RemoteFileMissing,
     SchedulerError,
@@ -118,7 +116,7 @@ class Submitter:
         self._last_prune = -PRUNE_EVERY
         self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
-        self._dropbox = QuietDirectory(str(cfg.dropbox))  # no listing while it is quiet
+        self._dropbox = DropboxReader(cfg, self.spool, self._finish)
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -254,48 +252,7 @@ class Submitter:
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
         """New descriptions, CHUNK at most; nothing to list while the dropbox is quiet."""
-        key = self._dropbox.key()
-        if self._dropbox.unchanged(key):
-            return
-        self._dropbox.looked(key, complete=self._receive_listed(report))
-
-    def _receive_listed(self, report: PassReport) -> bool:
-        """True when every description listed is taken or answered (none left waiting)."""
-        names = os.listdir(self.cfg.dropbox)
-        answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
-        active = self.spool.active_names()
-        taken, complete = 0, True
-        for fname in sorted(names):
-            if not fname.endswith(d.SUFFIX) or fname.startswith("."):
-                continue
-            name = fname[: -len(d.SUFFIX)]
-            if name in active:
-                continue
-            if name in answered and not self._resubmitted(name):
-                continue
-            if taken >= CHUNK:  # the rest in the next pass, which the loop starts at once
-                report.more = True
-                return False
-            taken += 1
-            if self.spool.has_finished(name):  # its result was taken away, dropped again
-                self.spool.retire(name)
-            done = report.received + report.rejected
-            self._receive(name, report)
-            complete = complete and report.received + report.rejected > done
-        return complete
-
-    def _resubmitted(self, name: str) -> bool:
-        """A NAME.job newer than its NAME.job.finished is a new job; the old result is kept
-        aside as NAME.job.finished.replaced-NS (README: resubmitting a name)."""
-        result = self.cfg.dropbox / (name + d.FINISHED_SUFFIX)
-        if not is_resubmission(self.cfg.dropbox / (name + d.SUFFIX), result):
-            return False
-        kept = set_aside_result(result)
-        log.info("(%s) resubmitted: a new job; the earlier result is kept as %s", name, kept)
-        return True
-
-    def _receive(self, name: str, report: PassReport) -> None:
-        receive_one(self.cfg, self.spool, name, report, self._finish)
+        self._dropbox.receive(report, CHUNK)
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
