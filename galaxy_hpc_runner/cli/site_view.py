@@ -16,8 +16,9 @@ PILOTS_SHOWN = 20
 
 
 def site_picture(cfg: Config, transport: Transport) -> dict[str, Any] | None:
-    """Every server's pilots and queue from the HPC-side registry, gone pilots' GPU time
-    included; None when it cannot be read."""
+    """Every server's pilots and queue from the HPC-side registry, with the GPU time of
+    the live pilots and of the newest gone ones (``registry.GONE_BEATS``, their last
+    heartbeat); None when it cannot be read."""
     try:
         from galaxy_hpc_runner.dropbox.registry import Registry
 

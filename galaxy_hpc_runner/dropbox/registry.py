@@ -53,6 +53,7 @@ GONE_REREAD = 300.0  # a gone entry is re-read this often (its submitter may cor
 ENTRY_SUFFIX = p.PILOT_SUFFIXES[0]  # W/pilots/PILOT.json
 HEARTBEAT_SUFFIX = p.PILOT_SUFFIXES[1]  # W/pilots/PILOT.hb
 ENTRY_LIMIT = 64 << 10  # bytes read of one entry (an entry is a few hundred)
+GONE_BEATS = 50  # gone pilots whose last heartbeat the site picture reads (GPU time)
 
 
 _ID_TIME = re.compile(r"(\d{8}T\d{6})")
@@ -144,17 +145,21 @@ class Registry:
     def picture(self, with_gone: bool = False) -> dict[str, Any]:
         """The site-wide picture: every pilot (``mine`` when this server submitted it,
         its heartbeat while not gone, ``gpu_time`` when it held GPUs: the heartbeat's
-        GPU fields, of gone pilots too with ``with_gone``), each server's queue, every
-        server seen."""
+        GPU fields, with ``with_gone`` of the newest :data:`GONE_BEATS` gone pilots too),
+        each server's queue, every server seen."""
         pilots = []
-        for entry in sorted(self.entries().values(), key=lambda e: e.submitted):
+        ordered = sorted(self.entries().values(), key=lambda e: e.submitted)
+        gone_ids = [e.pilot_id for e in ordered if e.state is PilotState.GONE]
+        last_words = set(gone_ids[-GONE_BEATS:]) if with_gone else set()
+        for entry in ordered:
             item: dict[str, Any] = {
                 "pilot_id": entry.pilot_id, "server": entry.submitter,
                 "mine": entry.submitter == self.server, "state": str(entry.state),
                 "scheduler_id": entry.scheduler_id, "backend": entry.backend,
                 "submitted": entry.submitted, "slots": entry.slots}
             gone = entry.state is PilotState.GONE
-            beat = self.heartbeat(entry.pilot_id) if with_gone or not gone else None
+            beat = self.heartbeat(entry.pilot_id) if (
+                not gone or entry.pilot_id in last_words) else None
             if beat is not None and not gone:
                 item["heartbeat"] = {"state": str(beat.state), "host": beat.host,
                                      "age_s": round(time.time() - beat.epoch, 1),

@@ -242,3 +242,23 @@ def test_same_host_checks_tell_a_live_holder_a_reused_pid_and_a_container(
                  {k: v for k, v in json.loads(gone.raw).items() if k != "boot"}]
     for data in elsewhere:
         assert not registry.parse_lock(json.dumps(data)).dead_here(), data
+
+
+def test_picture_gives_gpu_time_of_live_and_the_newest_gone_pilots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc_worker.records import Heartbeat
+    from hpc_worker.states import HeartbeatState
+
+    monkeypatch.setattr(registry, "GONE_BEATS", 1)
+    reg = _registry(tmp_path, "alpha")
+    for minute, state in ((1, PilotState.GONE), (2, PilotState.GONE), (3, PilotState.RUNNING)):
+        pid = "pilot-alpha-20261127T06%02d00-aaaaaa" % minute
+        reg.write(PilotEntry(pilot_id=pid, submitted="2026-11-27T06:%02d:00+00:00" % minute,
+                             state=state, submitter="alpha"))
+        beat = Heartbeat(pilot=pid, state=HeartbeatState.RUNNING, epoch=time.time(),
+                         gpus=["0"], gpu_busy_seconds=minute, gpu_idle_seconds=1.0)
+        p.write_json(p.pilot_path(str(tmp_path), pid, p.HEARTBEAT), beat.to_json())
+    live_only = [i.get("gpu_time") for i in reg.picture()["pilots"]]
+    assert [t["gpu_busy_seconds"] if t else None for t in live_only] == [None, None, 3.0]
+    with_gone = [i.get("gpu_time") for i in reg.picture(with_gone=True)["pilots"]]
+    assert [t["gpu_busy_seconds"] if t else None for t in with_gone] == [None, 2.0, 3.0]
