@@ -179,6 +179,7 @@ class BundleClient:
         return {"path": remote}
 
     def add(self, member: str, path: str | None, text: str | None = None) -> None:
+        """A file from ``path``, or with ``text``, or (neither) a directory."""
         self.members[member] = (path, text)
 
     def finish(self, text: str) -> str:
@@ -211,7 +212,10 @@ def prepare(job: GalaxyJob, cfg: Config, name: str) -> Plan:
     client.add(job.script_name, None, script)
     plan.inputs = dict(client.inputs)
     for output in job.outputs:
-        plan.outputs["outputs/" + os.path.basename(output)] = output
+        member = "outputs/" + os.path.basename(output)
+        plan.outputs[member] = output
+        if os.path.isfile(output):  # Galaxy's from_work_dir copy needs it there (Pulsar
+            client.add(member, None, "")  # touches outputs likewise)
     plan.sent += [m for m in client.members if "/" not in m]
     write_bundle(client, os.path.join(job.workdir, BUNDLE))
     plan.save(job.workdir)
@@ -247,6 +251,8 @@ def _extra_files(job: GalaxyJob, client: BundleClient, plan: Plan) -> None:
             client.prefixes.append((extra, posixpath.join(client.remote.path, member)))
             if kind == "outputs":
                 plan.outputs[member] = extra
+                if os.path.isdir(extra):  # precreated for a from_work_dir directory
+                    client.add(member, None, None)
             elif os.path.isdir(extra):
                 for rel in _tree(extra):
                     client.add(posixpath.join(member, rel), os.path.join(extra, rel))
@@ -276,6 +282,10 @@ def write_bundle(client: BundleClient, path: str) -> None:
                 tar.addfile(info, io.BytesIO(data))
             elif local is not None:
                 _add_file(tar, local, member)
+            else:
+                info = tarfile.TarInfo(member)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
     os.replace(tmp, path)
 
 

@@ -54,13 +54,11 @@ def staged_runs(staged_api: GalaxyApi) -> dict[str, tuple[dict[str, Any], dict[s
     api = staged_api
     history = api.history("staged")
     runs = tool_runs(api, history)
-    started = {}
-    for tool in TOOLS:
-        for suffix in ("_staged", "_staged_ext"):
-            started[tool + suffix] = (start(api, history, tool + suffix, runs[tool]),
-                                      start(api, history, tool + "_local", runs[tool]))
-    return {name: (result(api, ours), result(api, local))
-            for name, (ours, local) in started.items()}
+    local = {tool: start(api, history, tool + "_local", runs[tool]) for tool in TOOLS}
+    ours = {tool + suffix: (tool, start(api, history, tool + suffix, runs[tool]))
+            for tool in TOOLS for suffix in ("_staged", "_staged_ext")}
+    done = {tool: result(api, run) for tool, run in local.items()}
+    return {name: (result(api, run), done[tool]) for name, (tool, run) in ours.items()}
 
 
 def shown(job: dict[str, Any]) -> tuple[Any, ...]:
