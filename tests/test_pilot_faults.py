@@ -83,6 +83,24 @@ def test_kill_9_of_the_pilot_leaves_no_tool_process_alive(ws: Workspace, round_:
              what="every process of the killed pilot's jobs to die")
 
 
+@pytest.mark.parametrize("round_", range(6))
+def test_scancel_race_a_script_that_exits_0_after_its_tool_was_killed_is_released(
+        ws: Workspace, round_: int) -> None:
+    """The case --settle exists for: the job's processes get the stop signal first, the
+    tool dies, its script carries on and exits 0 before the pilot's own signal arrives."""
+    marker, env = _mark()
+    ws.stage("t", "trap true TERM\nsleep 30\necho survived > out.txt\n", outputs=("out.txt",),
+             env=env)
+    pilot = ws.start("P1")
+    wait_for(lambda: len(_tool_pids(marker)) == 1, what="the running job")
+    os.killpg(os.getpgid(_tool_pids(marker)[0]), signal.SIGTERM)
+    time.sleep(0.01 + random.random() * 0.05)
+    pilot.send_signal(signal.SIGTERM)
+    assert pilot.wait(timeout=30) == 0
+    assert not ws.done("t") and ws.is_ready("t")
+    assert ws.runs("t")[-1].reason == ReleaseReason.STOP.value
+
+
 KILL_REPS = int(os.environ.get("PILOT_KILL_REPS", "8"))  # PILOT_KILL_REPS=100 for the long run
 
 
