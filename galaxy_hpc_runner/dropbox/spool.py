@@ -352,7 +352,7 @@ class Spool:
             self._index.drop(rec.name)
             self._jobs_view.forget()
             raise
-        self._records.remember(path, info, rec)
+        self._records.remember(path, info, rec, own=self._locked)
         self._remember_entry(rec.name, rec, info)
         self._jobs_view.own_change(self._locked)
         if not sync:
@@ -394,6 +394,7 @@ class Spool:
             if not take_token(self.path / "lock", self._token):
                 self._jobs_view.forget()
                 self._finished_view.forget()
+                self._records.clear()
             self._locked = True
             try:
                 yield

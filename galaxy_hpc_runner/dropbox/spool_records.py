@@ -90,12 +90,19 @@ class RecordCache:
         """Changed more than ``fresh`` seconds ago: a rewrite would show as a new key."""
         return time.time() - info.st_mtime_ns / 1e9 > self.fresh
 
-    def remember(self, path: str, info: os.stat_result, rec: JobRecord) -> None:
+    def remember(self, path: str, info: os.stat_result, rec: JobRecord,
+                 own: bool = False) -> None:
+        """Keep ``rec``, read from (or, ``own``, just written by the lock holder to) ``path``:
+        what the holder wrote is what the file holds, however recent."""
         with self._lock:
-            self._records[path] = (stat_key(info), self.sure(info), rec)
+            self._records[path] = (stat_key(info), own or self.sure(info), rec)
             self._records.move_to_end(path)
             while len(self._records) > self.size:
                 self._records.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
 
     def forget(self, path: str) -> None:
         with self._lock:
@@ -171,10 +178,15 @@ def take_token(lock: Path, token: str) -> bool:
 def _read_record(path: str) -> Any:
     """JSON of a spool record, opened without following a link."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OSError(exc.errno, "a symbolic link, not a record") from None
         raise
-    with os.fdopen(fd, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        chunks = []
+        while block := os.read(fd, 1 << 16):
+            chunks.append(block)
+    finally:
+        os.close(fd)
+    return json.loads(b"".join(chunks))
