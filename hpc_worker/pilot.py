@@ -359,6 +359,7 @@ class Pilot:
     def _shutdown(self) -> None:
         now = time.time()
         self._reap(now)  # reports what ended before a stop signal, or that we killed
+        self._report_settled(now)
         if self.stopping and (self.running or self.settling):
             log.info("%s received: releasing %d running job(s)", self.stopping,
                      len(self.running) + len(self.settling))
