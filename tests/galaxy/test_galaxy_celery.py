@@ -1,26 +1,35 @@
 """``metadata_strategy: celery`` with ``retry_metadata_internally: false``, no broker service.
 
 Galaxy 26's Celery needs no broker service here: its default broker is the
-SQLAlchemy transport on an SQLite file (``amqp_internal_connection``), its result
-backend an SQLite file, and ``task_always_eager`` runs each task in the calling
-process instead of a ``galaxy-celery`` worker. Galaxy's metadata task then runs
-after the job, as Galaxy's local runner asks for it; an output whose metadata it
-did not set would end ``failed_metadata``.
+SQLAlchemy transport on Galaxy's own SQLite database (``amqp_internal_connection``),
+its result backend an SQLite file. It does need a worker: ``task_always_eager``
+cannot run Galaxy's tasks (``set_job_metadata`` and ``fetch_data`` run their work
+in the worker's fork pool, made when a worker starts), so the test starts one
+``celery --app galaxy.celery worker`` beside the server, as gravity would. Galaxy's
+metadata task then runs after the job, as Galaxy's local runner asks for it; an
+output whose metadata it did not set would end ``failed_metadata``.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+from tests.galaxy.server import (
+    GALAXY_VENV,
+    GalaxyApi,
+    GalaxySite,
+    become_subreaper,
+    install_galaxy,
+)
 
 pytestmark = pytest.mark.galaxy
 
 CELERY = {"enable_celery_tasks": True, "metadata_strategy": "celery",
           "retry_metadata_internally": False,
-          "celery_conf": {"task_always_eager": True, "broker_url": None, "result_backend": None,
+          "celery_conf": {"broker_url": None, "result_backend": None,
                           "task_routes": {"galaxy.fetch_data": "galaxy.external",
                                           "galaxy.set_job_metadata": "galaxy.external"}}}
 
@@ -32,12 +41,33 @@ def celery_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
     site = GalaxySite(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
                       galaxy_overrides=CELERY, template_metadata_in_process=False)
     site.write()
+    worker = None
     try:
         site.start()
+        worker = start_worker(site)
         yield GalaxyApi.for_new_user(site)
     finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
         site.stop()
         site.stop_pilots()
+
+
+def start_worker(site: GalaxySite) -> subprocess.Popen[bytes]:
+    """One Celery worker for Galaxy's queues (gravity's command line), logging beside Galaxy."""
+    env = dict(site.env, GALAXY_CONFIG_FILE=str(site.gx / "galaxy.yml"))
+    with (site.root / "celery.log").open("ab") as out:
+        return subprocess.Popen(
+            [str(GALAXY_VENV / "bin" / "celery"), "--app", "galaxy.celery", "worker",
+             "--concurrency", "1", "--pool", "threads", "--loglevel", "INFO",
+             "--queues", "celery,galaxy.internal,galaxy.external"],
+            cwd=str(site.gx), env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT)
 
 
 def test_celery_metadata_in_both_modes(celery_api: GalaxyApi) -> None:
