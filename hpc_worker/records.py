@@ -255,6 +255,7 @@ class PilotEntry(Record):
     backend: str = ""
     slots: int = 1
     walltime: Optional[float] = None
+    program: str = ""  # the deployed pilot program it runs (W/bin/...); "" from older submitters
 
 
 def read_record(cls: Type[R], path: str, limit: int = MAX_RECORD_BYTES) -> R:

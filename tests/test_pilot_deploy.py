@@ -154,8 +154,16 @@ def test_programs_in_use_are_those_live_entries_name() -> None:
     gone = PilotEntry(pilot_id="b", submitted="", state=PilotState.GONE)
     assert deploy.programs_in_use([gone]) == set()
     assert deploy.programs_in_use([live, gone]) is None  # it does not say: any may be in use
-    live.program = "/w/bin/" + OLD[0]  # type: ignore[attr-defined]  # once records have it
+    live.program = "/w/bin/" + OLD[0]
     assert deploy.programs_in_use([live, gone]) == {OLD[0]}
+
+
+def test_a_submitted_pilot_names_its_program_so_others_may_be_pruned(site: Site) -> None:
+    sub = Submitter(site.cfg)
+    rec = sub.pilots.submit()
+    entry = sub.pilots.registry.entries()[rec.pilot_id]
+    assert entry.program == deploy.remote_program(site.cfg)
+    assert deploy.programs_in_use([entry]) == {deploy.program_name()}
 
 
 def test_a_submission_puts_back_a_program_pruned_after_its_preflight(site: Site) -> None:

@@ -19,12 +19,12 @@ removes one only when all of these hold: it is not this release's program; this 
 first saw it more than :data:`PROGRAM_KEEP` seconds ago (its own clock, kept in the
 spool: no clock of another host is trusted); and, under the registry lock, no pilot
 of any server that is not gone (being submitted, queued, running, unknown) may use it.
-A registry entry names its program when the entry's record has a ``program`` field;
-while any live entry does not (entries of this release: the field is not in
-:class:`hpc_worker.records.PilotEntry` yet), nothing is removed, so pruning then happens
-only while no pilot of any server is alive. A submitter checks its program is there
-again right after writing a pilot's intent (:meth:`PilotManager.submit`): a prune
-either ran before the intent (the program is put back) or sees the intent (keeps it).
+A registry entry names its program (``PilotEntry.program``, written with the intent);
+while any live entry does not (written by an older submitter), nothing is removed, so
+pruning then happens only while no pilot of any server is alive. A submitter checks
+its program is there again right after writing a pilot's intent
+(:meth:`PilotManager.submit`): a prune either ran before the intent (the program is
+put back) or sees the intent (keeps it).
 """
 
 from __future__ import annotations
@@ -151,10 +151,9 @@ def programs_in_use(entries: Iterable[PilotEntry]) -> set[str] | None:
     for entry in entries:
         if entry.state is PilotState.GONE:
             continue
-        program = getattr(entry, "program", "")
-        if not isinstance(program, str) or not program:
+        if not entry.program:
             return None
-        used.add(posixpath.basename(program))
+        used.add(posixpath.basename(entry.program))
     return used
 
 

@@ -265,7 +265,8 @@ class PilotManager:
             raise
         entry = PilotEntry(pilot_id=rec.pilot_id, submitted=rec.submitted,
                            submitter=self.server, backend=self.backend.name,
-                           slots=spec.slots, walltime=spec.walltime)
+                           slots=spec.slots, walltime=spec.walltime,
+                           program=deploy.remote_program(self.cfg))
         with self.registry.lock():
             other = self._raced()
             if other is not None:
