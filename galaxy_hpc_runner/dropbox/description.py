@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,26 @@ def validate(name: str, doc: dict[str, Any], cfg: Config) -> Job:
               basenames=_basenames(inputs, outputs))
     job.key = p.hpc_key(cfg.server_tag, name)
     job.workspace = posixpath.join(cfg.workspace, p.JOBS, job.key)
-    job.rendered = render(load_template(path), template_values(job, cfg, job.workspace),
+    job.rendered = render(_template(path), template_values(job, cfg, job.workspace),
                           str(path))
     return job
+
+
+_TEMPLATES: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # path -> (key, text)
+
+
+def _template(path: Path) -> str:
+    """A template's checked text, read again only when its file changed (a file changed in
+    the last second is read every time: a change in the same timestamp tick would not show)."""
+    info = os.stat(path)
+    key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    cached = _TEMPLATES.get(str(path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    text = load_template(path)
+    if time.time() - info.st_mtime > 1.0 and len(_TEMPLATES) < 1024:
+        _TEMPLATES[str(path)] = (key, text)
+    return text
 
 
 def template_values(job: Job, cfg: Config, job_workspace: str) -> dict[str, object]:

@@ -167,7 +167,7 @@ class Spool:
     def _refresh(self) -> None:
         """Look at jobs/ again only when it changed (module docstring: Cost)."""
         key = self._jobs_view.key()
-        if self._jobs_view.current(key):
+        if self._jobs_view.current(key, self._locked):
             for problem in self._listed_problems:  # reported in every pass while it is there
                 self._problem(problem)
             return
@@ -216,7 +216,7 @@ class Spool:
 
     def _count_finished(self) -> int:
         key = self._finished_view.key()
-        if not self._finished_view.current(key):
+        if not self._finished_view.current(key, self._locked):
             self._finished_count = len(self.finished_names())
             self._finished_view.looked(key, self._locked)
         return self._finished_count

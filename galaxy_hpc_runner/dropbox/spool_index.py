@@ -118,6 +118,7 @@ class DirView:
         self.fresh, self.rescan_every = fresh, rescan_every
         self._key: tuple[int, int] | None = None
         self._since = 0.0
+        self._own = False  # the lock holder changed it since the last look
 
     def key(self) -> tuple[int, int]:
         try:
@@ -126,7 +127,10 @@ class DirView:
             return (0, 0)
         return (info.st_ino, info.st_mtime_ns)
 
-    def current(self, key: tuple[int, int]) -> bool:
+    def current(self, key: tuple[int, int], locked: bool = False) -> bool:
+        if key != self._key and self._own and locked and self._key is not None:
+            self._key = key  # the lock holder's own changes moved it: still known
+        self._own = False
         return key == self._key and time.monotonic() - self._since < self.rescan_every
 
     def looked(self, key: tuple[int, int], locked: bool) -> None:
@@ -134,11 +138,15 @@ class DirView:
         recent = time.time() - key[1] / 1e9 < self.fresh
         self._key = None if recent and not locked else key
         self._since = time.monotonic()
+        self._own = False
 
     def own_change(self, locked: bool) -> None:
-        """This process changed the directory: still known if it was known, under the lock."""
-        if self._key is not None:
-            self._key = self.key() if locked else None
+        """This process changed the directory: still known if it was known, under the lock
+        (no ``stat`` now: the next look takes the new time as this process's)."""
+        if not locked:
+            self._key = None
+        elif self._key is not None:
+            self._own = True
 
     def forget(self) -> None:
         self._key = None

@@ -174,3 +174,23 @@ def _site(tmp_path: Path) -> Path:
         f"[spool]\npath = {r}/spool\n"
         f"[hpc_env]\nworkspace = {r}/ws\nscripts = {r}/s\ncontainers = {r}/c\n")
     return ini
+
+
+def test_a_template_is_read_again_only_when_its_file_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from galaxy_hpc_runner.dropbox import description
+
+    cfg = load_config(_site(tmp_path))
+    template = tmp_path / "templates" / "t.sh"
+    template.write_text("#!/bin/bash\necho one > <<out>>\n")
+    _aged(template)
+    loads: list[Path] = []
+    real = description.load_template
+    monkeypatch.setattr(description, "load_template", lambda path: loads.append(path) or real(path))
+    doc = {"script": "t", "output_map": {"out": str(tmp_path / "results" / "o.txt")}}
+    for name in ("a", "b"):
+        assert "echo one" in description.validate(name, dict(doc), cfg).rendered
+    assert len(loads) == 1
+    template.write_text("#!/bin/bash\necho two > <<out>>\n")  # a new time: read again
+    assert "echo two" in description.validate("c", dict(doc), cfg).rendered
+    assert len(loads) == 2
