@@ -183,10 +183,15 @@ class BundleClient:
         self.members[member] = (path, text)
 
     def finish(self, text: str) -> str:
-        """The last rewrites, each a whole path (``J`` is not ``J0``), longest first."""
-        for local, remote in sorted(self.prefixes, key=lambda pair: -len(pair[0])):
-            text = re.sub(re.escape(local) + r"(?![\w.-])", remote.replace("\\", "\\\\"), text)
-        return text
+        return rewrite_prefixes(text, self.prefixes)
+
+
+def rewrite_prefixes(text: str, prefixes: list[tuple[str, str]]) -> str:
+    """The rewrites after Pulsar's, each of a whole path or path prefix (``/jobs/7`` is not
+    ``/jobs/70``), longest first."""
+    for local, remote in sorted(prefixes, key=lambda pair: -len(pair[0])):
+        text = re.sub(re.escape(local) + r"(?![\w.-])", remote.replace("\\", "\\\\"), text)
+    return text
 
 
 def prepare(job: GalaxyJob, cfg: Config, name: str) -> Plan:

@@ -113,3 +113,11 @@ def test_description_from_the_plan(tmp_path: Path) -> None:
                       "gx_in0": str(files / "dataset_1.dat")},
         "output_map": {"gx_return": str(workdir / staged.RETURN)},
         "walltime": "1h", "meta": {"galaxy_job_id": 7}}
+
+
+def test_prefix_rewrites_take_whole_paths_longest_first() -> None:
+    prefixes = [("/g/jobs/7", "/w/jobs/K/galaxy"), ("/g/jobs/7/x_files", "/w/jobs/K/galaxy/o")]
+    text = "cd /g/jobs/7; cat '/g/jobs/7/working/a' /g/jobs/70/b /g/jobs/7.x /g/jobs/7/x_files/c"
+    assert staged.rewrite_prefixes(text, prefixes) == (
+        "cd /w/jobs/K/galaxy; cat '/w/jobs/K/galaxy/working/a' /g/jobs/70/b /g/jobs/7.x "
+        "/w/jobs/K/galaxy/o/c")
