@@ -11,6 +11,8 @@ process. Reported per round: jobs/s from the pilot's start to its last ``done`` 
 the pilot's OWN CPU per job (user + system of the pilot process, not of its jobs), and
 with ``--strace`` the pilot's system calls per job (``strace -c``, pilot only: ``-f``
 would count bash). ``--profile FILE`` writes a cProfile of the last round.
+``--pilot-python PATH`` drains with a pilot process under that interpreter (its own CPU
+read inside it), e.g. Python 3.8, whose ``subprocess`` forks where 3.10+ uses ``vfork``.
 ``BENCH_WORKER_PATH=DIR`` takes ``hpc_worker`` from DIR (e.g. an older release unpacked
 with ``git archive REV hpc_worker | tar -x -C DIR``) for a before/after on one machine.
 """
@@ -90,6 +92,33 @@ def drain(ws: Path, jobs: int, slots: int, profile: str | None) -> dict[str, flo
             "wall_s": time.monotonic() - t0}
 
 
+PILOT_RUSAGE = """
+import resource, sys
+from hpc_worker.__main__ import main
+main(sys.argv[1:])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("RUSAGE %f %f" % (usage.ru_utime, usage.ru_stime))
+"""
+
+
+def drain_with(python: str, ws: Path, jobs: int, slots: int) -> dict[str, float]:
+    """The drain by a pilot process under another interpreter (e.g. python3.8, whose
+    subprocess forks where 3.10+ uses vfork); its own CPU from inside it."""
+    env = dict(os.environ, PYTHONPATH=WORKER_PATH)
+    t0 = time.time()
+    out = subprocess.run([python, "-c", PILOT_RUSAGE, "--workspace", str(ws), "--pilot-id",
+                          "PX", "--slots", str(slots), "--idle-timeout", "0.3"], env=env,
+                         cwd=str(ws.parent), check=True, capture_output=True, text=True).stdout
+    user, system = (float(x) for x in out.split("RUSAGE ")[1].split())
+    done = os.listdir(ws / p.DONE)
+    if len(done) != jobs:
+        raise SystemExit("drained %d of %d jobs" % (len(done), jobs))
+    last = max(os.stat(p.result_path(str(ws), name)).st_mtime for name in done)
+    return {"jobs_per_s": jobs / (last - t0), "pilot_cpu_ms_per_job": 1000 * (user + system) / jobs,
+            "user_ms_per_job": 1000 * user / jobs, "sys_ms_per_job": 1000 * system / jobs,
+            "wall_s": time.time() - t0}
+
+
 def syscalls(ws: Path, jobs: int, slots: int) -> dict[str, Any]:
     """``strace -c`` of a pilot process (not its children) draining the workspace."""
     out = ws.parent / "strace.txt"
@@ -115,6 +144,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", default=None)
     ap.add_argument("--strace", action="store_true")
+    ap.add_argument("--pilot-python", default=None,
+                    help="run the pilot with this interpreter (jobs/s counted from its launch)")
     args = ap.parse_args()
     rows = []
     for round_ in range(args.rounds):
@@ -122,7 +153,10 @@ def main() -> int:
         try:
             ws = stage(tmp, args.jobs)
             last = round_ == args.rounds - 1
-            row = drain(ws, args.jobs, args.slots, args.profile if last else None)
+            if args.pilot_python:
+                row = drain_with(args.pilot_python, ws, args.jobs, args.slots)
+            else:
+                row = drain(ws, args.jobs, args.slots, args.profile if last else None)
             print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
             rows.append(row)
         finally:

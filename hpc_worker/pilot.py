@@ -29,7 +29,7 @@ from . import gpu
 from . import protocol as p
 from .attempt import JobInvalid, kept_env, load_spec, read_runs
 from .guard import GroupGuard
-from .jobrun import HOST, JobRun, report_unrunnable
+from .jobrun import HOST, JobRun, report_unrunnable, seal_descriptors
 from .readyq import ReadyQueue
 from .records import Heartbeat, RunLine, learned_runtime
 from .settings import PilotSettings
@@ -76,6 +76,7 @@ class Pilot:
     # -- main loop -------------------------------------------------------------------
     def run(self) -> int:
         p.ensure_layout(self.s.root)
+        seal_descriptors()  # jobs get stdin, stdout and stderr only
         self._install_signals()
         self.guard.start()
         self._log_start()

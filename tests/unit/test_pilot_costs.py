@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpc_worker import jobrun
 from hpc_worker import protocol as p
 from hpc_worker.attempt import GATE, GATE_VARIABLE, Attempt, job_env, kept_env
 from hpc_worker.records import MAX_RECORD_BYTES, ProtocolError, read_bounded
@@ -115,3 +116,47 @@ def test_the_pilot_filters_its_environment_once_with_the_same_result() -> None:
     once = kept_env(pilot, ("SITE_*",))
     assert job_env(once, {}, {}, ("SITE_*",)) == job_env(pilot, {}, {}, ("SITE_*",))
     assert once == {"PATH": "/bin", "SITE_A": "1"}
+
+
+@pytest.mark.parametrize("posix_spawn", [True, False])
+def test_spawn_gives_a_new_session_its_directory_three_descriptors_and_default_sigpipe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, posix_spawn: bool) -> None:
+    monkeypatch.setitem(jobrun._SPAWN, "posix_spawn", posix_spawn and jobrun._SPAWN["posix_spawn"])
+    leaked_r, leaked_w = os.pipe()
+    os.set_inheritable(leaked_w, True)  # what a pilot may inherit from its own parent
+    jobrun.seal_descriptors()
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(str(out_path), os.O_WRONLY | os.O_CREAT, 0o644)
+    err = os.open(str(err_path), os.O_WRONLY | os.O_CREAT, 0o644)
+    script = ('for f in /proc/$$/fd/*; do [ -e "$f" ] && printf "%s " "${f##*/}"; done; echo; '
+              'echo "$$ $(cut -d" " -f6 /proc/$$/stat)"; pwd; yes | head -1; kill -TERM $$')
+    here = os.getcwd()
+    try:
+        proc = jobrun.spawn(["bash", "-c", script], str(tmp_path), dict(os.environ),
+                            (stdin, out, err))
+        assert isinstance(proc, jobrun.Child) == (posix_spawn and jobrun._SPAWN["posix_spawn"])
+        assert proc.wait() == -15 and proc.poll() == -15
+    finally:
+        for fd in (stdin, out, err, leaked_r, leaked_w):
+            os.close(fd)
+    assert os.getcwd() == here
+    fds, pid_sid, cwd, yes = out_path.read_text().splitlines()
+    pid, sid = pid_sid.split()
+    assert pid == sid == str(proc.pid)
+    assert cwd == str(tmp_path) and fds.split() == ["0", "1", "2"] and yes == "y"
+    assert err_path.read_text() == ""  # SIGPIPE ended `yes` quietly: not ignored
+
+
+def test_spawn_finds_bash_on_the_jobs_path_and_says_when_it_is_not_there(
+        tmp_path: Path) -> None:
+    fds = (os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY),
+           os.open(os.devnull, os.O_WRONLY))
+    try:
+        with pytest.raises(FileNotFoundError):
+            jobrun.spawn(["bash", "-c", "true"], str(tmp_path), {"PATH": str(tmp_path)}, fds)
+        assert jobrun.spawn(["bash", "-c", "exit 3"], str(tmp_path), {"PATH": "/usr/bin:/bin"},
+                            fds).wait() == 3
+    finally:
+        for fd in fds:
+            os.close(fd)
