@@ -41,14 +41,19 @@ def _in_flight(rep: Rep) -> list[tuple[str, str | None]]:
             if event == "start" and (job, attempt) not in ended]
 
 
-def _kill_in_flight(rep: Rep, kill: Callable[[str, str], None]) -> None:
-    """Start jobs; when two run, ``kill(pilot id, Slurm id)``; check the dead attempts'
-    processes go with their pilot; then drain."""
+def _kill_in_flight(rep: Rep, kill: Callable[[str, str], None], at_start: bool = False) -> None:
+    """Start jobs; when two run (or the instant the first starts), ``kill(pilot id, Slurm
+    id)``; check the dead attempts' processes go with their pilot; then drain."""
     _jobs(rep, 4, 3.0)
     rep.start_loop()
     pilot_id, sid = rep.running_pilot(IN_FLIGHT_TIMEOUT)
-    rep.wait(lambda: rep.started() >= 2, IN_FLIGHT_TIMEOUT, "two jobs in flight")
-    time.sleep(rep.rng.uniform(0.0, 1.0))
+    if at_start:
+        deadline = time.monotonic() + IN_FLIGHT_TIMEOUT
+        while not rep.site.ledger.stat().st_size and time.monotonic() < deadline:
+            time.sleep(0.001)
+    else:
+        rep.wait(lambda: rep.started() >= 2, IN_FLIGHT_TIMEOUT, "two jobs in flight")
+        time.sleep(rep.rng.uniform(0.0, 1.0))
     doomed = _in_flight(rep)
     kill(pilot_id, sid)
     rep.wait(lambda: (sid, pilot_id) not in rep.slurm_pilots(ACTIVE), 60, "the pilot to end")
@@ -61,12 +66,22 @@ def baseline(rep: Rep) -> None:
     rep.drain()
 
 
-def kill_9(rep: Rep) -> None:
+def _kill_9(rep: Rep) -> Callable[[str, str], None]:
     def kill(pilot_id: str, sid: str) -> None:
         with contextlib.suppress(ProcessLookupError):  # the node is this host
             os.kill(rep.pilot_pid(pilot_id), signal.SIGKILL)
 
-    _kill_in_flight(rep, kill)
+    return kill
+
+
+def kill_9(rep: Rep) -> None:
+    _kill_in_flight(rep, _kill_9(rep))
+
+
+def kill_9_at_start(rep: Rep) -> None:
+    """kill -9 of the pilot the instant its first job logs its start (the guard may not
+    know that job's process group yet)."""
+    _kill_in_flight(rep, _kill_9(rep), at_start=True)
 
 
 def scancel(rep: Rep) -> None:
@@ -135,6 +150,8 @@ def walltime(rep: Rep) -> None:
 CASES = [
     Case("baseline", baseline, ci=1, long=3, about="6 jobs, no fault"),
     Case("kill-9 pilot", kill_9, ci=2, long=10, about="kill -9 of the pilot, 2 jobs in flight"),
+    Case("kill-9 at start", kill_9_at_start, ci=0, long=10,
+         about="kill -9 of the pilot the instant its first job starts"),
     Case("scancel", scancel, ci=3, long=50, about="scancel of the pilot, 2 jobs in flight"),
     Case("sbatch kill", sbatch_kill, ci=2, long=20,
          about="submitter kill -9 once Slurm queued its pilot"),
