@@ -35,6 +35,7 @@ from galaxy_hpc_runner.errors import ConfigError, SchedulerError
 log = logging.getLogger(__name__)
 
 ACCOUNTING_WAIT = 60.0  # longest wait for Grid Engine's accounting record of an ended pilot
+ACCOUNTING_POLL = 3.0  # qacct at most this often per pilot while waiting
 QACCT_TIMEOUT = 20.0
 HARD_LIMIT_KILL = 37  # Grid Engine's "failed 37 : qmaster enforced h_rt, h_cpu, or h_vmem limit"
 GONE_FROM_DRM = "no longer known to the DRM"
@@ -63,6 +64,7 @@ class DrmaaBackend(Backend):
         self._lock = threading.Lock()  # a DRMAA session is not thread-safe
         self._session: Any = None
         self._ended: dict[str, float] = {}  # seen ended, accounting record not yet written
+        self._asked: dict[str, float] = {}  # when qacct was last asked about it
 
     def _s(self) -> Any:
         if self._session is None:
@@ -127,18 +129,22 @@ class DrmaaBackend(Backend):
     def _ended_status(self, sid: str, state: str) -> PilotStatus:
         """GONE with the accounting's word on how it ended; UNKNOWN while a pilot this
         session saw end has no accounting record yet (bounded by ACCOUNTING_WAIT)."""
+        now = time.monotonic()
+        waiting = PilotStatus(PilotState.UNKNOWN, "%s; waiting for its accounting record"
+                              % (state or "ended"))
+        if now - self._asked.get(sid, -ACCOUNTING_POLL) < ACCOUNTING_POLL:
+            return waiting  # qacct reads the whole accounting file: not at every pass
+        self._asked[sid] = now
         record, may_come = qacct(sid)
-        if record is not None:
-            self._ended.pop(sid, None)
-            self._reap(sid)
-            return PilotStatus(PilotState.GONE, end_reason(record))
-        if may_come and (state or sid in self._ended):
-            first = self._ended.setdefault(sid, time.monotonic())
-            if time.monotonic() - first < ACCOUNTING_WAIT:
-                return PilotStatus(PilotState.UNKNOWN, "%s; waiting for its accounting record"
-                                   % (state or "ended"))
+        if (record is None and may_come and (state or sid in self._ended)
+                and now - self._ended.setdefault(sid, now) < ACCOUNTING_WAIT):
+            return waiting
         self._ended.pop(sid, None)
-        return PilotStatus(PilotState.GONE, state or GONE_FROM_DRM)
+        self._asked.pop(sid, None)
+        if record is None:
+            return PilotStatus(PilotState.GONE, state or GONE_FROM_DRM)
+        self._reap(sid)
+        return PilotStatus(PilotState.GONE, end_reason(record))
 
     def _exited_cleanly(self, sid: str) -> bool:
         """The job's own exit 0 (its JobInfo, which this reaps): no limit killed it."""
