@@ -38,6 +38,8 @@ allowed_output_roots = {r}/results
 settle = 0
 [templates]
 path = {r}/templates
+[spool]
+path = {r}/spool
 [hpc_env]
 workspace = {r}/ws
 scripts = {r}/s
