@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from galaxy_hpc_runner.config import load_config
+from hpc_worker import protocol as p
 from tests.galaxy.server import (
     GalaxyApi,
     GalaxySite,
@@ -70,12 +72,13 @@ def state_delays(site: GalaxySite, api: GalaxyApi, history: str, work: Path) -> 
     release = work / ("release-%d" % time.monotonic_ns())
     job, _ = api.run_tool(history, "hpc_wait", {"release": str(release), "label": "d"})
     name = str(wait_until(lambda: api.job(job).get("external_id"), 30, "external id"))
+    key = p.hpc_key(load_config(site.hpc / "hpc-batch.ini").server_tag, name)  # SERVER=NAME
     queue = site.hpc / "workspace" / "queue"
-    claimed = first_time(lambda: any(queue.joinpath("claimed").glob(name + "@*")))
+    claimed = first_time(lambda: any(queue.joinpath("claimed").glob(key + "@*")))
     running = first_time(lambda: api.job_state(job) == "running")
     release.touch()
-    done = first_time(lambda: queue.joinpath("done", name).exists()
-                      or not (site.hpc / "workspace" / "jobs" / name).exists())
+    done = first_time(lambda: queue.joinpath("done", key).exists()
+                      or not (site.hpc / "workspace" / "jobs" / key).exists())
     ok = first_time(lambda: api.job_state(job) == "ok")
     return running - claimed, ok - done
 
@@ -92,17 +95,21 @@ def run(args: argparse.Namespace, root: Path) -> None:
         site.write()
         site.start()
         try:
-            seq, bursts, delays = measure(args, site, root)
+            api = GalaxyApi.for_new_user(site)
+            history = api.history("bench")
+            seq, bursts = measure(args, api, history)
+            report(args, seq, bursts)  # printed before the state delays are measured
+            delays = [state_delays(site, api, history, root) for _ in range(args.delays)]
         finally:
             site.stop()
             site.stop_pilots()
-    report(args, seq, bursts, delays)
+    print("state delay, pilot -> Galaxy API, %d jobs:" % args.delays)
+    print("  claimed -> running : %s" % summary([r for r, _ in delays]))
+    print("  done    -> ok      : %s" % summary([o for _, o in delays]))
 
 
-def measure(args: argparse.Namespace, site: GalaxySite, root: Path
-            ) -> tuple[dict[str, list[float]], dict[str, float], list[tuple[float, float]]]:
-    api = GalaxyApi.for_new_user(site)
-    history = api.history("bench")
+def measure(args: argparse.Namespace, api: GalaxyApi, history: str
+            ) -> tuple[dict[str, list[float]], dict[str, float]]:
     dataset = api.upload(history, "benchmark input\n" * 10)
     tools = ["bench_cat_local", "bench_cat_local_inproc", "bench_cat_hpc", "bench_cat_gx"]
     tools += list(STAGED) if args.staged else []
@@ -111,8 +118,7 @@ def measure(args: argparse.Namespace, site: GalaxySite, root: Path
     seq = {tool: sequential(api, history, tool, dataset, args.jobs) for tool in tools}
     bursts = {tool: burst(api, history, tool, dataset, args.burst)
               for tool in tools if tool != "bench_cat_local_inproc"}
-    delays = [state_delays(site, api, history, root) for _ in range(args.delays)]
-    return seq, bursts, delays
+    return seq, bursts
 
 
 LABELS = {
@@ -125,8 +131,8 @@ LABELS = {
 }
 
 
-def report(args: argparse.Namespace, seq: dict[str, list[float]], bursts: dict[str, float],
-           delays: list[tuple[float, float]]) -> None:
+def report(args: argparse.Namespace, seq: dict[str, list[float]],
+           bursts: dict[str, float]) -> None:
     print("Galaxy 26.1.2, galaxy-web on loopback, SQLite, job_runner_monitor_sleep 0.5 s, "
           "batcher interval 0.5 s, local backend (pilot kept warm)")
     local = statistics.mean(seq["bench_cat_local"])
@@ -138,9 +144,7 @@ def report(args: argparse.Namespace, seq: dict[str, list[float]], bursts: dict[s
     for tool, total in bursts.items():
         print("  %-78s: %.2fs (%.2fs/job, x%.2f local)" % (
             LABELS[tool], total, total / args.burst, total / bursts["bench_cat_local"]))
-    print("state delay, pilot -> Galaxy API, %d jobs:" % args.delays)
-    print("  claimed -> running : %s" % summary([r for r, _ in delays]))
-    print("  done    -> ok      : %s" % summary([o for _, o in delays]))
+    sys.stdout.flush()
 
 
 def main() -> int:
