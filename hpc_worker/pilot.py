@@ -331,10 +331,12 @@ class Pilot:
 
     def _heartbeat(self) -> None:
         """Every --heartbeat seconds; sooner (at most every BEAT_GAP) when jobs started or
-        ended, at once when the pilot began to drain."""
+        ended, at once when the pilot began to drain or its last job ended (idle: the
+        write costs nothing then, and `status` is current at once)."""
         now = time.time()
         since = now - self.last_heartbeat
-        if since < self.s.heartbeat and not self._urgent and \
+        idle_now = self._changed and not self.running and not self.settling
+        if since < self.s.heartbeat and not self._urgent and not idle_now and \
                 not (self._changed and since >= BEAT_GAP):
             return
         self.last_heartbeat, self._changed, self._urgent = now, False, False
