@@ -101,14 +101,8 @@ def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> d
 def status_data(cfg: Config, transport: Transport, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     spool = Spool(cfg.spool)
-    active = spool.active()
-    counts = {str(state): 0 for state in JobState}
-    for rec in active:
-        counts[str(rec.state)] += 1
-    counts[str(JobState.FINISHED)] += len(spool.finished_names())
-    waiting = sorted((r for r in active if r.state in WAITING), key=lambda r: r.received)
-    running = sorted((r for r in active if r.state == JobState.CLAIMED),
-                     key=lambda r: r.updated)
+    counts = {str(state): spool.count(state) for state in JobState}  # from the index
+    waiting, running = _oldest_waiting(spool), _longest_running(spool)
     pilots = [_pilot_entry(cfg, transport, pilot, now)
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
     last = read_json_quietly(cfg.spool / "last_pass.json")
@@ -129,6 +123,22 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
             "last_pass_ok": passed.ok if passed else None,
             "pass_late": late is not None,
             "problems": list(getattr(spool, "problems", []))}
+
+
+def _oldest_waiting(spool: Spool) -> list[Any]:
+    """The record of the job waiting longest (a list of at most one), found by the
+    index's received times: a backlog costs one record read, not one per job."""
+    known = [(entry.received, name) for name in spool.names(*WAITING)
+             if (entry := spool.entry(name)) is not None]
+    recs = [spool.get(name) for _, name in sorted(known)[:1]]
+    return [r for r in recs if r is not None]
+
+
+def _longest_running(spool: Spool) -> list[Any]:
+    """The record of the job running longest (a list of at most one); running jobs are
+    few (at most the pilots' slots), so each is read."""
+    recs = [r for r in map(spool.get, sorted(spool.names(JobState.CLAIMED))) if r is not None]
+    return sorted(recs, key=lambda r: r.updated or "")[:1]
 
 
 def last_pass_failed(data: dict[str, Any]) -> bool:
