@@ -210,7 +210,7 @@ def show_data(cfg: Config, query: str) -> dict[str, Any]:
     rc, host, pilot and the output tails come from the result file while it is there,
     else from the spool (the record, then its ``finished`` event)."""
     spool = Spool(cfg.spool)
-    name = jobs.find(spool, query)
+    name = jobs.find(spool, query, cfg.dropbox)
     rec = spool.get(name)
     if rec is None:  # removed between find and get
         raise jobs.NoSuchJob("job %r left the spool just now" % name)

@@ -209,7 +209,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from galaxy_hpc_runner.dropbox.spool import Spool
 
     cfg = load_config(args.config)
-    name = jobs.find(Spool(cfg.spool), args.name)
+    name = jobs.find(Spool(cfg.spool), args.name, cfg.dropbox)
     outcome = _submitter(cfg).cancel(name)
     print("%s: %s" % (name, outcome))
     return Exit.FAILED if outcome == "not active" else Exit.OK

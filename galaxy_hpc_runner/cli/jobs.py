@@ -143,8 +143,9 @@ def _hosts_from_results(dropbox: Path, rows: list[JobRow]) -> None:
         r.host = str(node["host"]) if node.get("host") else None
 
 
-def find(spool: Spool, query: str) -> str:
-    """The job NAME meant by ``query``: the exact name, a Galaxy job id, or a unique prefix."""
+def find(spool: Spool, query: str, dropbox: Path | None = None) -> str:
+    """The job NAME meant by ``query``: the exact name, a Galaxy job id, or a unique prefix.
+    NoSuchJob otherwise, saying so when ``dropbox`` still holds QUERY.job (not received)."""
     if spool.get(query) is not None:
         return query
     known = records(spool)
@@ -158,6 +159,11 @@ def find(spool: Spool, query: str) -> str:
         raise NoSuchJob("%r is ambiguous: %d jobs start with it (%s%s); give more of the name"
                         % (query, len(prefixed), ", ".join(prefixed[:5]),
                            ", ..." if len(prefixed) > 5 else ""))
+    waiting = dropbox / (query + d.SUFFIX) if dropbox is not None else None
+    if waiting is not None and waiting.is_file():
+        raise NoSuchJob("%s is still waiting in the dropbox (%s): no submitter pass has "
+                        "received it yet; is a submitter running? (hpc-batch status)"
+                        % (query, waiting))
     raise NoSuchJob("no job named %r, with Galaxy job id %r, or whose name starts with it in "
                     "spool %s (see hpc-batch jobs)" % (query, query, spool.path))
 

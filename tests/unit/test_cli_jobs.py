@@ -87,6 +87,14 @@ def test_a_job_is_found_by_name_galaxy_id_or_unique_prefix(config: Path) -> None
     assert proc.returncode == Exit.NO_SUCH_JOB and "ambiguous" in proc.stderr
 
 
+def test_show_of_a_job_not_yet_received_says_it_waits_in_the_dropbox(config: Path) -> None:
+    (config.parent / "dropbox" / "fresh.job").write_text("script: whisper\n")
+    proc = hpc_batch(config, "show", "fresh")
+    assert proc.returncode == Exit.NO_SUCH_JOB
+    assert "fresh is still waiting in the dropbox" in proc.stderr
+    assert "no submitter pass has received it yet" in proc.stderr
+
+
 def test_show_keeps_rc_and_pilot_after_the_result_file_is_gone(config: Path) -> None:
     data = json.loads(hpc_batch(config, "show", "gentle", "--json").stdout)
     assert data["name"] == "gentle-c3" and data["result"] is None
