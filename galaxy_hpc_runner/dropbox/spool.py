@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from galaxy_hpc_runner.dropbox import spool_format
 from galaxy_hpc_runner.dropbox.passlock import pass_lock
 from galaxy_hpc_runner.dropbox.spool_index import DirView, Entry, JobIndex, epoch, stat_key
 from galaxy_hpc_runner.dropbox.spool_records import (
@@ -107,6 +108,7 @@ class Spool:
         self._token = "%d-%s" % (os.getpid(), os.urandom(8).hex())  # see lock()
         self._unsynced: set[str] = set()  # directories with writes not yet made durable
         self._make_private()
+        self.format = spool_format.ensure(self.path)  # refuses a newer release's spool
         for d in (self.jobs, self.finished, self.pilots_dir):
             d.mkdir(mode=0o700, exist_ok=True)
 
