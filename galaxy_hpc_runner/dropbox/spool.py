@@ -86,6 +86,7 @@ ACTIVE = (RECEIVED, STAGED, CLAIMED)
 FRESH = 1.0  # seconds: a record changed this recently is read again on its next use
 RESCAN_EVERY = 30.0  # seconds: the longest a look at jobs/ is reused (see Spool.names)
 RECORDS_KEPT = 1024  # whole records kept in memory (the rest is read again when needed)
+PRUNE_STAMP = "pruned"  # SPOOL/pruned: when finished records were last pruned
 
 
 class Spool:
@@ -326,6 +327,18 @@ class Spool:
 
     def history_all(self) -> list[dict[str, Any]]:
         return p.read_jsonl(str(self.events) + ".1") + p.read_jsonl(str(self.events))
+
+    def prune_if_due(self, keep_days: float, every: float) -> int:
+        """:meth:`prune` when the last prune by any process (``SPOOL/pruned``'s time) is
+        ``every`` seconds old or more: a cron pass (a new process each minute) does not
+        scan ``finished/`` every time."""
+        stamp = self.path / PRUNE_STAMP
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stamp.stat().st_mtime < every:
+                return 0
+        removed = self.prune(keep_days)
+        p.atomic_write(str(stamp), "%f\n" % time.time(), sync=False)
+        return removed
 
     def prune(self, keep_days: float, max_event_bytes: int = 64 << 20) -> int:
         """Forget finished jobs older than ``keep_days``; keep one old event-log generation.

@@ -113,7 +113,6 @@ class Submitter:
         self.collector = Collector(self.spool, self.stager)
         self.control = control.Control()  # read again at the start of every pass
         self._layout_ready = False
-        self._last_prune = -PRUNE_EVERY
         self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
         self._dropbox = DropboxReader(cfg, self.spool, self._finish)
@@ -134,10 +133,8 @@ class Submitter:
             finally:
                 self._batching = False
             self._guarded(report, "cleaning up finished jobs", self._clean_finished)
-            if time.monotonic() - self._last_prune > PRUNE_EVERY:
-                self._last_prune = time.monotonic()
-                self._guarded(report, "pruning the spool",
-                              lambda _: self.spool.prune(self.cfg.keep_finished_days))
+            self._guarded(report, "pruning the spool", lambda _: self.spool.prune_if_due(
+                self.cfg.keep_finished_days, PRUNE_EVERY))
             report.errors.extend(self.spool.take_problems())
             self._write_pass_status(report)
             try:  # monitoring must never fail a pass

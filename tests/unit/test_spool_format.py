@@ -50,3 +50,4 @@ def test_a_link_as_format_file_is_not_followed(tmp_path: Path) -> None:
     path.symlink_to(target)
     with pytest.raises(SpoolError, match="cannot be read"):
         Spool(tmp_path / "spool")
+
