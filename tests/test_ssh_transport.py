@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import subprocess
@@ -104,6 +105,9 @@ def test_a_key_the_head_node_refuses_fails_at_once_naming_the_settings(
     with pytest.raises(TransportError, match=r"authentication failed.*key_file"):
         t.listdir("/")
     assert len(connects) == 1
+    anonymous = connect(ssh_server, key_file=str(key), user=None)  # type: ignore[arg-type]
+    with pytest.raises(TransportError, match="ssh to %s@" % getpass.getuser()):
+        anonymous.listdir("/")  # the login name paramiko used, not "@host"
 
 
 def test_key_passphrase_comes_from_the_environment(

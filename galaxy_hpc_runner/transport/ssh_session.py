@@ -10,6 +10,7 @@ lost after it was sent is :class:`CommandOutcomeUnknown`, never a second run.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import shlex
@@ -114,8 +115,8 @@ class SshSession:
         except paramiko.AuthenticationException as exc:  # permanent: never retried
             raise TransportError(
                 "ssh to %s@%s:%d: authentication failed (%s): check [transport] user, key_file "
-                "and passphrase_env/passphrase_file" % (self.user or "", self.host, self.port,
-                                                          exc)) from exc
+                "and passphrase_env/passphrase_file" % (
+                    self.user or getpass.getuser(), self.host, self.port, exc)) from exc
         except paramiko.BadHostKeyException as exc:
             raise TransportError("host key of %s:%d CHANGED (not the one in %s): refusing to "
                                  "connect" % (self.host, self.port, self.known_hosts)) from exc
