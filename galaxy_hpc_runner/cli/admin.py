@@ -23,7 +23,7 @@ from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker import protocol as p
 from hpc_worker import records
-from hpc_worker.states import JobState, PilotState, ResultStatus
+from hpc_worker.states import HeartbeatState, JobState, PilotState, ResultStatus
 
 T = TypeVar("T")
 WAITING = (JobState.RECEIVED, JobState.STAGED)
@@ -84,10 +84,13 @@ def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> d
     entry = dict(pilot.__dict__)
     entry["state"] = str(pilot.state)
     entry["age"] = age_of(pilot.submitted, now)
-    if pilot.state is PilotState.PENDING:
-        entry["queue_wait"] = entry["age"]  # waiting in the scheduler's queue so far
     record = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
     hb = record.to_json() if record else None
+    if pilot.state is PilotState.PENDING and record is not None and \
+            record.state is not HeartbeatState.STOPPED:
+        entry["state"] = str(PilotState.RUNNING)  # it beat since the last pass looked
+    elif pilot.state is PilotState.PENDING:
+        entry["queue_wait"] = entry["age"]  # waiting in the scheduler's queue so far
     entry["gpu"] = gpu_figures.pilot_figures(hb)  # a gone pilot's too: its last word
     if pilot.state is not PilotState.GONE:
         entry["heartbeat"] = hb
@@ -157,9 +160,13 @@ def format_status(data: dict[str, Any]) -> str:
     if longest:
         lines.append("longest running: %s (on %s for %s)" % (
             longest["name"], longest["pilot"] or "?", ago(longest.get("age"))))
-    lines.append("pilots:" if data["pilots"] else "pilots: none")
-    for pilot in data["pilots"]:
-        lines.append("  " + _pilot_line(pilot))
+    live = [pl for pl in data["pilots"] if pl["state"] != PilotState.GONE]
+    gone = [pl for pl in data["pilots"] if pl["state"] == PilotState.GONE]
+    lines.append("pilots:" if live else "pilots: none alive")
+    lines += ["  " + _pilot_line(pilot) for pilot in live]
+    if gone:  # their story is in `hpc-batch status --json` and `hpc-batch report`
+        lines.append("  and %d gone, the newest %s (submitted %s ago)" % (
+            len(gone), gone[-1]["pilot_id"], jobs.ago(gone[-1].get("age"))))
     own = gpu_figures.total_text(data.get("gpu_total"), "this server's pilots above")
     lines += ([own] if own else []) + site_view.site_lines(data.get("site"))
     lines += _pass_lines(data)

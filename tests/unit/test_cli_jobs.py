@@ -207,3 +207,28 @@ def test_a_pass_started_while_another_runs_is_quiet_unless_that_one_looks_stuck(
         stuck = hpc_batch(config, "--quiet", "submitter", "--once")
         assert stuck.returncode == Exit.UNREACHABLE
         assert "is a pass stuck? (hpc-batch status)" in stuck.stderr
+
+
+def test_status_believes_a_pending_pilot_that_beats_and_sums_up_gone_ones(config: Path) -> None:
+    from galaxy_hpc_runner.dropbox.registry import HEARTBEAT_SUFFIX
+    from galaxy_hpc_runner.dropbox.spool_records import PilotRecord
+    from hpc_worker.records import Heartbeat
+    from hpc_worker.states import HeartbeatState, PilotState
+
+    cfg = load_config(config)
+    spool = Spool(cfg.spool)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for n in range(5):
+        spool.save_pilot(PilotRecord("pilot-old%d" % n, str(n), "local", stamp, PilotState.GONE))
+    spool.save_pilot(PilotRecord("pilot-new", "9", "local", stamp))  # pending at the last pass
+    (Path(cfg.workspace) / p.PILOTS).mkdir(parents=True, exist_ok=True)
+    beat = Heartbeat(pilot="pilot-new", state=HeartbeatState.RUNNING, epoch=time.time(),
+                     running=["whisper-b2"])
+    Path(p.pilot_path(cfg.workspace, "pilot-new", HEARTBEAT_SUFFIX)).write_text(beat.dumps())
+    out = hpc_batch(config, "status").stdout
+    line = next(ln for ln in out.splitlines() if "pilot-new" in ln)
+    assert " running " in line and "running whisper-b2" in line and "queued" not in line
+    assert "and 5 gone, the newest pilot-old4" in out
+    assert "pilot-old0" not in out  # gone ones are summed up, listed in --json
+    pilots = json.loads(hpc_batch(config, "status", "--json").stdout)["pilots"]
+    assert len(pilots) == 6
