@@ -55,6 +55,7 @@ class Beat:
     time: str = ""
     running: list[str] = field(default_factory=list)
     done: int | None = None
+    host: str = ""
 
 
 def view(cls: type[T], data: Any) -> T | None:
@@ -183,8 +184,8 @@ def _pilot_line(pilot: dict[str, Any]) -> str:
     if pilot.get("queue_wait") is not None and not hb:
         text += ", queued %s so far" % ago(pilot["queue_wait"])
     if hb:
-        text += "  heartbeat %s ago, running %s, done %s" % (
-            ago(pilot.get("heartbeat_age")), ",".join(hb.running or []) or "-",
+        text += "  on %s, heartbeat %s ago, running %s, done %s" % (
+            hb.host or "?", ago(pilot.get("heartbeat_age")), ",".join(hb.running or []) or "-",
             "?" if hb.done is None else hb.done)
     return text + gpu_figures.pilot_text(pilot.get("gpu"))
 

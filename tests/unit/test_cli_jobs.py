@@ -223,11 +223,12 @@ def test_status_believes_a_pending_pilot_that_beats_and_sums_up_gone_ones(config
     spool.save_pilot(PilotRecord("pilot-new", "9", "local", stamp))  # pending at the last pass
     (Path(cfg.workspace) / p.PILOTS).mkdir(parents=True, exist_ok=True)
     beat = Heartbeat(pilot="pilot-new", state=HeartbeatState.RUNNING, epoch=time.time(),
-                     running=["whisper-b2"])
+                     running=["whisper-b2"], host="gpu9")
     Path(p.pilot_path(cfg.workspace, "pilot-new", HEARTBEAT_SUFFIX)).write_text(beat.dumps())
     out = hpc_batch(config, "status").stdout
     line = next(ln for ln in out.splitlines() if "pilot-new" in ln)
     assert " running " in line and "running whisper-b2" in line and "queued" not in line
+    assert "on gpu9, heartbeat" in line  # where its jobs run (the jobs table has it at the end)
     assert "and 5 gone, the newest pilot-old4" in out
     assert "pilot-old0" not in out  # gone ones are summed up, listed in --json
     pilots = json.loads(hpc_batch(config, "status", "--json").stdout)["pilots"]
