@@ -128,6 +128,11 @@ def contradictions(cfg: Config) -> list[str]:
                           "is only %gs: the pilot would be told to stop as it starts; warn "
                           "later (a smaller @SECONDS) or raise the walltime" % (
                               signal, match.group(1) or 60, walltime))
+    h_rt = grid_engine_h_rt(cfg)
+    if h_rt is not None and h_rt < walltime:
+        errors.append("[scheduler] native_spec asks Grid Engine for h_rt = %gs, less than [pilot] "
+                      "walltime = %gs: Grid Engine would kill the pilot before it drains; make "
+                      "[pilot] walltime at most h_rt" % (h_rt, walltime))
     gpus = gres_gpus(cfg)
     per_gpu = max(1, int(getattr(cfg.pilot, "slots_per_gpu", 1)))
     if gpus is not None and cfg.pilot.slots > gpus * per_gpu:
@@ -136,6 +141,23 @@ def contradictions(cfg: Config) -> list[str]:
                       "(gres), or let slots share a GPU with [pilot] slots_per_gpu" % (
                           cfg.pilot.slots, gpus, per_gpu, gpus * per_gpu))
     return errors
+
+
+def grid_engine_h_rt(cfg: Config) -> float | None:
+    """Seconds of the ``h_rt`` in a drmaa backend's native_spec (``-l h_rt=1:30:00`` or
+    seconds); None when there is none or it is not in a form Grid Engine documents."""
+    if cfg.backend != "drmaa":
+        return None
+    match = re.search(r"(?:^|[\s,])h_rt=([0-9:]+)(?=$|[\s,])", cfg.scheduler.get("native_spec", ""))
+    if not match:
+        return None
+    parts = match.group(1).split(":")
+    if len(parts) > 3 or not all(parts):
+        return None
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds
 
 
 def gres_gpus(cfg: Config) -> int | None:

@@ -85,6 +85,16 @@ def test_a_warning_signal_longer_than_the_walltime_fails(tmp_path: Path) -> None
     assert "is not Slurm's [B:]SIGNAL[@SECONDS] form" in problems(bad)[0]
 
 
+def test_a_grid_engine_h_rt_shorter_than_the_walltime_fails(tmp_path: Path) -> None:
+    path = write(tmp_path, "[scheduler]\nbackend = drmaa\nnative_spec = -l h_rt=0:30:00,gpu=1\n"
+                           "[pilot]\nwalltime = 1h\nidle_timeout = 1m\n")
+    [error] = problems(path)
+    assert "h_rt = 1800s, less than [pilot] walltime = 3600s" in error
+    fits = write(tmp_path, "[scheduler]\nbackend = drmaa\nnative_spec = -q gpu -l h_rt=3600\n"
+                           "[pilot]\nwalltime = 1h\nidle_timeout = 1m\n")
+    assert problems(fits) == []
+
+
 def test_more_slots_than_gpus_fails_unless_slots_share_gpus(tmp_path: Path) -> None:
     path = write(tmp_path, "[scheduler]\nbackend = slurm\ngres = gpu:v100:2\n[pilot]\nslots = 4\n")
     [error] = problems(path)
