@@ -128,11 +128,6 @@ def contradictions(cfg: Config) -> list[str]:
                           "is only %gs: the pilot would be told to stop as it starts; warn "
                           "later (a smaller @SECONDS) or raise the walltime" % (
                               signal, match.group(1) or 60, walltime))
-    h_rt = grid_engine_h_rt(cfg)
-    if h_rt is not None and h_rt < walltime:
-        errors.append("[scheduler] native_spec asks Grid Engine for h_rt = %gs, less than [pilot] "
-                      "walltime = %gs: Grid Engine would kill the pilot before it drains; make "
-                      "[pilot] walltime at most h_rt" % (h_rt, walltime))
     gpus = gres_gpus(cfg)
     per_gpu = max(1, int(getattr(cfg.pilot, "slots_per_gpu", 1)))
     if gpus is not None and cfg.pilot.slots > gpus * per_gpu:
@@ -141,6 +136,17 @@ def contradictions(cfg: Config) -> list[str]:
                       "(gres), or let slots share a GPU with [pilot] slots_per_gpu" % (
                           cfg.pilot.slots, gpus, per_gpu, gpus * per_gpu))
     return errors
+
+
+def warnings(cfg: Config) -> list[str]:
+    """What `check` warns of without refusing the configuration."""
+    h_rt = grid_engine_h_rt(cfg)
+    if h_rt is not None and h_rt < cfg.pilot.walltime:
+        return ["[scheduler] native_spec asks Grid Engine for h_rt = %gs, less than [pilot] "
+                "walltime = %gs: Grid Engine will kill the pilot before it drains (its jobs are "
+                "released and rerun); make [pilot] walltime at most h_rt" % (
+                    h_rt, cfg.pilot.walltime)]
+    return []
 
 
 def grid_engine_h_rt(cfg: Config) -> float | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from galaxy_hpc_runner import __version__
+from galaxy_hpc_runner import __version__, config_checks
 from galaxy_hpc_runner.cli.exitcodes import Exit
 from galaxy_hpc_runner.config import Config, load_config, read_config
 from galaxy_hpc_runner.dropbox.boundary import dropbox_warnings
@@ -47,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg, errors = read_config(args.config)
     if cfg.templates.is_dir():  # every template must pass the placeholder check (docs/security.md)
         errors += check_templates(cfg.templates)
-    for warning in dropbox_warnings(cfg):
+    for warning in dropbox_warnings(cfg) + config_checks.warnings(cfg):
         print("warning: %s" % warning)
     if errors:
         print("%s: %d problem(s):" % (cfg.path, len(errors)))

@@ -8,7 +8,14 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from galaxy_hpc_runner.config import default_spool, parse_duration, read_config, shipped
+from galaxy_hpc_runner import config_checks
+from galaxy_hpc_runner.config import (
+    default_spool,
+    load_config,
+    parse_duration,
+    read_config,
+    shipped,
+)
 from galaxy_hpc_runner.config_checks import gres_gpus
 
 SITE = """\
@@ -85,14 +92,14 @@ def test_a_warning_signal_longer_than_the_walltime_fails(tmp_path: Path) -> None
     assert "is not Slurm's [B:]SIGNAL[@SECONDS] form" in problems(bad)[0]
 
 
-def test_a_grid_engine_h_rt_shorter_than_the_walltime_fails(tmp_path: Path) -> None:
+def test_a_grid_engine_h_rt_shorter_than_the_walltime_is_warned_of(tmp_path: Path) -> None:
     path = write(tmp_path, "[scheduler]\nbackend = drmaa\nnative_spec = -l h_rt=0:30:00,gpu=1\n"
                            "[pilot]\nwalltime = 1h\nidle_timeout = 1m\n")
-    [error] = problems(path)
-    assert "h_rt = 1800s, less than [pilot] walltime = 3600s" in error
+    [warning] = config_checks.warnings(load_config(path))
+    assert "h_rt = 1800s, less than [pilot] walltime = 3600s" in warning
     fits = write(tmp_path, "[scheduler]\nbackend = drmaa\nnative_spec = -q gpu -l h_rt=3600\n"
                            "[pilot]\nwalltime = 1h\nidle_timeout = 1m\n")
-    assert problems(fits) == []
+    assert config_checks.warnings(load_config(fits)) == []
 
 
 def test_more_slots_than_gpus_fails_unless_slots_share_gpus(tmp_path: Path) -> None:
