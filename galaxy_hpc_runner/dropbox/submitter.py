@@ -72,6 +72,7 @@ from hpc_worker.states import Reason, ResultStatus
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between prunes of old finished records
 CHUNK = 256  # descriptions received, and jobs staged per sync, in one step of a pass
+LATER_CLEAN = 4 * CHUNK  # finished jobs whose HPC files may wait while others are in flight
 
 
 @dataclass
@@ -113,7 +114,9 @@ class Submitter:
         self.collector = Collector(self.spool, self.stager)
         self.control = control.Control()  # read again at the start of every pass
         self._layout_ready = False
-        self._to_clean: list[JobRecord] = []  # finished, HPC files removed after a barrier
+        # finished, HPC files removed after a barrier; while other jobs are in flight at
+        # most LATER_CLEAN of them wait, so that a burst's results are not held up by it
+        self._to_clean: dict[str, JobRecord] = {}
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
         self._dropbox = DropboxReader(cfg, self.spool, self._finish)
 
@@ -132,7 +135,7 @@ class Submitter:
                 self._guarded(report, "on the HPC side", self._hpc_steps)
             finally:
                 self._batching = False
-            self._guarded(report, "cleaning up finished jobs", self._clean_finished)
+            self._guarded(report, "cleaning up finished jobs", self._clean_when_quiet)
             self._guarded(report, "pruning the spool", lambda _: self.spool.prune_if_due(
                 self.cfg.keep_finished_days, PRUNE_EVERY))
             report.errors.extend(self.spool.take_problems())
@@ -177,8 +180,8 @@ class Submitter:
         for rec in self._records(sorted(self._to_follow(view))):
             if rec.state in (STAGED, CLAIMED):
                 self._follow(rec, view, report)
-        self._to_clean.extend(self._records(sorted(unclean)))
-        self._clean_finished(report)
+        self._to_clean.update((rec.name, rec) for rec in self._records(
+            sorted(unclean - self._to_clean.keys())))
         self._manage_pilots(report)
 
     def _to_follow(self, view: QueueView) -> set[str]:
@@ -218,14 +221,28 @@ class Submitter:
             self.spool.transition(rec, STAGED)
             report.staged += 1
 
-    def _clean_finished(self, _report: PassReport | None = None) -> None:
-        """HPC files of finished jobs go once their records and results are durable."""
+    def _clean_when_quiet(self, _report: PassReport | None = None) -> None:
+        """Removing a finished job's HPC files (a tree of about 15 entries) costs more
+        than collecting it: while jobs are still staged or claimed, up to LATER_CLEAN
+        finished ones wait, and the pass goes on to stage and collect the others; the
+        rest are removed as soon as nothing is in flight. A record stays FINISHED until
+        its files are gone, so a restarted submitter removes them too."""
+        busy = bool(self.spool.names(STAGED) or self.spool.names(CLAIMED))
+        keep = LATER_CLEAN if busy else 0
+        if len(self._to_clean) > keep:
+            self._clean_finished(len(self._to_clean) - keep)
+        else:  # the pass's results and records are durable when it ends, as before
+            self.spool.barrier(self.stager.take_unsynced())
+
+    def _clean_finished(self, count: int | None = None) -> None:
+        """HPC files of finished jobs go once their records and results are durable:
+        ``count`` of them (the oldest first), all by default."""
         if not self._to_clean:
             return
         self.spool.barrier(self.stager.take_unsynced())
-        todo, self._to_clean = self._to_clean, []
-        for rec in todo:
-            self._cleanup(rec)
+        names = list(self._to_clean)[:count]
+        for name in names:
+            self._cleanup(self._to_clean.pop(name))
 
     def loop(self, stop: threading.Event, interval: float | None = None,
              wake: threading.Event | None = None,
@@ -248,8 +265,11 @@ class Submitter:
 
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
-        """New descriptions, CHUNK at most; nothing to list while the dropbox is quiet."""
-        self._dropbox.receive(report, CHUNK)
+        """New descriptions, CHUNK at most (a quarter of that while fewer than CHUNK jobs
+        wait in the ready queue: the pilots get them sooner); nothing to list while the
+        dropbox is quiet."""
+        waiting = len(self.spool.names(STAGED))
+        self._dropbox.receive(report, CHUNK if waiting >= CHUNK else CHUNK // 4)
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
@@ -342,7 +362,7 @@ class Submitter:
         self.spool.transition(rec, FINISHED, status=node["status"], message=node["message"],
                               rc=node.get("rc"))
         if node.get("reason") != Reason.INVALID:
-            self._to_clean.append(rec)  # after the barrier (_clean_finished)
+            self._to_clean[rec.name] = rec  # after the barrier (_clean_finished)
             if not self._batching:
                 self._clean_finished()
         else:
