@@ -80,6 +80,8 @@ def test_the_wheel_ships_data_metadata_and_license(built: dict[str, Path]) -> No
         meta = whl.read(metadata).decode()
     for rel in SHIPPED:
         assert "galaxy_hpc_runner/shipped/" + rel in names, rel
+    for script in ("galaxy_job.sh", "galaxy_job_staged.sh"):  # Galaxy-script mode's templates
+        assert "galaxy_hpc_runner/galaxy/" + script in names, script
     assert any(n.endswith(".dist-info/LICENSE") for n in names)
     assert "Requires-Dist: paramiko" in meta and "Requires-Python: >=3.10" in meta
     assert "Classifier: License :: OSI Approved :: Apache Software License" in meta
