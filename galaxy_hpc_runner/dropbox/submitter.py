@@ -364,7 +364,7 @@ class Submitter:
         if node.get("reason") != Reason.INVALID:
             self._to_clean[rec.name] = rec  # after the barrier (_clean_finished)
             if not self._batching:
-                self._clean_finished()
+                self._clean_when_quiet()
         else:
             self.spool.archive(rec)
 
@@ -389,7 +389,7 @@ class Submitter:
             try:
                 return self._cancel(name)
             finally:
-                self._clean_finished()
+                self._clean_when_quiet()
 
     def _cancel(self, name: str) -> str:
         rec = self.spool.get(name)
