@@ -20,7 +20,13 @@ import logging
 import time
 from typing import Any
 
-from galaxy_hpc_runner.backends import Backend, PilotStatus, SubmissionUncertain, pilot_spec
+from galaxy_hpc_runner.backends import (
+    Backend,
+    PilotSpec,
+    PilotStatus,
+    SubmissionUncertain,
+    pilot_spec,
+)
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import deploy
 from galaxy_hpc_runner.dropbox.pilot_states import BEING_SUBMITTED, NEVER_REACHED, pilot_states
@@ -263,16 +269,9 @@ class PilotManager:
         except (SchedulerError, TransportError) as exc:
             self._refused(rec, None, exc)
             raise
-        entry = PilotEntry(pilot_id=rec.pilot_id, submitted=rec.submitted,
-                           submitter=self.server, backend=self.backend.name,
-                           slots=spec.slots, walltime=spec.walltime,
-                           program=deploy.remote_program(self.cfg))
-        with self.registry.lock():
-            other = self._raced()
-            if other is not None:
-                return other
-            self.registry.write(entry)
-        self.spool.save_pilot(rec)
+        entry = self._record_intent(rec, spec)
+        if isinstance(entry, PilotRecord):
+            return entry  # another server's pilot, queued since the decision
         try:  # put back if a prune removed it since the preflight (deploy.prune_programs)
             deploy.ensure_deployed(self.cfg, self.t)
         except TransportError as exc:
@@ -289,6 +288,21 @@ class PilotManager:
             raise
         self._submitted(rec, entry)
         return rec
+
+    def _record_intent(self, rec: PilotRecord, spec: PilotSpec) -> PilotEntry | PilotRecord:
+        """The pilot's intent, written to the registry under its lock, then to the spool;
+        instead the record of another server's pilot queued since :meth:`refresh`."""
+        entry = PilotEntry(pilot_id=rec.pilot_id, submitted=rec.submitted,
+                           submitter=self.server, backend=self.backend.name,
+                           slots=spec.slots, walltime=spec.walltime,
+                           program=deploy.remote_program(self.cfg))
+        with self.registry.lock():
+            other = self._raced()
+            if other is not None:
+                return other
+            self.registry.write(entry)
+        self.spool.save_pilot(rec)
+        return entry
 
     def _raced(self) -> PilotRecord | None:
         """The newest pilot another server queued since our refresh, if any (under lock)."""
