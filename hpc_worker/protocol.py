@@ -188,6 +188,15 @@ def atomic_write(path: str, data: "bytes | str", mode: Optional[int] = None,
         raise
 
 
+def write_all(fd: int, data: bytes, sync: bool) -> None:
+    """Every byte of ``data`` to ``fd`` (``sync``: then on disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if sync:
+        os.fsync(fd)
+
+
 def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
     """:func:`atomic_write` with the umask's mode in fewer system calls, for a process that
     writes many small files (the pilot): the temp file ``.tmp-PID-NAME`` is created
@@ -208,11 +217,7 @@ def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
         return
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if sync:
-                os.fsync(fd)
+            write_all(fd, data, sync)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -22,6 +22,7 @@ from typing import Any
 
 from galaxy_hpc_runner.dropbox.spool_index import StatKey, stat_key
 from galaxy_hpc_runner.errors import HpcBatchError
+from hpc_worker import protocol as p
 from hpc_worker.states import JobState, PilotState
 
 
@@ -145,11 +146,7 @@ def write_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
     tmp = os.path.join(directory, ".tmp-" + base)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
+        p.write_all(fd, data, sync)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
