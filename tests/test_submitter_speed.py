@@ -38,20 +38,20 @@ def test_the_loop_runs_a_dropped_job_on_the_change_not_at_the_interval(make_site
 
 def test_a_backlog_is_taken_in_chunks_with_a_pilot_asked_for_in_the_first_pass(
         make_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submitter_module, "CHUNK", 2)
+    monkeypatch.setattr(submitter_module, "CHUNK", 8)
     site = make_site()
-    names = ["j%d" % i for i in range(5)]
+    names = ["j%d" % i for i in range(12)]
     for name in names:
         site.drop(name, site.upper_job(name))
     sub = site.submitter()
-    report = sub.run_pass()
+    report = sub.run_pass()  # a quarter of a chunk while the ready queue is short
     assert (report.received, report.staged, report.more) == (2, 2, True)
     assert report.pilots_submitted == 1  # the pilot starts on the first chunk
     site.drain(names, sub=sub)
     for name in names:
         assert site.result(name)["job"]["status"] == "ok"
     received = [e["job"] for e in sub.spool.history_all() if e["to"] == JobState.RECEIVED]
-    assert sorted(received) == names  # each received once
+    assert sorted(received) == sorted(names)  # each received once
 
 
 def test_a_staging_chunk_asks_for_pilots_before_the_next_chunk(

@@ -269,7 +269,7 @@ class Submitter:
         wait in the ready queue: the pilots get them sooner); nothing to list while the
         dropbox is quiet."""
         waiting = len(self.spool.names(STAGED))
-        self._dropbox.receive(report, CHUNK if waiting >= CHUNK else CHUNK // 4)
+        self._dropbox.receive(report, CHUNK if waiting >= CHUNK else max(1, CHUNK // 4))
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
