@@ -1,9 +1,9 @@
-"""The registry lock by repetition: in each of 50 tries, three submitter processes race for
-it while a fourth, killed at a random instant (before, while or after it takes the lock),
-holds it; no two ever hold it at once and the dead holder costs: nothing on this host (its
-process is seen gone), at most the lease when it "ran on another host" (every other try,
-with a short lease). HPC_BATCH_LOCK_TRIES sets the number of tries (the sshd variant runs a
-tenth of them, at least 4)."""
+"""The registry lock by repetition: in each of 20 tries (CI; 50 in the long run), three
+submitter processes race for it while a fourth, killed at a random instant (before, while
+or after it takes the lock), holds it; no two ever hold it at once and the dead holder
+costs: nothing on this host (its process is seen gone), at most the lease when it "ran on
+another host" (every other try, with a short lease). HPC_BATCH_LOCK_TRIES sets the number
+of tries (the sshd variant runs a tenth of them, at least 4)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.sitekit import Site
 from tests.test_two_servers import ssh_sections
 
 PROJECT = Path(__file__).resolve().parents[1]
-TRIES = int(os.environ.get("HPC_BATCH_LOCK_TRIES", "50"))
+TRIES = int(os.environ.get("HPC_BATCH_LOCK_TRIES", "20"))  # 50 and more: set it (long run)
 RACERS = 3
 SHORT_LEASE = 1.0
 
@@ -125,7 +125,7 @@ def one_try(tmp_path: Path, attempt: int, remote: bool, config: str = "",
     return time.monotonic() - started, any(pid == victim.pid for _, _, pid in spans)
 
 
-def test_fifty_races_with_a_killed_holder_never_two_holders(tmp_path: Path) -> None:
+def test_racing_tries_with_a_killed_holder_never_two_holders(tmp_path: Path) -> None:
     waits: dict[bool, list[float]] = {False: [], True: []}
     killed_holding = 0
     for attempt in range(TRIES):
