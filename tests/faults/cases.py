@@ -149,10 +149,10 @@ def walltime(rep: Rep) -> None:
 
 CASES = [
     Case("baseline", baseline, ci=1, long=3, about="6 jobs, no fault"),
-    Case("kill-9 pilot", kill_9, ci=2, long=10, about="kill -9 of the pilot, 2 jobs in flight"),
+    Case("kill-9 pilot", kill_9, ci=1, long=10, about="kill -9 of the pilot, 2 jobs in flight"),
     Case("kill-9 at start", kill_9_at_start, ci=0, long=10,
          about="kill -9 of the pilot the instant its first job starts"),
-    Case("scancel", scancel, ci=3, long=50, about="scancel of the pilot, 2 jobs in flight"),
+    Case("scancel", scancel, ci=2, long=50, about="scancel of the pilot, 2 jobs in flight"),
     Case("sbatch kill", sbatch_kill, ci=2, long=20,
          about="submitter kill -9 once Slurm queued its pilot"),
     Case("ssh drop", ssh_drop, ci=2, long=10,
