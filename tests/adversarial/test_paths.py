@@ -21,7 +21,7 @@ from galaxy_hpc_runner.dropbox.receive import receive_one
 from galaxy_hpc_runner.dropbox.submitter import PassReport
 from galaxy_hpc_runner.errors import ConfigError
 from hpc_worker.records import MAX_RUNS_BYTES
-from tests.adversarial.secrets import SECRET, make_secret, nothing_leaked
+from tests.adversarial.secrets import SECRET, flipping, make_secret, nothing_leaked
 from tests.sitekit import Site
 
 
@@ -145,28 +145,8 @@ def test_inputs_flipping_to_a_link_during_passes_never_leak(any_site: Site) -> N
     for name in names:
         site.drop(name, site.upper_job(name, "plain\n"))
         inputs.append(site.root / "media" / (name + ".txt"))
-    stop = threading.Event()
-
-    def flip() -> None:
-        n = 0
-        while not stop.is_set():
-            for path in inputs:
-                tmp = path.with_name(".flip-%s" % path.name)
-                if n % 2:
-                    tmp.write_text("plain\n")
-                else:
-                    tmp.symlink_to(secret)
-                os.replace(tmp, path)
-            n += 1
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=flip, daemon=True)
-    thread.start()
-    try:
+    with flipping(inputs, secret):
         site.drain(names, timeout=120)
-    finally:
-        stop.set()
-        thread.join()
     for name in names:
         out = site.out(name + ".upper")
         if _job(site, name)["status"] == "ok":

@@ -16,7 +16,6 @@ import os
 import resource
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ from tests.adversarial.replaykit import (
     ReplaySite,
     run_pass_guarded,
 )
-from tests.adversarial.secrets import SECRET, make_secret, nothing_leaked
+from tests.adversarial.secrets import SECRET, flipping, make_secret, nothing_leaked
 from tests.services.cluster import SlurmCluster
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slurm]
@@ -162,28 +161,8 @@ def test_a2_inputs_flipping_to_a_link_during_passes_never_leak(site: ReplaySite)
     for name in names:
         site.drop(name, site.upper_job(name, "plain\n"))
         inputs.append(site.root / "media" / (name + ".txt"))
-    stop = threading.Event()
-
-    def flip() -> None:
-        n = 0
-        while not stop.is_set():
-            for path in inputs:
-                tmp = path.with_name(".flip-%s" % path.name)
-                if n % 2:
-                    tmp.write_text("plain\n")
-                else:
-                    tmp.symlink_to(secret)
-                os.replace(tmp, path)
-            n += 1
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=flip, daemon=True)
-    thread.start()
-    try:
+    with flipping(inputs, secret):
         site.drain(names, timeout=120, sub=site.sub)
-    finally:
-        stop.set()
-        thread.join()
     for name in names:
         out = site.out(name + ".upper")
         if job(site, name)["status"] == ResultStatus.OK:
