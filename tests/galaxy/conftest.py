@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+from tests.galaxy.server import GalaxyApi, GalaxySite, running_site
 
 INPUT_TEXT = "hello world\nsecond line\n"
 
@@ -14,16 +14,8 @@ INPUT_TEXT = "hello world\nsecond line\n"
 @pytest.fixture(scope="session")
 def galaxy_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxySite]:
     """Galaxy on loopback; installing it must work (a failure fails, it never skips)."""
-    install_galaxy()
-    become_subreaper()
-    site = GalaxySite(tmp_path_factory.mktemp("galaxy-site"))
-    site.write()
-    try:
-        site.start()
+    with running_site(tmp_path_factory.mktemp("galaxy-site")) as site:
         yield site
-    finally:
-        site.stop()
-        site.stop_pilots()
 
 
 @pytest.fixture(scope="session")

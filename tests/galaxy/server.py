@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,22 @@ class GalaxySite:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+@contextlib.contextmanager
+def running_site(root: Path, **options: Any) -> Iterator[GalaxySite]:
+    """A Galaxy site (installed if missing) started with our runner; on leaving, the server
+    stopped and the pilots it left reaped. ``options`` go to :class:`GalaxySite`."""
+    install_galaxy()
+    become_subreaper()
+    site = GalaxySite(root, **options)
+    site.write()
+    try:
+        site.start()
+        yield site
+    finally:
+        site.stop()
+        site.stop_pilots()
 
 
 def _reap(pid: int) -> None:

@@ -17,13 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.galaxy.server import (
-    GALAXY_VENV,
-    GalaxyApi,
-    GalaxySite,
-    become_subreaper,
-    install_galaxy,
-)
+from tests.galaxy.server import GALAXY_VENV, GalaxyApi, GalaxySite, running_site
 
 pytestmark = pytest.mark.galaxy
 
@@ -36,26 +30,18 @@ CELERY = {"enable_celery_tasks": True, "metadata_strategy": "celery",
 
 @pytest.fixture(scope="module")
 def celery_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
-    install_galaxy()
-    become_subreaper()
-    site = GalaxySite(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
-                      galaxy_overrides=CELERY, template_metadata_in_process=False)
-    site.write()
-    worker = None
-    try:
-        site.start()
+    with running_site(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
+                      galaxy_overrides=CELERY, template_metadata_in_process=False) as site:
         worker = start_worker(site)
-        yield GalaxyApi.for_new_user(site)
-    finally:
-        if worker is not None:
+        try:
+            yield GalaxyApi.for_new_user(site)
+        finally:  # the worker first, then the server (running_site)
             worker.terminate()
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        site.stop()
-        site.stop_pilots()
 
 
 def start_worker(site: GalaxySite) -> subprocess.Popen[bytes]:

@@ -13,25 +13,17 @@ from typing import Any
 
 import pytest
 
-from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+from tests.galaxy.server import GalaxyApi, running_site
 
 pytestmark = pytest.mark.galaxy
 
 
 @pytest.fixture(scope="module")
 def ext_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
-    install_galaxy()
-    become_subreaper()
-    site = GalaxySite(tmp_path_factory.mktemp("galaxy-extended"), slots=4, galaxy_overrides={
-        "metadata_strategy": "extended", "retry_metadata_internally": False},
-        template_metadata_in_process=False)  # template mode: metadata set on the Galaxy host
-    site.write()
-    try:
-        site.start()
+    with running_site(tmp_path_factory.mktemp("galaxy-extended"), slots=4, galaxy_overrides={
+            "metadata_strategy": "extended", "retry_metadata_internally": False},
+            template_metadata_in_process=False) as site:  # template mode: metadata on the host
         yield GalaxyApi.for_new_user(site)
-    finally:
-        site.stop()
-        site.stop_pilots()
 
 
 def test_extended_metadata_in_both_modes(ext_api: GalaxyApi) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from galaxy_hpc_runner.dropbox.spool import Spool
-from tests.galaxy.server import GalaxyApi, GalaxySite, become_subreaper, install_galaxy
+from tests.galaxy.server import GalaxyApi, GalaxySite, running_site
 from tests.galaxy.test_galaxy_script_mode import TEXTS, result, start, tool_runs
 from tests.services.ssh import SshServer
 
@@ -29,18 +29,9 @@ TOOLS = ("gx_repeat_cat", "gx_configfile", "gx_tool_dir", "gx_discover", "gx_col
 @pytest.fixture(scope="module")
 def staged_site(tmp_path_factory: pytest.TempPathFactory,
                 services_installed: None) -> Iterator[GalaxySite]:
-    install_galaxy()
-    become_subreaper()
     root = tmp_path_factory.mktemp("galaxy-staged")
-    with SshServer(root / "sshd") as server:
-        site = GalaxySite(root, slots=4, ssh=server)
-        site.write()
-        try:
-            site.start()
-            yield site
-        finally:
-            site.stop()
-            site.stop_pilots()
+    with SshServer(root / "sshd") as server, running_site(root, slots=4, ssh=server) as site:
+        yield site
 
 
 @pytest.fixture(scope="module")
