@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +44,10 @@ FAKE_BIN = HERE / "fakebin"  # a stand-in singularity for the AMP templates
 # Ordinary Galaxy tools (tools/ordinary) run in Galaxy-script mode on our runner;
 # the site adds copies of each with an id suffix for another environment.
 ORDINARY = HERE / "tools" / "ordinary"
-COPIES = {"_local": "local", "_tmpl": "hpc_template", "_noembed": "hpc_noembed"}
+COPIES = {"_local": "local", "_tmpl": "hpc_template", "_noembed": "hpc_noembed",
+          "_ext": "hpc_ext", "_local_ext": "local_ext"}  # _ext: metadata_strategy extended
+# Template-mode copies (copy id -> template tool), each in its own environment of that name.
+TEMPLATE_COPIES = {"hpc_shout_ext": "hpc_shout"}
 # With an sshd (GalaxySite(ssh=...)): staged placement through a second runner whose site
 # reaches its HPC workspace (not under any of Galaxy's directories) over ssh.
 STAGED_COPIES = {"_staged": "hpc_staged", "_staged_ext": "hpc_staged_ext"}
@@ -83,13 +87,22 @@ grace = 2
 """
 
 
+_INSTALLED: list[Path] = []  # the venvs the installer accepted in this process
+_INSTALL_LOCK = threading.Lock()
+
+
 def install_galaxy() -> None:
-    """Run the idempotent installer; any failure fails the tests (never a skip)."""
-    proc = subprocess.run([str(INSTALL), str(GALAXY_VENV)], capture_output=True, text=True,
-                          timeout=900, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError("installing Galaxy failed (%d):\n%s%s" % (
-            proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+    """Run the idempotent installer once per process (its check alone imports Galaxy, ~9 s);
+    any failure fails the tests (never a skip)."""
+    with _INSTALL_LOCK:
+        if GALAXY_VENV in _INSTALLED:
+            return
+        proc = subprocess.run([str(INSTALL), str(GALAXY_VENV)], capture_output=True,
+                              text=True, timeout=900, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError("installing Galaxy failed (%d):\n%s%s" % (
+                proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        _INSTALLED.append(GALAXY_VENV)
 
 
 def free_port() -> int:
@@ -197,6 +210,11 @@ class GalaxySite:
                 path.write_text(text.replace('id="%s"' % tool.stem, 'id="%s%s"' % (
                     tool.stem, suffix), 1))
                 paths.append(str(path))
+        for ident, tool in TEMPLATE_COPIES.items():
+            source = (HERE / "tools" / (tool + ".xml")).read_text()
+            (copies / (ident + ".xml")).write_text(source.replace(
+                'id="%s"' % tool, 'id="%s"' % ident, 1))
+            paths.append(str(copies / (ident + ".xml")))
         bench = (HERE / "tools" / "bench_cat_local.xml").read_text()
         bench_ids = ["bench_cat_gx"] + (list(STAGED_BENCH) if self.ssh is not None else [])
         for ident in bench_ids:
@@ -220,12 +238,20 @@ class GalaxySite:
                 "hpc_slots": {"runner": "hpc", "galaxy_slots": 3},
                 "hpc_noembed": {"runner": "hpc", "embed_metadata_in_job": False},
                 "hpc_template": {"runner": "hpc", "mode": "template", **self.template_env},
-                "hpc_bench": {"runner": "hpc", "template": "bench_cat", **self.template_env}}},
+                "hpc_bench": {"runner": "hpc", "template": "bench_cat", **self.template_env},
+                # metadata_strategy per destination (Galaxy's is directory): both modes
+                # with extended metadata, set on the host after a template-mode job
+                "hpc_ext": {"runner": "hpc", "metadata_strategy": "extended"},
+                "local_ext": {"runner": "local", "metadata_strategy": "extended"},
+                **{ident: {"runner": "hpc", "mode": "template", "template": tool,
+                           "metadata_strategy": "extended"}
+                   for ident, tool in TEMPLATE_COPIES.items()}}},
             "tools": [{"id": tool, "environment": "hpc_bench" if tool.startswith("bench")
                        else "hpc_template"} for tool in TEMPLATE_TOOLS]
             + [{"id": "bench_cat_local", "environment": "local"},
                {"id": "bench_cat_gx", "environment": "hpc"},
                {"id": "bench_cat_local_inproc", "environment": "local_inproc"}]
+            + [{"id": ident, "environment": ident} for ident in TEMPLATE_COPIES]
             + [dict(entry, environment="hpc_slots") if entry["id"] == "gx_cpu" else entry
                for entry in ordinary],
         }
@@ -327,20 +353,52 @@ class GalaxySite:
         return ""
 
 
+class Starting:
+    """A site whose server starts in a thread, so that another set-up overlaps its start."""
+
+    def __init__(self, site: GalaxySite) -> None:
+        self.site = site
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="galaxy-start", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.site.start()
+        except BaseException as exc:  # raised again by wait(), in the test that waits
+            self.error = exc
+
+    def wait(self) -> GalaxySite:
+        """The started site; the start's own error if it failed."""
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError("Galaxy at %s did not start" % self.site.url) from self.error
+        return self.site
+
+
 @contextlib.contextmanager
-def running_site(root: Path, **options: Any) -> Iterator[GalaxySite]:
-    """A Galaxy site (installed if missing) started with our runner; on leaving, the server
-    stopped and the pilots it left reaped. ``options`` go to :class:`GalaxySite`."""
+def starting_site(root: Path, **options: Any) -> Iterator[Starting]:
+    """A Galaxy site (installed if missing) with our runner, its server starting in the
+    background (``.wait()`` for it); on leaving, the server stopped and the pilots it left
+    reaped. ``options`` go to :class:`GalaxySite`."""
     install_galaxy()
     become_subreaper()
     site = GalaxySite(root, **options)
     site.write()
+    starting = Starting(site)
     try:
-        site.start()
-        yield site
+        yield starting
     finally:
+        starting.thread.join()
         site.stop()
         site.stop_pilots()
+
+
+@contextlib.contextmanager
+def running_site(root: Path, **options: Any) -> Iterator[GalaxySite]:
+    """:func:`starting_site`, waited for: a started Galaxy site with our runner."""
+    with starting_site(root, **options) as starting:
+        yield starting.wait()
 
 
 def _reap(pid: int) -> None:

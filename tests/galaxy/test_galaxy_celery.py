@@ -8,6 +8,10 @@ in the worker's fork pool, made when a worker starts), so the test starts one
 ``celery --app galaxy.celery worker`` beside the server, as gravity would. Galaxy's
 metadata task then runs after the job, as Galaxy's local runner asks for it; an
 output whose metadata it did not set would end ``failed_metadata``.
+
+``enable_celery_tasks`` is server-wide in Galaxy (every upload would go through the worker),
+so this is the one module with a server of its own; the shared server (conftest) starts in
+the background beside it, when a selected test needs that one too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.galaxy.conftest import start_shared
 from tests.galaxy.server import GALAXY_VENV, GalaxyApi, GalaxySite, running_site
 
 pytestmark = pytest.mark.galaxy
@@ -29,7 +34,9 @@ CELERY = {"enable_celery_tasks": True, "metadata_strategy": "celery",
 
 
 @pytest.fixture(scope="module")
-def celery_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyApi]:
+def celery_api(tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[GalaxyApi]:
+    start_shared(request)  # the two starts overlap (2 cores, each mostly one)
     with running_site(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
                       galaxy_overrides=CELERY, template_metadata_in_process=False) as site:
         worker = start_worker(site)

@@ -1,7 +1,8 @@
 """Ordinary Galaxy tools through the pilot in Galaxy-script mode, on the real Galaxy 26.1 server.
 
 Each tool's output is compared with what Galaxy's own local runner gives for the
-same inputs (the ``ID_local`` copy of the tool). The site runs with
+same inputs (the ``ID_local`` copy of the tool, run once for the session: conftest's
+``reference``, which test_galaxy_staged.py compares with too). The site runs with
 ``metadata_strategy: directory`` and ``retry_metadata_internally: false``, so an
 output whose metadata the job script did not set would end ``failed_metadata``.
 Every job is submitted first and waited for afterwards: Galaxy is slow on 2 cores.
@@ -15,70 +16,29 @@ from typing import Any
 import pytest
 
 from galaxy_hpc_runner.dropbox.spool import FINISHED, Spool
+from tests.galaxy.ordinary import TEXTS, Reference, result, start
 from tests.galaxy.server import GPU_DEVICES, GalaxyApi, GalaxySite, alive, wait_until
 
 pytestmark = pytest.mark.galaxy
 
-TEXTS = {"a.txt": "alpha one\nalpha two\n", "b.txt": "beta\n", "c.txt": "gamma 1\ngamma 2\n"}
 
-
-def tool_runs(api: GalaxyApi, history: str) -> dict[str, dict[str, Any]]:
-    """Each ordinary tool's inputs (tool id -> API inputs) for one set of uploads."""
-    ids = api.upload_many(history, TEXTS)
-    hda = {name: {"src": "hda", "id": ident} for name, ident in ids.items()}
-    hdca = api.list_collection(history, "abc", {n.split(".")[0]: i for n, i in ids.items()})
-    return {
-        "gx_repeat_cat": {"queries_0|input": hda["a.txt"], "queries_1|input": hda["b.txt"],
-                          "queries_2|input": hda["c.txt"]},
-        "gx_sections": {"first|value": "left", "second|value": "right",
-                        "flags|verbose": True},
-        "gx_collection": {"inputs": {"src": "hdca", "id": hdca}},
-        "gx_multiple": {"inputs": {"values": [hda["c.txt"], hda["a.txt"]]}},
-        "gx_discover": {"input": hda["c.txt"]},
-        "gx_configfile": {"input": hda["a.txt"], "greeting": "hi there", "shout": True},
-        "gx_tool_dir": {"input": hda["a.txt"], "label": "a;b c"},
-    }
-
-
-def start(api: GalaxyApi, history: str, tool: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = api.call("POST", "/api/tools", {
-        "tool_id": tool, "history_id": history, "inputs": inputs})
-    return out
-
-
-def result(api: GalaxyApi, run: dict[str, Any]) -> dict[str, Any]:
-    """The job, and its outputs' contents (a collection as identifier -> content)."""
-    job = api.wait_job(str(run["jobs"][0]["id"]), 300)
-    outputs: dict[str, Any] = {}
-    for out in run["outputs"]:
-        if "output_name" in out and not out.get("hid_of_collection"):
-            outputs[out["output_name"]] = (api.wait_dataset(str(out["id"])),
-                                           api.content(str(out["id"])))
-    for coll in run.get("output_collections", []):
-        outputs[coll["output_name"]] = api.collection_contents(str(coll["id"]))
-    return {"job": job, "outputs": outputs}
+@pytest.fixture(scope="module")
+def uploaded(reference: Reference) -> tuple[str, dict[str, dict[str, Any]]]:
+    return reference.history, reference.inputs
 
 
 @pytest.fixture(scope="module")
-def uploaded(api: GalaxyApi) -> tuple[str, dict[str, dict[str, Any]]]:
-    history = api.history("galaxy-script mode")
-    return history, tool_runs(api, history)
-
-
-@pytest.fixture(scope="module")
-def compared(api: GalaxyApi, uploaded: tuple[str, dict[str, dict[str, Any]]]
+def compared(api: GalaxyApi, reference: Reference
              ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """tool -> (our run, the local runner's run), all submitted before any is awaited."""
-    history, runs = uploaded
-    started = {tool: (start(api, history, tool, inputs),
-                      start(api, history, tool + "_local", inputs))
-               for tool, inputs in runs.items()}
+    """tool -> (our run, the local runner's run), ours all submitted before any is awaited."""
+    started = {tool: start(api, reference.history, tool, inputs)
+               for tool, inputs in reference.inputs.items()}
     # metadata not in the job script: set on the Galaxy host (retry_metadata_internally off)
-    started["gx_repeat_cat_noembed"] = (
-        start(api, history, "gx_repeat_cat_noembed", runs["gx_repeat_cat"]),
-        start(api, history, "gx_repeat_cat_local", runs["gx_repeat_cat"]))
-    return {tool: (result(api, ours), result(api, local))
-            for tool, (ours, local) in started.items()}
+    started["gx_repeat_cat_noembed"] = start(api, reference.history, "gx_repeat_cat_noembed",
+                                             reference.inputs["gx_repeat_cat"])
+    ours = {tool: result(api, run) for tool, run in started.items()}
+    return {tool: (run, reference.result(tool.removesuffix("_noembed")))
+            for tool, run in ours.items()}
 
 
 @pytest.mark.parametrize("tool", ["gx_repeat_cat", "gx_sections", "gx_collection", "gx_multiple",

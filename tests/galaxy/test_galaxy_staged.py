@@ -1,55 +1,50 @@
 """Galaxy-script mode, staged placement, on the real Galaxy 26.1 server and a real sshd.
 
-A server of its own (started once for this module) with a second runner whose
-hpc-batch site reaches its HPC workspace over ssh; the workspace is not under any
-of Galaxy's directories. Ordinary tools (data inputs in a repeat, a configfile with
+On the shared server (conftest), whose job_conf has a second runner whose hpc-batch
+site reaches its HPC workspace over ssh (the shared site's sshd); the workspace is not
+under any of Galaxy's directories. Ordinary tools (data inputs in a repeat, a configfile with
 ``from_work_dir``, a ``$__tool_directory__`` script, ``discover_datasets``) run
-staged and are compared with Galaxy's own local runner; metadata is set on the
+staged and are compared with Galaxy's own local runner (the session's ``reference`` runs,
+the same inputs); metadata is set on the
 Galaxy host under ``metadata_strategy`` ``directory`` (the server's) and
 ``extended`` (the environment's), with ``retry_metadata_internally: false``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from galaxy_hpc_runner.dropbox.spool import Spool
-from tests.galaxy.server import GalaxyApi, GalaxySite, running_site
-from tests.galaxy.test_galaxy_script_mode import TEXTS, result, start, tool_runs
-from tests.services.ssh import SshServer
+from tests.galaxy.ordinary import TEXTS, Reference, result, start
+from tests.galaxy.server import GalaxyApi, GalaxySite
 
 pytestmark = [pytest.mark.galaxy, pytest.mark.ssh]
 TOOLS = ("gx_repeat_cat", "gx_configfile", "gx_tool_dir", "gx_discover", "gx_collection")
 
 
 @pytest.fixture(scope="module")
-def staged_site(tmp_path_factory: pytest.TempPathFactory,
-                services_installed: None) -> Iterator[GalaxySite]:
-    root = tmp_path_factory.mktemp("galaxy-staged")
-    with SshServer(root / "sshd") as server, running_site(root, slots=4, ssh=server) as site:
-        yield site
+def staged_site(galaxy_site: GalaxySite) -> GalaxySite:
+    assert galaxy_site.ssh is not None  # the shared site has the staged environments
+    return galaxy_site
 
 
 @pytest.fixture(scope="module")
-def staged_api(staged_site: GalaxySite) -> GalaxyApi:
-    return GalaxyApi.for_new_user(staged_site)
+def staged_api(api: GalaxyApi) -> GalaxyApi:
+    return api
 
 
 @pytest.fixture(scope="module")
-def staged_runs(staged_api: GalaxyApi) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def staged_runs(staged_api: GalaxyApi, reference: Reference
+                ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """(tool, suffix) -> (staged run, the local runner's run), all submitted first."""
     api = staged_api
-    history = api.history("staged")
-    runs = tool_runs(api, history)
-    local = {tool: start(api, history, tool + "_local", runs[tool]) for tool in TOOLS}
-    ours = {tool + suffix: (tool, start(api, history, tool + suffix, runs[tool]))
+    ours = {tool + suffix: (tool, start(api, reference.history, tool + suffix,
+                                        reference.inputs[tool]))
             for tool in TOOLS for suffix in ("_staged", "_staged_ext")}
-    done = {tool: result(api, run) for tool, run in local.items()}
-    return {name: (result(api, run), done[tool]) for name, (tool, run) in ours.items()}
+    return {name: (result(api, run), reference.result(tool)) for name, (tool, run) in ours.items()}
 
 
 def shown(job: dict[str, Any]) -> tuple[Any, ...]:
