@@ -10,6 +10,7 @@ instant makes the open fail instead of reaching elsewhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -24,6 +25,8 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 FILE_FLAGS = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
 CHUNK = 1 << 20
+# a file system without hard links (or not between these directories) says one of these
+NO_LINKS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
           (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -230,3 +233,17 @@ def copy_to_path(fd: int, path: str) -> None:
             raise TransportError("cannot copy an input to %s: %s" % (path, exc)) from exc
         finally:
             unlink_at(dir_fd, tmp)
+
+
+def link_or_create(target: str, marker: str) -> None:
+    """``marker`` as a hard link to ``target``, or an empty file where the file system
+    has no hard links; one already there (published before a crash) is kept."""
+    try:
+        os.link(target, marker, follow_symlinks=False)
+        return
+    except FileExistsError:
+        return
+    except OSError as exc:
+        if exc.errno not in NO_LINKS:
+            raise
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
