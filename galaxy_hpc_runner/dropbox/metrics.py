@@ -1,4 +1,6 @@
-"""Metrics for monitoring: a Prometheus text file written after every submitter pass.
+"""Metrics for monitoring: a Prometheus text file written after every submitter pass
+(passes that follow each other closely under the loop: at most once a second, see
+:class:`PassStatus`).
 
 Every figure comes from what the spool keeps up to date as jobs change (counts per
 state, the oldest waiting job): writing it costs nothing per job.
@@ -20,10 +22,12 @@ spool and the pass, none from a log.
 from __future__ import annotations
 
 import datetime
+import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from galaxy_hpc_runner.dropbox import control
 from hpc_worker import protocol as p
@@ -32,6 +36,43 @@ from hpc_worker.states import JobState, PilotState
 if TYPE_CHECKING:
     from galaxy_hpc_runner.config import Config
     from galaxy_hpc_runner.dropbox.spool import Spool
+
+
+log = logging.getLogger(__name__)
+LAST_PASS = "last_pass.json"
+
+
+class PassStatus:
+    """``SPOOL/last_pass.json`` and the metrics file after each pass: a status for people
+    and monitoring, not state. While passes follow each other closely (a burst under the
+    loop, ``every`` > 0) they are written at most every ``every`` seconds, but at once for
+    a pass that failed or the first one that did not; :meth:`flush` writes the one held
+    back (the loop calls it as soon as it waits). Each write makes a file, and making a
+    file is the dearest step on some file systems."""
+
+    def __init__(self, cfg: Config, spool: Spool) -> None:
+        self.cfg, self.spool = cfg, spool
+        self.every = 0.0  # seconds; 0: every pass writes (cron, --once, the tests)
+        self._written = -math.inf
+        self._ok: bool | None = None
+        self._held: tuple[dict[str, Any], bool, float, float] | None = None
+
+    def after_pass(self, doc: dict[str, Any], ok: bool, duration: float) -> None:
+        """``doc`` is what last_pass.json says of the pass; ``ok``: it met no error."""
+        self._held = (doc, ok, duration, time.time())
+        if not ok or self._ok is not True or time.monotonic() - self._written >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._held is None:
+            return
+        doc, ok, duration, ended = self._held
+        self._held, self._written, self._ok = None, time.monotonic(), ok
+        try:  # a status must never fail a pass or stop the loop
+            p.write_json(str(self.spool.path / LAST_PASS), doc, sync=False)
+            write_metrics(self.cfg, self.spool, ok, duration, ended)
+        except OSError as exc:
+            log.warning("cannot write the pass status or the metrics file: %s", exc)
 
 
 def metrics_path(cfg: Config) -> Path:

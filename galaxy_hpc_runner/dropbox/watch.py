@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between looks at the local directories (two stats)
 REMOTE_POLL = 0.5  # seconds between listings of W/queue/done over a remote transport
 FRESH = 0.05  # seconds: a directory time this recent may hide a change in the same tick
+STATUS_EVERY = 1.0  # seconds: the pass status files while passes follow each other closely
 UNSURE = object()  # a signature that never equals another one: look again
 
 
@@ -70,9 +71,10 @@ class ChangeWatch:
         return self._remote_sig
 
     def wait(self, before: tuple[Hashable, ...], event: threading.Event,
-             timeout: float) -> bool:
+             timeout: float, idle: Callable[[], None] | None = None) -> bool:
         """Until a signature differs from ``before``, ``event`` is set or ``timeout``
-        passes; True on a change."""
+        passes; True on a change. ``idle`` runs once, at the first look that finds
+        nothing changed."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -80,6 +82,9 @@ class ChangeWatch:
                 return False
             if self.changed_since(before):
                 return True
+            if idle is not None:
+                idle()
+                idle = None
 
     def changed_since(self, before: tuple[Hashable, ...]) -> bool:
         now = self.signature()
@@ -137,14 +142,18 @@ def run_loop(sub: Submitter, stop: threading.Event, interval: float,
     loop outlives any one bad pass."""
     watch = for_submitter(sub)
     event = wake or stop
-    while not stop.is_set():
-        if wake is not None:
-            wake.clear()
-        before = watch.signature()  # taken before the pass: what changes during it counts
-        report = _one_round(sub, before_pass)
-        if report is not None and report.more:
-            continue
-        watch.wait(before, event, interval)
+    sub.status.every = STATUS_EVERY  # passes in a burst: the status files once a second
+    try:
+        while not stop.is_set():
+            if wake is not None:
+                wake.clear()
+            before = watch.signature()  # taken before the pass: what changes in it counts
+            report = _one_round(sub, before_pass)
+            if report is not None and report.more:
+                continue
+            watch.wait(before, event, interval, idle=sub.status.flush)
+    finally:
+        sub.status.flush()
 
 
 def _one_round(sub: Submitter, before_pass: Callable[[], None] | None) -> PassReport | None:
