@@ -51,13 +51,15 @@ class DropboxReader:
         self.cfg, self.spool, self.finish = cfg, spool, finish
         self._quiet = QuietDirectory(str(cfg.dropbox))
 
-    def receive(self, report: Report, limit: int) -> None:
+    def receive(self, report: Report, limit: int, hold: bool = False) -> None:
+        """Up to ``limit`` new descriptions; ``hold``: their records stay in memory until
+        staged (``Spool.create``)."""
         key = self._quiet.key()
         if self._quiet.unchanged(key):
             return
-        self._quiet.looked(key, complete=self._listed(report, limit))
+        self._quiet.looked(key, complete=self._listed(report, limit, hold))
 
-    def _listed(self, report: Report, limit: int) -> bool:
+    def _listed(self, report: Report, limit: int, hold: bool) -> bool:
         """True when every description listed is taken or answered (none left waiting)."""
         names = os.listdir(self.cfg.dropbox)
         answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
@@ -72,7 +74,7 @@ class DropboxReader:
                 if self.spool.has_finished(name):  # its result was taken away, dropped again
                     self.spool.retire(name)
                 done = report.received + report.rejected
-                receive_one(self.cfg, self.spool, name, report, self.finish, dir_fd)
+                receive_one(self.cfg, self.spool, name, report, self.finish, dir_fd, hold)
                 complete = complete and report.received + report.rejected > done
         return complete
 
@@ -110,9 +112,10 @@ def answerable(name: str) -> bool:
 
 
 def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Finish,
-                dir_fd: int | None = None) -> None:
+                dir_fd: int | None = None, hold: bool = False) -> None:
     """Receive ``NAME.job``: a spool record, an error result, or (still young) nothing yet.
-    ``dir_fd``: the dropbox, opened once for a pass (else opened here)."""
+    ``dir_fd``: the dropbox, opened once for a pass (else opened here); ``hold``: the
+    record stays in memory until it is staged (``Spool.create``)."""
     if not answerable(name):
         if name not in _unanswerable:
             _unanswerable.add(name)
@@ -122,7 +125,7 @@ def receive_one(cfg: Config, spool: Spool, name: str, report: Report, finish: Fi
     doc: dict[str, Any] | None = None
     try:
         doc = _read_description(cfg, name, dir_fd)
-        spool.create(name, doc, _meta(d.validate(name, doc, cfg)))
+        spool.create(name, doc, _meta(d.validate(name, doc, cfg)), hold=hold)
         report.received += 1
         return
     except FileNotFoundError:

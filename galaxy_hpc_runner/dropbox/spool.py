@@ -21,25 +21,12 @@ A process killed at any instant leaves every record either before or after a
 transition, and each step of a pass is safe to repeat, so nothing is lost and
 nothing runs twice.
 
-Cost. A pass keeps in memory a compact entry of each active job (state, pilot,
-withdrawal, time received: :mod:`.spool_index`), the names in each state and the counts,
-all updated on every change; it reads a whole record (:mod:`.spool_records`) only when
-it acts on the job. jobs/ is listed again only when it changed behind this object's
-back: its inode and time differ from what this object last knew (every record write
-replaces a file, which moves the time), another spool object took the pass lock since
-(its token in the lock file, :meth:`Spool.lock`), or RESCAN_EVERY seconds passed (a
-record edited in place, or in the same timestamp tick as this object's last write).
-Then only records whose file changed (inode, size, times; one ``stat`` each) are read.
-A record whose file changed within :data:`FRESH` seconds of being looked at is read
-again next time (a change in the same timestamp tick would not show).
-
-Durability in batches. The hot-path writes (``create`` and ``transition``) replace the
-record atomically but do not ``fsync`` it (``sync=False``): a killed *process* loses
-nothing by that (the kernel has the data); only an OS crash can lose such a write, and
-the record is then as it was before the transition, which the pass handles like a
-kill just before it. Steps that destroy information elsewhere (removing a job's HPC
-files, taking a marker back) first call :meth:`Spool.barrier`, one ``syncfs`` for all
-the records and results written since the last one.
+Cost, durability in batches, and received-and-staged in one write: see
+docs/design.md ("The spool: cost and durability"). In short, a pass keeps a compact
+entry per active job in memory and reads a whole record only when it acts on the job;
+records are replaced atomically without ``fsync``, and :meth:`Spool.barrier` makes them
+durable (one ``syncfs``) before any step that destroys information elsewhere; a job
+received and staged in the same pass gets one record file, not two (``create(hold=True)``).
 """
 
 from __future__ import annotations
@@ -104,6 +91,7 @@ class Spool:
         self._finished_view = DirView(str(self.finished), FRESH, RESCAN_EVERY)
         self._finished_count = 0
         self._records = RecordCache(RECORDS_KEPT, FRESH)  # whole records, read on demand
+        self._held: dict[str, JobRecord] = {}  # received, not yet written (module docstring)
         self._locked = False  # in a pass: only this process writes the spool
         self._events_fd: int | None = None  # events.jsonl, open while the lock is held
         self._token = "%d-%s" % (os.getpid(), os.urandom(8).hex())  # see lock()
@@ -133,7 +121,8 @@ class Spool:
     def names(self, *states: JobState) -> set[str]:
         """Names of the active jobs in ``states`` (from memory: module docstring)."""
         self._refresh()
-        return self._index.names(*states)
+        names = self._index.names(*states)
+        return names | self._held.keys() if RECEIVED in states and self._held else names
 
     def entry(self, name: str) -> Entry | None:
         """What the index knows of an active job (as of the last :meth:`names`)."""
@@ -144,7 +133,7 @@ class Spool:
         if state == FINISHED:
             return self._count_finished()
         self._refresh()
-        return self._index.count(state)
+        return self._index.count(state) + (len(self._held) if state == RECEIVED else 0)
 
     def oldest_waiting(self) -> float:
         """Unix time the oldest job not yet running was received (0.0: none waits)."""
@@ -154,7 +143,7 @@ class Spool:
     def active_names(self) -> set[str]:
         """Names of the active records, unreadable ones included."""
         self._refresh()
-        return set(self._index.entries) | self._unreadable
+        return set(self._index.entries) | self._unreadable | self._held.keys()
 
     def active(self) -> list[JobRecord]:
         """Every active job's whole record, by name (read from disk: for people, not passes);
@@ -234,6 +223,8 @@ class Spool:
 
     def get(self, name: str) -> JobRecord | None:
         """The job's record, None when the spool has none; SpoolError when it is unreadable."""
+        if name in self._held:
+            return self._held[name]
         for directory in (self.jobs, self.finished):
             rec = self._records.load(directory / (name + RECORD_SUFFIX))
             if rec is not None:
@@ -242,13 +233,23 @@ class Spool:
 
     # -- jobs: changes ---------------------------------------------------------------
     def create(self, name: str, doc: dict[str, Any] | None,
-               meta: dict[str, Any] | None = None) -> JobRecord:
-        """The first journal entry of a job: written before anything can run."""
+               meta: dict[str, Any] | None = None, hold: bool = False) -> JobRecord:
+        """The first journal entry of a job: written before anything can run, or with
+        ``hold`` kept in memory until its first transition or :meth:`write_held`
+        (module docstring: the description stays in the dropbox meanwhile)."""
         now = p.now_iso()
         rec = JobRecord(name=name, doc=doc, meta=meta or {}, received=now, updated=now)
-        self._save(rec, sync=False)  # the description is still in the dropbox
-        self.event(name, None, RECEIVED)
+        if hold:  # its event line comes with its first record
+            self._held[name] = rec
+        else:
+            self._save(rec, sync=False)  # the description is still in the dropbox
+            self.event(name, None, RECEIVED)
         return rec
+
+    def write_held(self) -> None:
+        """Write the records of the held jobs that are still ``received``."""
+        for rec in list(self._held.values()):
+            self._save(rec, sync=False)
 
     def transition(self, rec: JobRecord, state: JobState, sync: bool = False,
                    **detail: Any) -> None:
@@ -360,6 +361,7 @@ class Spool:
 
     def _save(self, rec: JobRecord, sync: bool = True) -> None:
         path = str(self.jobs / (rec.name + RECORD_SUFFIX))
+        held = self._held.pop(rec.name, None) is not None  # from now on the file decides
         try:
             info = write_record(path, rec, sync)
         except BaseException:
@@ -372,6 +374,8 @@ class Spool:
         self._jobs_view.own_change(self._locked)
         if not sync:
             self._unsynced.add(str(self.jobs))
+        if held:
+            self.event(rec.name, None, RECEIVED)
 
     def _problem(self, message: str) -> None:
         log.error("%s", message)

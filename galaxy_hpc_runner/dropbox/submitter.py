@@ -45,6 +45,7 @@ from galaxy_hpc_runner.dropbox import control, policy
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.collect import Collector
 from galaxy_hpc_runner.dropbox.liveness import Liveness
+from galaxy_hpc_runner.dropbox.metrics import PassStatus
 from galaxy_hpc_runner.dropbox.pass_pilots import PilotSteps
 from galaxy_hpc_runner.dropbox.pilots import PilotManager
 from galaxy_hpc_runner.dropbox.receive import DropboxReader
@@ -119,6 +120,7 @@ class Submitter:
         self._to_clean: dict[str, JobRecord] = {}
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
         self._dropbox = DropboxReader(cfg, self.spool, self._finish)
+        self.status = PassStatus(cfg, self.spool)  # last_pass.json and the metrics file
 
     # -- the pass --------------------------------------------------------------------
     def run_pass(self) -> PassReport:
@@ -126,8 +128,6 @@ class Submitter:
         report = PassReport()
         started = time.monotonic()
         with self.spool.lock(self.cfg.lock_timeout):
-            from galaxy_hpc_runner.dropbox import metrics
-
             self.control = control.current(self.spool.path)  # hpc-batch pause/drain/resume
             self._guarded(report, "reading the dropbox", self._receive_all)
             self._batching = True
@@ -135,16 +135,14 @@ class Submitter:
                 self._guarded(report, "on the HPC side", self._hpc_steps)
             finally:
                 self._batching = False
+            self._guarded(report, "writing the received jobs", lambda _: self.spool.write_held())
             self._guarded(report, "cleaning up finished jobs", self._clean_when_quiet)
             self._guarded(report, "pruning the spool", lambda _: self.spool.prune_if_due(
                 self.cfg.keep_finished_days, PRUNE_EVERY))
             report.errors.extend(self.spool.take_problems())
-            self._write_pass_status(report)
-            try:  # monitoring must never fail a pass
-                metrics.write_metrics(self.cfg, self.spool, not report.errors,
-                                      time.monotonic() - started)
-            except OSError as exc:
-                log.warning("cannot write the metrics file: %s", exc)
+            self.status.after_pass(dict(time=p.now_iso(), ok=report.ok, errors=report.errors,
+                                        report=dict(report.__dict__)),
+                                   report.ok, time.monotonic() - started)
         return report
 
     def _guarded(self, report: PassReport, what: str,
@@ -258,18 +256,14 @@ class Submitter:
         watch.run_loop(self, stop, self.cfg.interval if interval is None else interval,
                        wake, before_pass)
 
-    def _write_pass_status(self, report: PassReport) -> None:
-        p.write_json(str(self.spool.path / "last_pass.json"), dict(
-            time=p.now_iso(), ok=report.ok, errors=report.errors, report=report.__dict__),
-            sync=False)  # a status for people, not state
-
     # -- receive ---------------------------------------------------------------------
     def _receive_all(self, report: PassReport) -> None:
         """New descriptions, CHUNK at most (a quarter of that while fewer than CHUNK jobs
         wait in the ready queue: the pilots get them sooner); nothing to list while the
         dropbox is quiet."""
         waiting = len(self.spool.names(STAGED))
-        self._dropbox.receive(report, CHUNK if waiting >= CHUNK else max(1, CHUNK // 4))
+        self._dropbox.receive(report, CHUNK if waiting >= CHUNK else max(1, CHUNK // 4),
+                              hold=self.control.stage_allowed)  # staged in this pass
 
     # -- stage and follow ------------------------------------------------------------
     def _stage(self, rec: JobRecord, view: QueueView, report: PassReport) -> None:
