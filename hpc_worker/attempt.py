@@ -205,8 +205,7 @@ class Attempt:
         for name in (p.STDOUT, p.STDERR):
             path = os.path.join(self.dir, name)
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        self.publish((p.STDOUT, p.STDERR))
-        p.replace_file(os.path.join(self.job_dir, p.CURRENT), self.name + "\n")
+        self.publish((p.STDOUT, p.STDERR))  # the live attempt: runs.jsonl's start line
         return fds[0], fds[1]
 
     def publish(self, names: Iterable[str]) -> None:

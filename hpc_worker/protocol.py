@@ -10,7 +10,8 @@ Everything the two sides exchange lives under the HPC workspace root ``W``
     W/jobs/KEY/attempt-N/       attempt N's own directory: the job's cwd and <<workspace>>,
                                 inputs hard-linked in, outputs written here
     W/jobs/KEY/attempt-N.sh     attempt N's script (job.sh with <<workspace>> pointed here)
-    W/jobs/KEY/current          the live attempt's name ("attempt-N"), written at its start
+    W/jobs/KEY/current          reserved (releases before 2026-11-27 wrote the live attempt's
+                                name here; its start line in runs.jsonl names it too)
     W/jobs/KEY/result.json      the live attempt's result (records.Result, its ``attempt``
                                 names the directory), published before the done marker
     W/jobs/KEY/stdout.txt, stderr.txt, OUTPUT...
@@ -88,7 +89,7 @@ KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}$")
 PILOT_SUFFIXES = (".json", ".hb", ".log", ".out")
 PILOT_ENTRY, HEARTBEAT, PILOT_LOG, PILOT_OUT = PILOT_SUFFIXES
 
-CURRENT = "current"  # W/jobs/KEY/current: the live attempt's directory name
+CURRENT = "current"  # reserved: older pilots wrote the live attempt's name there
 ATTEMPT_PREFIX = "attempt-"
 ATTEMPT_RE = re.compile(r"^attempt-[1-9][0-9]{0,5}$")
 ATTEMPT_SCRIPT_SUFFIX = ".sh"
