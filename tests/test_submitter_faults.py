@@ -402,3 +402,29 @@ def test_a_kill_between_a_held_jobs_marker_and_its_first_record_runs_it_once(
     assert site.ledger_lines().count("run held") == 1
     states = [e["to"] for e in site.spool.history("held")]
     assert states.count(JobState.RECEIVED) == 1 and states[-1] == JobState.FINISHED
+
+
+def test_a_galaxy_cancel_after_such_a_kill_withdraws_the_staged_job(site: Site) -> None:
+    """Galaxy's batcher consumes a description it is asked to cancel when the spool has no
+    record of it ("not received yet"); after the kill above it must not, since the job is
+    staged: it waits for the next pass to receive the job again, then withdraws it."""
+    from galaxy_hpc_runner.galaxy.batcher import Batcher
+
+    site.drop("heldc", site.sleepy_job("heldc", 30))
+    first = site.submitter()
+    first._manage_pilots = lambda *_a, **_k: None  # type: ignore[method-assign]  # no pilot yet
+    assert first.run_pass().staged == 1
+    (site.cfg.spool / "jobs" / "heldc.json").unlink()  # the record a kill left unwritten
+    batcher = Batcher(site.submitter(), interval=0.2)
+    batcher.request_cancel("heldc")
+    batcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not site.spool.has_finished("heldc") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        batcher.stop()
+    rec = site.spool.get("heldc")
+    assert rec is not None and rec.state == JobState.FINISHED, rec
+    assert rec.status == "error" and "Cancelled" in rec.message, rec
+    assert not os.listdir(site.root / "hpc/workspace" / p.READY)  # nothing left to run

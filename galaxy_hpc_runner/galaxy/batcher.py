@@ -130,6 +130,9 @@ class Batcher:
         spool = self.submitter.spool
         with spool.lock(self.cfg.lock_timeout):
             if spool.get(name) is None:  # not received yet: it never will be
+                stager = self.submitter.stager
+                if stager.t.exists(stager.job_path(name)):  # staged by a pass killed before
+                    return  # its first record: the next pass receives it, then this cancel
                 consume(self.cfg, name)
                 log.info("(%s) cancelled before the submitter read it", name)
                 return
