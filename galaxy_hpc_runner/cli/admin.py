@@ -16,7 +16,7 @@ from galaxy_hpc_runner.cli import gpu_figures, jobs, site_view
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control
 from galaxy_hpc_runner.dropbox import description as d
-from galaxy_hpc_runner.dropbox.metrics import timestamp
+from galaxy_hpc_runner.dropbox.metrics import LAST_PASS, timestamp
 from galaxy_hpc_runner.dropbox.pilots import pilot_file, read_heartbeat
 from galaxy_hpc_runner.dropbox.spool import Spool
 from galaxy_hpc_runner.errors import TransportError
@@ -109,7 +109,7 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
     waiting, running = _oldest_waiting(spool), _longest_running(spool)
     pilots = [_pilot_entry(cfg, transport, pilot, now)
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
-    last = read_json_quietly(cfg.spool / "last_pass.json")
+    last = read_json_quietly(cfg.spool / LAST_PASS)
     late = pass_is_late(cfg, last, now)
     passed = view(LastPass, last)
     return {"site": site_view.site_picture(cfg, transport),
@@ -365,7 +365,7 @@ def wait_for(cfg: Config, name: str, timeout: float | None, on_change: Callable[
 def _progress(cfg: Config, spool: Spool, name: str) -> str:
     """One line: the job's state, its pilot's queue state, and a late-pass warning."""
     now = time.time()
-    late = pass_is_late(cfg, read_json_quietly(cfg.spool / "last_pass.json"), now)
+    late = pass_is_late(cfg, read_json_quietly(cfg.spool / LAST_PASS), now)
     warning = "; no submitter pass for %s (is cron or the service running?)" % (
         _minutes(late) if late != float("inf") else "ever") if late is not None else ""
     rec = spool.get(name)

@@ -15,6 +15,7 @@ from galaxy_hpc_runner import __version__, config_checks
 from galaxy_hpc_runner.cli.exitcodes import Exit
 from galaxy_hpc_runner.config import Config, load_config, read_config
 from galaxy_hpc_runner.dropbox.boundary import dropbox_warnings
+from galaxy_hpc_runner.dropbox.metrics import LAST_PASS
 from galaxy_hpc_runner.dropbox.templates import check_templates
 from galaxy_hpc_runner.errors import HpcBatchError
 
@@ -148,7 +149,7 @@ def _pass_still_running(cfg: Config, exc: Exception) -> int:
 
     from galaxy_hpc_runner.cli import admin
 
-    last = admin.view(admin.LastPass, admin.read_json_quietly(cfg.spool / "last_pass.json"))
+    last = admin.view(admin.LastPass, admin.read_json_quietly(cfg.spool / LAST_PASS))
     age = admin.age_of(last.time if last else None, time.time())
     if age is not None and age < max(STUCK_PASS, 3 * cfg.interval):
         log.info("%s: the previous pass is still running; this one is skipped", exc)
