@@ -41,6 +41,9 @@ def make_site(tmp_path: Path) -> Iterator[object]:
 
 # Real services (munge + Slurm, sshd, Grid Engine), session-scoped; the fault matrix's table.
 from tests.faults.report import pytest_terminal_summary  # noqa: E402, F401 (the matrix table)
+
+# The Galaxy servers, started in the background at the first test of a session that uses them.
+from tests.galaxy.fixtures import celery_starting, galaxy_early, galaxy_starting  # noqa: E402, F401
 from tests.services.fixtures import (  # noqa: E402, F401
     gridengine,
     services_installed,

@@ -5,43 +5,24 @@ Its job_conf has an environment per configuration under test (template and Galax
 mode, metadata in or out of the job, ``metadata_strategy: extended`` per destination, the
 staged placement over a real sshd, ...); tools are routed to them by tool id. Only what is
 server-wide in Galaxy (``enable_celery_tasks``) has a server of its own
-(test_galaxy_celery.py), and that module starts this one beside its own (:func:`start_shared`),
-so the two starts overlap.
+(test_galaxy_celery.py). Both start at the session's first test, in the background
+(tests/galaxy/fixtures.py), while the tests before these run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.galaxy.ordinary import Reference, start, tool_runs
-from tests.galaxy.server import GalaxyApi, GalaxySite, Starting, starting_site
-from tests.services.ssh import SshServer
+from tests.galaxy.server import GalaxyApi, GalaxySite, Starting
 
 INPUT_TEXT = "hello world\nsecond line\n"
-
-
-@pytest.fixture(scope="session")
-def galaxy_starting(tmp_path_factory: pytest.TempPathFactory,
-                    services_installed: None) -> Iterator[Starting]:
-    """The shared site (with an sshd for the staged placement), its server starting."""
-    root = tmp_path_factory.mktemp("galaxy-site")
-    with SshServer(root / "sshd") as server, starting_site(root, ssh=server) as starting:
-        yield starting
 
 
 @pytest.fixture(scope="session")
 def galaxy_site(galaxy_starting: Starting) -> GalaxySite:
     """Galaxy on loopback; installing it must work (a failure fails, it never skips)."""
     return galaxy_starting.wait()
-
-
-def start_shared(request: pytest.FixtureRequest) -> None:
-    """Start the shared server now, in the background, if a selected test will use it."""
-    if any("galaxy_site" in getattr(item, "fixturenames", ())
-           for item in request.session.items):
-        request.getfixturevalue("galaxy_starting")
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# re-exported: the tests and the bench import these from here
+from tests.galaxy.api import ADMIN_EMAIL, wait_until
+from tests.galaxy.api import TERMINAL as TERMINAL
+from tests.galaxy.api import GalaxyApi as GalaxyApi
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +38,6 @@ HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
 GALAXY_VENV = Path(os.environ.get("GALAXY_VENV", PROJECT / ".galaxy-venv"))
 INSTALL = HERE / "install_galaxy.sh"
-ADMIN_EMAIL = "admin@example.org"
-TERMINAL = ("ok", "error", "deleted", "deleting", "failed", "skipped")
 # Template-mode tools: their <command> never runs; a site template does.
 TEMPLATE_TOOLS = ("hpc_shout", "hpc_fail", "hpc_touch", "hpc_wait", "bench_cat_hpc",
                   "ina_speech_segmenter", "whisper", "gentle_forced_alignment")
@@ -115,18 +118,6 @@ def become_subreaper() -> None:
     """Orphaned pilots (their Galaxy gone) become our children, so we can reap them."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out after %.0fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 class GalaxySite:
@@ -210,10 +201,10 @@ class GalaxySite:
                 path.write_text(text.replace('id="%s"' % tool.stem, 'id="%s%s"' % (
                     tool.stem, suffix), 1))
                 paths.append(str(path))
-        for ident, tool in TEMPLATE_COPIES.items():
-            source = (HERE / "tools" / (tool + ".xml")).read_text()
+        for ident, template in TEMPLATE_COPIES.items():
+            source = (HERE / "tools" / (template + ".xml")).read_text()
             (copies / (ident + ".xml")).write_text(source.replace(
-                'id="%s"' % tool, 'id="%s"' % ident, 1))
+                'id="%s"' % template, 'id="%s"' % ident, 1))
             paths.append(str(copies / (ident + ".xml")))
         bench = (HERE / "tools" / "bench_cat_local.xml").read_text()
         bench_ids = ["bench_cat_gx"] + (list(STAGED_BENCH) if self.ssh is not None else [])
@@ -354,7 +345,8 @@ class GalaxySite:
 
 
 class Starting:
-    """A site whose server starts in a thread, so that another set-up overlaps its start."""
+    """A site whose Galaxy is installed (if missing) and started in a thread, so that other
+    work overlaps the install and the start."""
 
     def __init__(self, site: GalaxySite) -> None:
         self.site = site
@@ -364,6 +356,7 @@ class Starting:
 
     def _start(self) -> None:
         try:
+            install_galaxy()
             self.site.start()
         except BaseException as exc:  # raised again by wait(), in the test that waits
             self.error = exc
@@ -372,16 +365,16 @@ class Starting:
         """The started site; the start's own error if it failed."""
         self.thread.join()
         if self.error is not None:
-            raise RuntimeError("Galaxy at %s did not start" % self.site.url) from self.error
+            raise RuntimeError("Galaxy at %s was not installed or did not start (log %s)" % (
+                self.site.url, self.site.log_path)) from self.error
         return self.site
 
 
 @contextlib.contextmanager
 def starting_site(root: Path, **options: Any) -> Iterator[Starting]:
-    """A Galaxy site (installed if missing) with our runner, its server starting in the
-    background (``.wait()`` for it); on leaving, the server stopped and the pilots it left
-    reaped. ``options`` go to :class:`GalaxySite`."""
-    install_galaxy()
+    """A Galaxy site with our runner, Galaxy installed if missing and the server started in
+    the background (``.wait()`` for it); on leaving, the server stopped and the pilots it
+    left reaped. ``options`` go to :class:`GalaxySite`."""
     become_subreaper()
     site = GalaxySite(root, **options)
     site.write()
@@ -412,116 +405,3 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-class GalaxyApi:
-    """Just the Galaxy API calls the tests and the bench make (urllib, no dependencies)."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.url = url
-        self.key = key
-
-    def call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "x-api-key": self.key, "content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError("%s %s: %s %s" % (method, path, exc.code, exc.read()[:2000])) \
-                from exc
-        return payload.decode() if raw else json.loads(payload or b"null")
-
-    @classmethod
-    def for_new_user(cls, site: GalaxySite) -> GalaxyApi:
-        admin = cls(site.url, site.bootstrap_key)
-        user = admin.call("POST", "/api/users", {
-            "username": "admin", "email": ADMIN_EMAIL, "password": secrets.token_hex(8)})
-        return cls(site.url, admin.call("POST", "/api/users/%s/api_key" % user["id"]))
-
-    def history(self, name: str) -> str:
-        return str(self.call("POST", "/api/histories", {"name": name})["id"])
-
-    def upload(self, history: str, content: str, name: str = "input.txt") -> str:
-        """Paste a text dataset; returns its id once it is ok."""
-        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
-            "destination": {"type": "hdas"}, "elements": [{
-                "src": "pasted", "paste_content": content, "ext": "txt", "name": name}]}]})
-        dataset = str(out["outputs"][0]["id"])
-        self.wait_dataset(dataset)
-        return dataset
-
-    def upload_path(self, history: str, path: Path, ext: str) -> str:
-        """Import a server-side file (admins, allow_path_paste); returns its id once ok."""
-        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
-            "destination": {"type": "hdas"}, "elements": [{
-                "src": "path", "path": str(path), "ext": ext, "name": path.name}]}]})
-        dataset = str(out["outputs"][0]["id"])
-        self.wait_dataset(dataset)
-        return dataset
-
-    def upload_many(self, history: str, contents: dict[str, str]) -> dict[str, str]:
-        """Paste several text datasets in one upload job; name -> id once all are ok."""
-        out = self.call("POST", "/api/tools/fetch", {"history_id": history, "targets": [{
-            "destination": {"type": "hdas"}, "elements": [
-                {"src": "pasted", "paste_content": text, "ext": "txt", "name": name}
-                for name, text in contents.items()]}]})
-        ids = {o["name"]: str(o["id"]) for o in out["outputs"]}
-        for dataset in ids.values():
-            self.wait_dataset(dataset)
-        return ids
-
-    def list_collection(self, history: str, name: str, elements: dict[str, str]) -> str:
-        """A list collection of existing datasets (identifier -> dataset id)."""
-        out = self.call("POST", "/api/dataset_collections", {
-            "history_id": history, "type": "dataset_collection", "collection_type": "list",
-            "name": name, "copy_elements": False, "element_identifiers": [
-                {"name": key, "src": "hda", "id": value} for key, value in elements.items()]})
-        return str(out["id"])
-
-    def collection_contents(self, hdca: str) -> dict[str, str]:
-        """Element identifier -> dataset content of a list collection."""
-        out = self.call("GET", "/api/dataset_collections/%s?instance_type=history" % hdca)
-        return {e["element_identifier"]: self.content(str(e["object"]["id"]))
-                for e in out["elements"]}
-
-    def metrics(self, job_id: str) -> dict[tuple[str, str], str]:
-        """(plugin, name) -> raw value of a job's metrics."""
-        return {(m["plugin"], m["name"]): str(m["raw_value"])
-                for m in self.call("GET", "/api/jobs/%s/metrics" % job_id)}
-
-    def run_tool(self, history: str, tool: str, inputs: dict[str, Any]) -> tuple[str, str]:
-        """Start a tool; returns (job id, first output id)."""
-        out = self.call("POST", "/api/tools", {"tool_id": tool, "history_id": history,
-                                               "inputs": inputs})
-        return str(out["jobs"][0]["id"]), str(out["outputs"][0]["id"])
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.call("GET", "/api/jobs/%s?full=true" % job_id))
-
-    def job_state(self, job_id: str) -> str:
-        return str(self.call("GET", "/api/jobs/%s" % job_id)["state"])
-
-    def wait_job(self, job_id: str, timeout: float = 60.0,
-                 seen: list[str] | None = None) -> dict[str, Any]:
-        def done() -> bool:
-            state = self.job_state(job_id)
-            if seen is not None and (not seen or seen[-1] != state):
-                seen.append(state)
-            return state in TERMINAL
-        wait_until(done, timeout, "job %s to end" % job_id, 0.1)
-        return self.job(job_id)
-
-    def wait_dataset(self, dataset: str, timeout: float = 90.0) -> str:
-        def state() -> str | None:
-            value = str(self.call("GET", "/api/datasets/%s" % dataset)["state"])
-            return value if value in ("ok", "error", "failed_metadata") else None
-        return str(wait_until(state, timeout, "dataset %s" % dataset, 0.2))
-
-    def content(self, dataset: str) -> str:
-        return str(self.call("GET", "/api/datasets/%s/display?preview=false" % dataset,
-                             raw=True))
-
-    def cancel(self, job_id: str) -> None:
-        self.call("DELETE", "/api/jobs/%s" % job_id)

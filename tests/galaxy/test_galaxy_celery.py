@@ -10,8 +10,9 @@ metadata task then runs after the job, as Galaxy's local runner asks for it; an
 output whose metadata it did not set would end ``failed_metadata``.
 
 ``enable_celery_tasks`` is server-wide in Galaxy (every upload would go through the worker),
-so this is the one module with a server of its own; the shared server (conftest) starts in
-the background beside it, when a selected test needs that one too.
+so this is the one module with a server of its own (tests/galaxy/fixtures.py
+``celery_starting``: started in the background at the session's first test), stopped when
+this module ends.
 """
 
 from __future__ import annotations
@@ -21,34 +22,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.galaxy.conftest import start_shared
-from tests.galaxy.server import GALAXY_VENV, GalaxyApi, GalaxySite, running_site
+from tests.galaxy.server import GALAXY_VENV, GalaxyApi, GalaxySite, Starting
 
 pytestmark = pytest.mark.galaxy
 
-CELERY = {"enable_celery_tasks": True, "metadata_strategy": "celery",
-          "retry_metadata_internally": False,
-          "celery_conf": {"broker_url": None, "result_backend": None,
-                          "task_routes": {"galaxy.fetch_data": "galaxy.external",
-                                          "galaxy.set_job_metadata": "galaxy.external"}}}
-
 
 @pytest.fixture(scope="module")
-def celery_api(tmp_path_factory: pytest.TempPathFactory,
-               request: pytest.FixtureRequest) -> Iterator[GalaxyApi]:
-    start_shared(request)  # the two starts overlap (2 cores, each mostly one)
-    with running_site(tmp_path_factory.mktemp("galaxy-celery"), slots=4,
-                      galaxy_overrides=CELERY, template_metadata_in_process=False) as site:
-        worker = start_worker(site)
+def celery_api(celery_starting: Starting) -> Iterator[GalaxyApi]:
+    site = celery_starting.wait()
+    worker = start_worker(site)
+    try:
+        yield GalaxyApi.for_new_user(site)
+    finally:  # the worker first, then the server: not idle for the rest of the session
+        worker.terminate()
         try:
-            yield GalaxyApi.for_new_user(site)
-        finally:  # the worker first, then the server (running_site)
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        site.stop()
+        site.stop_pilots()
 
 
 def start_worker(site: GalaxySite) -> subprocess.Popen[bytes]:
