@@ -81,11 +81,15 @@ def pass_is_late(cfg: Config, last: dict[str, Any] | None, now: float) -> float 
     return None
 
 
-def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float) -> dict[str, Any]:
+def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float,
+                 beats: dict[str, Any]) -> dict[str, Any]:
+    """One of this server's pilots; ``beats``: the heartbeats the site picture read."""
     entry = dict(pilot.__dict__)
     entry["state"] = str(pilot.state)
     entry["age"] = age_of(pilot.submitted, now)
-    record = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
+    if pilot.pilot_id not in beats:
+        beats[pilot.pilot_id] = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
+    record = beats[pilot.pilot_id]
     hb = record.to_json() if record else None
     if pilot.state is PilotState.PENDING and record is not None and \
             record.state is not HeartbeatState.STOPPED:
@@ -107,12 +111,14 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
     spool = Spool(cfg.spool)
     counts = {str(state): spool.count(state) for state in JobState}  # from the index
     waiting, running = _oldest_waiting(spool), _longest_running(spool)
-    pilots = [_pilot_entry(cfg, transport, pilot, now)
+    beats: dict[str, Any] = {}  # each heartbeat read once, for both parts
+    site = site_view.site_picture(cfg, transport, beats)
+    pilots = [_pilot_entry(cfg, transport, pilot, now, beats)
               for pilot in spool.pilots()[-PILOTS_SHOWN:]]
     last = read_json_quietly(cfg.spool / LAST_PASS)
     late = pass_is_late(cfg, last, now)
     passed = view(LastPass, last)
-    return {"site": site_view.site_picture(cfg, transport),
+    return {"site": site,
             "spool": str(cfg.spool), "workspace": cfg.workspace, "backend": cfg.backend,
             "mode": control.current(cfg.spool).describe(), "counts": counts, "pilots": pilots,
             "gpu_total": gpu_figures.total(pilot.get("gpu") for pilot in pilots),

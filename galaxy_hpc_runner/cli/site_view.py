@@ -15,15 +15,18 @@ from hpc_worker.states import JobState
 PILOTS_SHOWN = 20
 
 
-def site_picture(cfg: Config, transport: Transport) -> dict[str, Any] | None:
+def site_picture(cfg: Config, transport: Transport,
+                 beats: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Every server's pilots and queue from the HPC-side registry, with the GPU time of
     the live pilots and of the newest gone ones (``registry.GONE_BEATS``, their last
-    heartbeat); None when it cannot be read."""
+    heartbeat); None when it cannot be read. ``beats``: heartbeats read so far, by pilot
+    (each is read once; the ones read here are added)."""
     try:
         from galaxy_hpc_runner.dropbox.registry import Registry
 
-        server = getattr(cfg, "server_tag", "")
-        site = Registry(transport, cfg.workspace, server).picture(with_gone=True)
+        registry = Registry(transport, cfg.workspace, getattr(cfg, "server_tag", ""))
+        registry.beats = beats
+        site = registry.picture(with_gone=True)
     except (ImportError, OSError, TransportError, ValueError, TypeError):
         return None
     for pilot in site["pilots"]:

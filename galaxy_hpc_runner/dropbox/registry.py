@@ -72,6 +72,7 @@ class Registry:
         self._gone: dict[str, tuple[float, PilotEntry]] = {}
         self._lock = RegistryLock(transport, self.lock_path, server)
         self._dir_ready = False
+        self.beats: dict[str, Heartbeat | None] | None = None  # see heartbeat()
 
     # -- entries ---------------------------------------------------------------------
     def entry_path(self, pilot_id: str) -> str:
@@ -127,8 +128,13 @@ class Registry:
         self._gone.pop(pilot_id, None)
 
     def heartbeat(self, pilot_id: str) -> Heartbeat | None:
-        """A pilot's last heartbeat; None when it has none (yet) or it cannot be read."""
-        return read_heartbeat(self.t, self.root, pilot_id)
+        """A pilot's last heartbeat; None when it has none (yet) or it cannot be read.
+        With ``beats`` set (a dict), each pilot's is read once and kept there."""
+        if self.beats is None:
+            return read_heartbeat(self.t, self.root, pilot_id)
+        if pilot_id not in self.beats:
+            self.beats[pilot_id] = read_heartbeat(self.t, self.root, pilot_id)
+        return self.beats[pilot_id]
 
     def queue_by_server(self) -> dict[str, dict[str, int]]:
         """Jobs waiting (ready) and running (claimed) on the HPC side, by submitting server
