@@ -1,13 +1,12 @@
 """Galaxy-script mode, staged placement, on the real Galaxy 26.1 server and a real sshd.
 
-On the shared server (conftest), whose job_conf has a second runner whose hpc-batch
-site reaches its HPC workspace over ssh (the shared site's sshd); the workspace is not
-under any of Galaxy's directories. Ordinary tools (data inputs in a repeat, a configfile with
-``from_work_dir``, a ``$__tool_directory__`` script, ``discover_datasets``) run
-staged and are compared with Galaxy's own local runner (the session's ``reference`` runs,
-the same inputs); metadata is set on the
-Galaxy host under ``metadata_strategy`` ``directory`` (the server's) and
-``extended`` (the environment's), with ``retry_metadata_internally: false``.
+On the shared server (conftest), whose job_conf has a second runner whose hpc-batch site
+reaches its HPC workspace over ssh (the shared site's sshd); the workspace is not under any
+of Galaxy's directories. Ordinary tools (data inputs in a repeat, a configfile with
+``from_work_dir``, a ``$__tool_directory__`` script, ``discover_datasets``) run staged and
+are compared with Galaxy's own local runner (the session's ``reference`` runs, same inputs);
+metadata is set on the Galaxy host under ``metadata_strategy`` ``directory`` (the server's)
+and ``extended`` (the environment's), with ``retry_metadata_internally: false``.
 """
 
 from __future__ import annotations
