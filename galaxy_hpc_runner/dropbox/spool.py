@@ -223,8 +223,9 @@ class Spool:
 
     def get(self, name: str) -> JobRecord | None:
         """The job's record, None when the spool has none; SpoolError when it is unreadable."""
-        if name in self._held:
-            return self._held[name]
+        held = self._held.get(name)  # one look: Galaxy's monitor thread reads beside a pass
+        if held is not None:
+            return held
         for directory in (self.jobs, self.finished):
             rec = self._records.load(directory / (name + RECORD_SUFFIX))
             if rec is not None:
