@@ -141,3 +141,29 @@ def test_stale_output_temps_are_removed_only_for_our_own_pattern(tmp_path: Path)
     assert removed == [str(ours)]
     assert not ours.exists()
     assert all(path.exists() for path in foreign) and link.is_symlink()
+
+
+def test_a_held_job_has_one_record_written_as_staged_and_both_event_lines(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    rec = spool.create("h1", {"x": 1}, hold=True)
+    assert not (spool.jobs / "h1.json").exists()  # nothing on disk yet
+    assert spool.get("h1") is rec and "h1" in spool.names(JobState.RECEIVED)
+    assert "h1" in spool.active_names() and spool.count(JobState.RECEIVED) == 1
+    assert spool.history("h1") == []
+    spool.transition(rec, JobState.STAGED)
+    on_disk = json.loads((spool.jobs / "h1.json").read_text())
+    assert on_disk["state"] == JobState.STAGED
+    assert [e["to"] for e in spool.history("h1")] == [JobState.RECEIVED, JobState.STAGED]
+    assert Spool(tmp_path / "spool").names(JobState.STAGED) == {"h1"}  # another process
+
+
+def test_held_jobs_a_pass_did_not_stage_are_written_as_received(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create("h2", None, hold=True)
+    spool.write_held()
+    assert json.loads((spool.jobs / "h2.json").read_text())["state"] == JobState.RECEIVED
+    assert [e["to"] for e in spool.history("h2")] == [JobState.RECEIVED]
+    spool.write_held()  # nothing held any more: nothing written twice
+    assert len(spool.history("h2")) == 1
+    assert Spool(tmp_path / "spool").names(JobState.RECEIVED) == {"h2"}
