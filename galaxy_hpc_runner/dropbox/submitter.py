@@ -85,7 +85,8 @@ class PassReport:
     requeued: int = 0
     pilots_submitted: int = 0
     errors: list[str] = field(default_factory=list)
-    more: bool = False  # descriptions left for the next pass (taken CHUNK at a time)
+    more: bool = False  # work left for the next pass: descriptions (taken CHUNK at a time)
+    #                     or finished jobs' HPC files (Submitter.clean_slice at a time)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +120,8 @@ class Submitter:
         # most LATER_CLEAN of them wait, so that a burst's results are not held up by it
         self._to_clean: dict[str, JobRecord] = {}
         self._batching = False  # in the HPC steps of a pass: cleanups wait for its barrier
+        self.clean_slice = 0  # finished jobs' files removed per quiet pass (0: all; the loop
+        #                       sets a slice, so that a new job waits for no long removal)
         self._dropbox = DropboxReader(cfg, self.spool, self._finish)
         self.status = PassStatus(cfg, self.spool)  # last_pass.json and the metrics file
 
@@ -219,16 +222,21 @@ class Submitter:
             self.spool.transition(rec, STAGED)
             report.staged += 1
 
-    def _clean_when_quiet(self, _report: PassReport | None = None) -> None:
+    def _clean_when_quiet(self, report: PassReport | None = None) -> None:
         """Removing a finished job's HPC files (a tree of about 15 entries) costs more
         than collecting it: while jobs are still staged or claimed, up to LATER_CLEAN
         finished ones wait, and the pass goes on to stage and collect the others; the
-        rest are removed as soon as nothing is in flight. A record stays FINISHED until
-        its files are gone, so a restarted submitter removes them too."""
+        rest are removed as soon as nothing is in flight (under the loop ``clean_slice``
+        of them a pass, the next pass at once, receiving first). A record stays FINISHED
+        until its files are gone, so a restarted submitter removes them too."""
         busy = bool(self.spool.names(STAGED) or self.spool.names(CLAIMED))
         keep = LATER_CLEAN if busy else 0
-        if len(self._to_clean) > keep:
-            self._clean_finished(len(self._to_clean) - keep)
+        over = len(self._to_clean) - keep
+        if over > 0:
+            self._clean_finished(min(over, self.clean_slice) if self.clean_slice and not busy
+                                 else over)
+            if report is not None and len(self._to_clean) > keep:
+                report.more = True  # the loop goes on at once, a new job first
         else:  # the pass's results and records are durable when it ends, as before
             self.spool.barrier(self.stager.take_unsynced())
 

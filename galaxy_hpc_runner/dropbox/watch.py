@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between looks at the local directories (two stats)
 REMOTE_POLL = 0.5  # seconds between listings of W/queue/done over a remote transport
 FRESH = 0.05  # seconds: a directory time this recent may hide a change in the same tick
+CLEAN_SLICE = 64  # finished jobs whose HPC files one quiet pass of the loop removes
 STATUS_EVERY = 1.0  # seconds: the pass status files while passes follow each other closely
 UNSURE = object()  # a signature that never equals another one: look again
 
@@ -143,6 +144,7 @@ def run_loop(sub: Submitter, stop: threading.Event, interval: float,
     watch = for_submitter(sub)
     event = wake or stop
     sub.status.every = STATUS_EVERY  # passes in a burst: the status files once a second
+    sub.clean_slice = CLEAN_SLICE  # after a burst, its files go a slice a pass
     try:
         while not stop.is_set():
             if wake is not None:

@@ -38,3 +38,21 @@ def test_files_go_in_the_same_pass_when_nothing_else_is_in_flight(site: Site) ->
     site.drop("alone", site.upper_job("alone"))
     sub = site.drain(["alone"])
     assert not _job_dir(site, sub, "alone").exists()
+
+
+def test_under_the_loop_a_bursts_files_go_a_slice_a_pass(site: Site) -> None:
+    """After a burst the loop removes finished jobs' files ``clean_slice`` at a time, each
+    pass saying there is more, so a new job waits for one slice, not for all of them."""
+    names = ["s%d" % i for i in range(5)]
+    for name in names:
+        site.drop(name, site.upper_job(name))
+    sub = site.submitter()
+    sub.clean_slice = 2
+    site.drain(names, sub=sub)
+    left = [n for n in names if _job_dir(site, sub, n).exists()]
+    while left:
+        report = sub.run_pass()
+        now = [n for n in names if _job_dir(site, sub, n).exists()]
+        assert len(left) - len(now) <= 2 and report.more == bool(now), (left, now)
+        left = now
+    assert not sub.run_pass().more
