@@ -103,8 +103,9 @@ def create_cost_ms(files: int = 200) -> float:
 
 def settle_fs(limit: float = 45.0) -> float:
     """Wait (up to ``limit`` s) until a new file costs about what it cost at best so far:
-    ext4 without a journal skips inodes freed in the last ~30 s when it makes a new one,
-    so a contender that follows one that removed thousands of files would pay for them.
+    on ext4 without a journal a new file costs far more for a while after many files were
+    removed nearby (README), so a contender that follows one that removed thousands of files
+    would pay for them.
     Returns the cost (ms) at the start."""
     deadline = time.monotonic() + limit
     cost = create_cost_ms()
