@@ -17,7 +17,8 @@ from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.metrics import LAST_PASS, timestamp
-from galaxy_hpc_runner.dropbox.pilots import pilot_file, read_heartbeat
+from galaxy_hpc_runner.dropbox.pilots import pilot_file
+from galaxy_hpc_runner.dropbox.registry import Registry
 from galaxy_hpc_runner.dropbox.spool import Spool
 from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
@@ -81,15 +82,12 @@ def pass_is_late(cfg: Config, last: dict[str, Any] | None, now: float) -> float 
     return None
 
 
-def _pilot_entry(cfg: Config, transport: Transport, pilot: Any, now: float,
-                 beats: dict[str, Any]) -> dict[str, Any]:
-    """One of this server's pilots; ``beats``: the heartbeats the site picture read."""
+def _pilot_entry(registry: Registry, pilot: Any, now: float) -> dict[str, Any]:
+    """One of this server's pilots (its heartbeat through ``registry``: read once)."""
     entry = dict(pilot.__dict__)
     entry["state"] = str(pilot.state)
     entry["age"] = age_of(pilot.submitted, now)
-    if pilot.pilot_id not in beats:
-        beats[pilot.pilot_id] = read_heartbeat(transport, cfg.workspace, pilot.pilot_id)
-    record = beats[pilot.pilot_id]
+    record = registry.heartbeat(pilot.pilot_id)
     hb = record.to_json() if record else None
     if pilot.state is PilotState.PENDING and record is not None and \
             record.state is not HeartbeatState.STOPPED:
@@ -111,10 +109,9 @@ def status_data(cfg: Config, transport: Transport, now: float | None = None) -> 
     spool = Spool(cfg.spool)
     counts = {str(state): spool.count(state) for state in JobState}  # from the index
     waiting, running = _oldest_waiting(spool), _longest_running(spool)
-    beats: dict[str, Any] = {}  # each heartbeat read once, for both parts
-    site = site_view.site_picture(cfg, transport, beats)
-    pilots = [_pilot_entry(cfg, transport, pilot, now, beats)
-              for pilot in spool.pilots()[-PILOTS_SHOWN:]]
+    registry = site_view.registry_of(cfg, transport)
+    site = site_view.site_picture(registry)
+    pilots = [_pilot_entry(registry, pilot, now) for pilot in spool.pilots()[-PILOTS_SHOWN:]]
     last = read_json_quietly(cfg.spool / LAST_PASS)
     late = pass_is_late(cfg, last, now)
     passed = view(LastPass, last)

@@ -8,6 +8,7 @@ from typing import Any
 
 from galaxy_hpc_runner.cli import gpu_figures, jobs
 from galaxy_hpc_runner.config import Config
+from galaxy_hpc_runner.dropbox.registry import Registry
 from galaxy_hpc_runner.errors import TransportError
 from galaxy_hpc_runner.transport.base import Transport
 from hpc_worker.states import JobState
@@ -15,19 +16,21 @@ from hpc_worker.states import JobState
 PILOTS_SHOWN = 20
 
 
-def site_picture(cfg: Config, transport: Transport,
-                 beats: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def registry_of(cfg: Config, transport: Transport) -> Registry:
+    """The HPC-side registry as ``status`` reads it: each pilot's heartbeat read once, for
+    the site picture and this server's pilot lines alike (``Registry.heartbeat``)."""
+    registry = Registry(transport, cfg.workspace, getattr(cfg, "server_tag", ""))
+    registry.beats = {}
+    return registry
+
+
+def site_picture(registry: Registry) -> dict[str, Any] | None:
     """Every server's pilots and queue from the HPC-side registry, with the GPU time of
     the live pilots and of the newest gone ones (``registry.GONE_BEATS``, their last
-    heartbeat); None when it cannot be read. ``beats``: heartbeats read so far, by pilot
-    (each is read once; the ones read here are added)."""
+    heartbeat); None when it cannot be read."""
     try:
-        from galaxy_hpc_runner.dropbox.registry import Registry
-
-        registry = Registry(transport, cfg.workspace, getattr(cfg, "server_tag", ""))
-        registry.beats = beats
         site = registry.picture(with_gone=True)
-    except (ImportError, OSError, TransportError, ValueError, TypeError):
+    except (OSError, TransportError, ValueError, TypeError):
         return None
     for pilot in site["pilots"]:
         pilot["gpu"] = gpu_figures.pilot_figures(pilot.pop("gpu_time", None))
