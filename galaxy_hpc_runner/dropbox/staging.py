@@ -173,9 +173,7 @@ class Stager:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                          self.file_mode)
             try:
-                data = memoryview(text.encode("utf-8"))
-                while data:
-                    data = data[os.write(fd, data):]
+                p.write_all(fd, text.encode("utf-8"), sync=False)  # synced per chunk
             finally:
                 os.close(fd)
         except OSError as exc:
