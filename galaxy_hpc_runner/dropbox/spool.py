@@ -3,9 +3,10 @@
 A job is ``received`` (its description was read and validated), ``staged``
 (its files and ready marker are on the HPC side), ``claimed`` (a pilot runs
 it) or ``finished`` (its result file exists). A job whose pilot dies, or that a
-stopping pilot gives back, goes back to ``staged``. Each job is one JSON record,
-replaced atomically on every transition, and every transition is also one line
-of ``events.jsonl``::
+stopping pilot gives back, goes back to ``staged``. Each job is one record file:
+written whole once (temp + rename), then one line of its changing fields appended per
+transition in one ``write`` (``spool_records.write_record``; a last line cut short is
+the transition not taken). Every transition is also one line of ``events.jsonl``::
 
     SPOOL/jobs/NAME.json        active jobs
     SPOOL/finished/NAME.json    finished jobs whose HPC files are cleaned up
@@ -24,9 +25,10 @@ nothing runs twice.
 Cost, durability in batches, and received-and-staged in one write: see
 docs/design.md ("The spool: cost and durability"). In short, a pass keeps a compact
 entry per active job in memory and reads a whole record only when it acts on the job;
-records are replaced atomically without ``fsync``, and :meth:`Spool.barrier` makes them
-durable (one ``syncfs``) before any step that destroys information elsewhere; a job
-received and staged in the same pass gets one record file, not two (``create(hold=True)``).
+records are written without ``fsync`` (a new file or an appended line), and
+:meth:`Spool.barrier` makes them durable (one ``syncfs``) before any step that destroys
+information elsewhere; a job received and staged in the same pass gets one record file,
+not two (``create(hold=True)``).
 """
 
 from __future__ import annotations
@@ -254,7 +256,7 @@ class Spool:
 
     def transition(self, rec: JobRecord, state: JobState, sync: bool = False,
                    **detail: Any) -> None:
-        """Move ``rec`` to ``state``: record replaced atomically, then one event line.
+        """Move ``rec`` to ``state``: one line appended to its record, then one event line.
 
         Not synced unless ``sync`` (module docstring: :meth:`barrier` before acting on it)."""
         if state not in TRANSITIONS[rec.state]:

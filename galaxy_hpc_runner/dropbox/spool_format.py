@@ -6,7 +6,12 @@ round, or a change of layout: so the spool says which format wrote it. A spool w
 the file is of format 1 (every spool before the file existed) and gets it on first use;
 a spool of a newer format than this release knows is refused, naming both, before
 anything is read or written; an older one is upgraded here, step by step, when a later
-format needs it (none does yet). docs/ops.md ("Upgrading") tells the admin the rule.
+format needs it. docs/ops.md ("Upgrading") tells the admin the rule.
+
+Formats: 1, a job record file is one JSON object; 2, a job record file may hold more
+lines after it, each the job's changing fields at a later step (``spool_records``). A
+format 1 spool is a valid format 2 one: upgrading it only writes the new number, so that
+an older release, which would read only a record's first line, refuses the spool.
 """
 
 from __future__ import annotations
@@ -18,18 +23,20 @@ from galaxy_hpc_runner.dropbox.spool_records import SpoolError
 from hpc_worker import protocol as p
 from hpc_worker.records import read_bounded
 
-SPOOL_FORMAT = 1  # this release's spool format
+SPOOL_FORMAT = 2  # this release's spool format
 FORMAT_FILE = "format"  # SPOOL/format: {"spool_format": N}
 _LIMIT = 4096
 
 
 def ensure(spool: Path) -> int:
     """The format of the spool at ``spool`` after making sure this release may use it:
-    writes the file when it is missing, SpoolError when it is newer or unreadable."""
+    writes the file when it is missing or older, SpoolError when it is newer or unreadable."""
     path = spool / FORMAT_FILE
     try:
         found = read_format(path)
     except FileNotFoundError:
+        found = 0  # a new spool, or one from before the file existed (format 1)
+    if found < SPOOL_FORMAT:  # 1 -> 2: nothing to convert (module docstring)
         p.atomic_write(str(path), json.dumps({"spool_format": SPOOL_FORMAT}) + "\n")
         return SPOOL_FORMAT
     if found > SPOOL_FORMAT:

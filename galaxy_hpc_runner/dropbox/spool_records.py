@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +25,10 @@ from galaxy_hpc_runner.dropbox.spool_index import StatKey, stat_key
 from galaxy_hpc_runner.errors import HpcBatchError
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState, PilotState
+
+REWRITE_BYTES = 64 << 10  # a record file this long is written anew as one line
+FIXED_FIELDS = frozenset({"doc", "meta"})  # set when the job is received, never changed
+_DECODER = json.JSONDecoder()
 
 
 class SpoolError(HpcBatchError):
@@ -138,9 +143,41 @@ class RecordCache:
 
 
 def write_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
-    """Replace the record at ``path`` atomically (temp + rename; ``sync``: on disk first);
-    the new file's stat. Written by the pass lock's holder only, so the temp file has a
-    fixed name (a killed pass's is overwritten), and private to the spool's owner."""
+    """Write ``rec`` to its record file at ``path``; the file's stat afterwards.
+
+    A record file that exists, ends with a whole line and is under REWRITE_BYTES gets one
+    more line: the record's changing fields (every field but FIXED_FIELDS), appended in one
+    ``write`` (no new file: creating a file is the dearest step on some file systems,
+    docs/design.md). Otherwise the whole record is written as a new one-line file (temp +
+    rename). Only the pass lock's holder writes, so the temp file has a fixed name (a
+    killed pass's is overwritten); the file is private to the spool's owner."""
+    fd = _open_append(path)
+    if fd is not None:
+        try:
+            info = os.fstat(fd)
+            if 0 < info.st_size < REWRITE_BYTES and os.pread(fd, 1, info.st_size - 1) == b"\n":
+                changing = {k: v for k, v in vars(rec).items() if k not in FIXED_FIELDS}
+                p.write_all(fd, (json.dumps(changing) + "\n").encode("utf-8"), sync)
+                return os.fstat(fd)
+        finally:
+            os.close(fd)
+    return _replace_record(path, rec, sync)
+
+
+def _open_append(path: str) -> int | None:
+    """``path`` open for appending when it is a regular file (never through a link)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+    except OSError:
+        return None  # absent, a link, a FIFO without reader...: the new file replaces it
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _replace_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
     data = (json.dumps(vars(rec)) + "\n").encode("utf-8")  # fields as they are: no copy
     directory, base = os.path.split(path)
     tmp = os.path.join(directory, ".tmp-" + base)
@@ -155,6 +192,27 @@ def write_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
     os.close(fd)
     os.replace(tmp, path)
     return os.stat(path)  # after the rename, which changes its ctime
+
+
+def parse_record(data: bytes) -> dict[str, Any]:
+    """A record file's fields: its first object, updated by each later line in turn. What
+    follows the last newline of a file of several lines is a line cut short (a crash
+    during its ``write``) and is left out. The first object may span lines (a record
+    written by hand or by another tool)."""
+    end = data.rfind(b"\n") + 1
+    text = (data[:end] if end else data).decode("utf-8")
+    fields, at = _DECODER.raw_decode(text, len(text) - len(text.lstrip()))
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    rest, *lines = text[at:].split("\n")
+    if rest.strip():
+        raise ValueError("more than one object on its first line")
+    for number, line in enumerate(lines[:-1], 2):
+        change = json.loads(line)
+        if not isinstance(change, dict):
+            raise ValueError("line %d of the changes is not a JSON object" % number)
+        fields.update(change)
+    return fields
 
 
 def take_token(lock: Path, token: str) -> bool:
@@ -186,4 +244,4 @@ def _read_record(path: str) -> Any:
             chunks.append(block)
     finally:
         os.close(fd)
-    return json.loads(b"".join(chunks))
+    return parse_record(b"".join(chunks))

@@ -15,13 +15,25 @@ from galaxy_hpc_runner.dropbox.spool_records import SpoolError
 def test_a_new_spool_gets_this_release_format(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     written = json.loads((tmp_path / "spool" / spool_format.FORMAT_FILE).read_text())
-    assert written == {"spool_format": spool_format.SPOOL_FORMAT} and spool.format == 1
+    assert written == {"spool_format": spool_format.SPOOL_FORMAT} == {"spool_format": 2}
+    assert spool.format == 2
 
 
-def test_a_spool_from_before_the_file_is_format_1_and_gets_it(tmp_path: Path) -> None:
+def test_a_spool_from_before_the_file_is_format_1_and_is_upgraded(tmp_path: Path) -> None:
     (tmp_path / "spool" / "jobs").mkdir(parents=True)
-    assert Spool(tmp_path / "spool").format == 1
-    assert (tmp_path / "spool" / spool_format.FORMAT_FILE).is_file()
+    assert Spool(tmp_path / "spool").format == 2
+    assert spool_format.read_format(tmp_path / "spool" / spool_format.FORMAT_FILE) == 2
+
+
+def test_a_format_1_spool_is_upgraded_and_its_records_read(tmp_path: Path) -> None:
+    (tmp_path / "spool" / "jobs").mkdir(parents=True)
+    (tmp_path / "spool" / spool_format.FORMAT_FILE).write_text('{"spool_format": 1}')
+    (tmp_path / "spool" / "jobs" / "old.json").write_text(  # format 1: one object, no newline
+        '{"name": "old", "state": "staged", "meta": {"key": "k"}}')
+    spool = Spool(tmp_path / "spool")
+    rec = spool.get("old")
+    assert rec is not None and rec.state == "staged" and rec.meta == {"key": "k"}
+    assert spool.format == 2  # an older release now refuses the spool instead of misreading it
 
 
 def test_a_newer_release_spool_is_refused_naming_both_formats(tmp_path: Path) -> None:
