@@ -10,7 +10,9 @@
    bench/.venv-parsl/bin/pip install parsl``; the column is skipped when it is missing)
    and ours: the ``hpc-batch submitter`` loop (its own process, shipped defaults:
    no [submitter]/[pilot] settings) with the local backend, from the first drop to the
-   last ``.finished``, a cold pilot included.
+   last ``.finished``: with a cold pilot (its submission and start-up included), with a
+   warm one (one job went through first, as Parsl's workers are warmed up), and cold
+   with ``slots = 2`` (Parsl's two workers).
 2. Warm dispatch at the shipped defaults: with the pilot running, STREAM jobs dropped
    one at a time: drop -> job start (the pilot's clock) and drop -> ``.finished`` seen.
    Parsl: submit -> result of one task at a time.
@@ -197,15 +199,22 @@ class Ours:
             time.sleep(0.05)
 
 
-def run_ours(jobs: int, stream: int, extra: str = "") -> dict[str, float]:
+def run_ours(jobs: int, stream: int, extra: str = "", warm: bool = False) -> dict[str, float]:
+    """JOBS dropped at once, from the first drop to the last result; ``warm``: the pilot
+    is already running (one job went through first and the loop is idle), as Parsl's
+    workers are."""
     with tempfile.TemporaryDirectory() as tmp:
         ours = Ours(Path(tmp), extra)
         ours.start()
         try:
+            if warm:
+                bl.drop(ours.root, "warmup")
+                ours.wait_finished(1)
+                time.sleep(1.0)  # its files cleaned up, the loop waiting for a change
             started, cpu = time.monotonic(), ours.cpu_s()
             for i in range(jobs):
                 bl.drop(ours.root, "burst%05d" % i)
-            ours.wait_finished(jobs)
+            ours.wait_finished(jobs + (1 if warm else 0))
             rate = jobs / (time.monotonic() - started)
             cpu_ms = (ours.cpu_s() - cpu) * 1000 / jobs
             starts, ends = _stream(ours, stream) if stream else ([0.0], [0.0])
@@ -321,16 +330,19 @@ def main() -> int:
         start_cost = settle_fs()
         ours = run_ours(args.jobs, args.stream if r == 0 else 0)
         settle_fs()
+        warm = run_ours(args.jobs, 0, warm=True)  # as warm as Parsl's workers
+        settle_fs()
         two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
         out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
-                              "ours": ours["jobs_per_s"], "ours_2_slots": two["jobs_per_s"],
+                              "ours": ours["jobs_per_s"], "ours_warm": warm["jobs_per_s"],
+                              "ours_2_slots": two["jobs_per_s"],
                               "submitter_cpu_ms_per_job": ours["submitter_cpu_ms_per_job"],
                               "load_average": os.getloadavg()[0],
                               "create_ms": start_cost})
         if r == 0:
             out["dispatch"] = {"ours": ours, "parsl": parsl}
         _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
-                     ours["jobs_per_s"], two["jobs_per_s"])
+                     ours["jobs_per_s"], warm["jobs_per_s"], two["jobs_per_s"])
         print("  submitter CPU %.2f ms per job; load average %.2f; a new file in %s costs "
               "%.3f ms of CPU" % (ours["submitter_cpu_ms_per_job"], os.getloadavg()[0],
                                   out["tmpdir"], out["rounds"][-1]["create_ms"]))
@@ -353,13 +365,15 @@ def main() -> int:
 
 
 def _print_round(number: int, floor: float, parsl: float | None, ours: float,
-                 two: float) -> None:
+                 warm: float, two: float) -> None:
     theirs = "%.0f jobs/s" % parsl if parsl else "skipped (see above)"
-    print("round %d: xargs -P 2 %.0f jobs/s | parsl htex %s | ours %.1f jobs/s (%.3f of xargs"
-          "%s) | ours with 2 slots %.1f jobs/s%s" % (
-              number, floor, theirs, ours, ours / floor,
-              ", %.2f of parsl" % (ours / parsl) if parsl else "", two,
-              " (%.2f of parsl)" % (two / parsl) if parsl else ""))
+
+    def ratio(value: float) -> str:
+        return " (%.2f of parsl)" % (value / parsl) if parsl else ""
+
+    print("round %d: xargs -P 2 %.0f jobs/s | parsl htex (warm) %s | ours, cold pilot %.1f "
+          "jobs/s%s | ours, warm pilot %.1f jobs/s%s | ours, 2 slots, cold %.1f jobs/s%s" % (
+              number, floor, theirs, ours, ratio(ours), warm, ratio(warm), two, ratio(two)))
 
 
 def _print_dispatch(dispatch: dict[str, Any]) -> None:
