@@ -34,7 +34,6 @@ not two (``create(hold=True)``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from typing import Any
 
 from galaxy_hpc_runner.dropbox import spool_format
 from galaxy_hpc_runner.dropbox.passlock import pass_lock
+from galaxy_hpc_runner.dropbox.spool_events import EventLog
 from galaxy_hpc_runner.dropbox.spool_index import DirView, Entry, JobIndex, epoch, stat_key
 from galaxy_hpc_runner.dropbox.spool_records import (
     DETAIL_FIELDS,
@@ -85,6 +85,7 @@ class Spool:
         self.finished = self.path / str(FINISHED)
         self.pilots_dir = self.path / "pilots"
         self.events = self.path / "events.jsonl"
+        self._log = EventLog(self.events)  # open while the lock is held (spool_events.py)
         self.problems: list[str] = []  # unreadable records met since the last take_problems()
         self._index = JobIndex()  # what a pass needs of every active job (spool_index.py)
         self._jobs_view = DirView(str(self.jobs), FRESH, RESCAN_EVERY)
@@ -95,7 +96,6 @@ class Spool:
         self._records = RecordCache(RECORDS_KEPT, FRESH)  # whole records, read on demand
         self._held: dict[str, JobRecord] = {}  # received, not yet written (module docstring)
         self._locked = False  # in a pass: only this process writes the spool
-        self._events_fd: int | None = None  # events.jsonl, open while the lock is held
         self._token = "%d-%s" % (os.getpid(), os.urandom(8).hex())  # see lock()
         self._unsynced: set[str] = set()  # directories with writes not yet made durable
         self._make_private()
@@ -318,19 +318,13 @@ class Spool:
     def event(self, name: str, old: JobState | None, new: JobState, **detail: Any) -> None:
         entry = {"time": p.now_iso(), "job": name, "from": old, "to": new}
         entry.update(detail)
-        if not self._locked:
-            p.append_jsonl(str(self.events), entry)
-            return
-        if self._events_fd is None:  # kept open while the lock is held: one open a pass
-            self._events_fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                      | os.O_CLOEXEC, 0o644)
-        os.write(self._events_fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+        self._log.append(entry, self._locked)
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.history_all() if e.get("job") == name]
 
     def history_all(self) -> list[dict[str, Any]]:
-        return p.read_jsonl(str(self.events) + ".1") + p.read_jsonl(str(self.events))
+        return self._log.entries()
 
     def prune_if_due(self, keep_days: float, every: float) -> int:
         """:meth:`prune` when the last prune by any process (``SPOOL/pruned``'s time) is
@@ -357,9 +351,7 @@ class Spool:
                 removed += 1
         if removed:
             self._finished_view.forget()  # counted again when asked
-        if self.events.exists() and self.events.stat().st_size > max_event_bytes:
-            self._close_events()
-            os.replace(self.events, str(self.events) + ".1")
+        self._log.rotate(max_event_bytes)
         return removed
 
     def _save(self, rec: JobRecord, sync: bool = True) -> None:
@@ -422,9 +414,4 @@ class Spool:
                 yield
             finally:
                 self._locked = False
-                self._close_events()
-
-    def _close_events(self) -> None:
-        if self._events_fd is not None:
-            os.close(self._events_fd)
-            self._events_fd = None
+                self._log.close()
