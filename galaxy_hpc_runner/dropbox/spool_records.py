@@ -195,22 +195,32 @@ def _replace_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
 
 
 def parse_record(data: bytes) -> dict[str, Any]:
-    """A record file's fields: its first object, updated by each later line in turn. What
-    follows the last newline of a file of several lines is a line cut short (a crash
-    during its ``write``) and is left out. The first object may span lines (a record
-    written by hand or by another tool)."""
-    end = data.rfind(b"\n") + 1
-    text = (data[:end] if end else data).decode("utf-8")
+    """A record file's fields: its first object, updated by each later line in turn. The
+    first object may span lines (a record written by hand or by another tool). A last
+    line that cannot be read and has no newline was cut short (a crash during its
+    ``write``): it is left out, the step it would have written not taken."""
+    try:
+        return _fields(data.decode("utf-8"))
+    except ValueError:
+        end = data.rfind(b"\n") + 1
+        if end in (0, len(data)):
+            raise
+        return _fields(data[:end].decode("utf-8"))
+
+
+def _fields(text: str) -> dict[str, Any]:
     fields, at = _DECODER.raw_decode(text, len(text) - len(text.lstrip()))
     if not isinstance(fields, dict):
         raise ValueError("not a JSON object")
     rest, *lines = text[at:].split("\n")
     if rest.strip():
         raise ValueError("more than one object on its first line")
-    for number, line in enumerate(lines[:-1], 2):
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
+    for number, line in enumerate(lines, 2):
         change = json.loads(line)
         if not isinstance(change, dict):
-            raise ValueError("line %d of the changes is not a JSON object" % number)
+            raise ValueError("line %d is not a JSON object" % number)
         fields.update(change)
     return fields
 

@@ -10,8 +10,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from galaxy_hpc_runner.dropbox import spool_records
-from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
+from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool, SpoolError
 from hpc_worker.states import JobState
 
 
@@ -116,3 +118,20 @@ def test_a_cut_line_ending_inside_a_character_is_left_out_too() -> None:
     data = first.encode() + cut.encode()[:-3]  # ends inside the two bytes of the last é
     fields = spool_records.parse_record(data)
     assert fields["state"] == "staged" and fields["message"] == "\u00e9t\u00e9"
+
+
+def test_a_record_written_by_hand_without_its_last_newline_is_read(tmp_path: Path) -> None:
+    spool, rec = _staged_then_claimed(tmp_path / "spool")
+    path = spool.jobs / "j.json"
+    path.write_text(json.dumps(dataclasses.asdict(rec), indent=1))  # no newline at the end
+    again = Spool(tmp_path / "spool").get("j")
+    assert again is not None and again.pilot == "p1" and again.meta["key"] == "k"
+
+
+def test_a_damaged_line_before_the_last_is_an_error_naming_the_record(tmp_path: Path) -> None:
+    spool, _rec = _staged_then_claimed(tmp_path / "spool")
+    path = spool.jobs / "j.json"
+    first, second, third = path.read_bytes().split(b"\n")[:3]
+    path.write_bytes(b"\n".join((first, second[:10], third, b"")))
+    with pytest.raises(SpoolError, match=r"unreadable spool record .*j\.json"):
+        Spool(tmp_path / "spool").get("j")
