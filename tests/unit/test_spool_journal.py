@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,38 @@ def test_a_damaged_line_before_the_last_is_an_error_naming_the_record(tmp_path: 
     path.write_bytes(b"\n".join((first, second[:10], third, b"")))
     with pytest.raises(SpoolError, match=r"unreadable spool record .*j\.json"):
         Spool(tmp_path / "spool").get("j")
+
+
+def test_a_reader_beside_the_writer_sees_whole_steps_in_order(tmp_path: Path) -> None:
+    """Another process's view (``status`` while a pass runs): every read is a step the
+    writer took, never a half line or an error, and never an older one than before; past
+    REWRITE_BYTES the writer replaces the file, which the reader must not notice either."""
+    spool, rec = _staged_then_claimed(tmp_path / "spool")
+    reader = Spool(tmp_path / "spool")
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                got = reader.get("j")
+                assert got is not None and got.meta["key"] == "k"
+                seen.append(int(got.message[1:]) if got.message else -1)
+            except BaseException as exc:  # seen by the test, not lost in the thread
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        with spool.lock(5.0):
+            for number in range(600):  # about 3 rewrites at REWRITE_BYTES
+                spool.note(rec, message="m%d" % number)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors
+    assert len(set(seen)) > 10 and seen == sorted(seen) and set(seen) <= set(range(-1, 600))
+    final = Spool(tmp_path / "spool").get("j")
+    assert final is not None and final.message == "m599"
