@@ -326,44 +326,50 @@ def main() -> int:
     if shutil.which("xargs") is None:
         raise SystemExit("xargs is needed")
     for r in range(args.rounds):  # interleaved, so load changes hit all alike
-        floor = run_xargs(args.jobs)
-        settle_fs()  # each contender starts on a file system in the same state
-        parsl = run_parsl(args.jobs, args.stream if r == 0 else 0)
-        start_cost = settle_fs()
-        ours = run_ours(args.jobs, args.stream if r == 0 else 0)
-        settle_fs()
-        warm = run_ours(args.jobs, 0, warm=True)  # as warm as Parsl's workers
-        settle_fs()
-        two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
-        out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
-                              "ours": ours["jobs_per_s"], "ours_warm": warm["jobs_per_s"],
-                              "ours_2_slots": two["jobs_per_s"],
-                              "submitter_cpu_ms_per_job": ours["submitter_cpu_ms_per_job"],
-                              "load_average": os.getloadavg()[0],
-                              "create_ms": start_cost})
-        if r == 0:
-            out["dispatch"] = {"ours": ours, "parsl": parsl}
-        _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
-                     ours["jobs_per_s"], warm["jobs_per_s"], two["jobs_per_s"])
-        print("  submitter CPU %.2f ms per job; load average %.2f; a new file in %s costs "
-              "%.3f ms of CPU" % (ours["submitter_cpu_ms_per_job"], os.getloadavg()[0],
-                                  out["tmpdir"], out["rounds"][-1]["create_ms"]))
+        one_round(r, args, out)
     if "dispatch" in out and args.stream:
         _print_dispatch(out["dispatch"])
-    out["scale"] = []
-    for backlog in (int(n) for n in args.scale.split(",") if n):
-        settle_fs()
-        s = run_scale(backlog, args.window)
-        out["scale"].append(s)
-        print("backlog %6d: first start %.2f s, drain %.1f jobs/s (submitter CPU %.2f ms/job), "
-              "submitter peak RSS %.0f MB; idle pass over %d records %.3f s (peak RSS %.0f MB); "
-              "load average %.2f" % (
-                  backlog, s["first_start_s"], s["drain_jobs_per_s"],
-                  s["drain_submitter_cpu_ms_per_job"], s["peak_rss_mb"], s["idle_records"],
-                  s["idle_pass_s"], s["idle_rss_mb"], s["load_average"]))
+    out["scale"] = [one_backlog(int(n), args.window) for n in args.scale.split(",") if n]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def one_round(r: int, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """xargs, Parsl and ours three ways, each on a settled file system."""
+    floor = run_xargs(args.jobs)
+    settle_fs()  # each contender starts on a file system in the same state
+    parsl = run_parsl(args.jobs, args.stream if r == 0 else 0)
+    start_cost = settle_fs()
+    ours = run_ours(args.jobs, args.stream if r == 0 else 0)
+    settle_fs()
+    warm = run_ours(args.jobs, 0, warm=True)  # as warm as Parsl's workers
+    settle_fs()
+    two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
+    out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
+                          "ours": ours["jobs_per_s"], "ours_warm": warm["jobs_per_s"],
+                          "ours_2_slots": two["jobs_per_s"],
+                          "submitter_cpu_ms_per_job": ours["submitter_cpu_ms_per_job"],
+                          "load_average": os.getloadavg()[0], "create_ms": start_cost})
+    if r == 0:
+        out["dispatch"] = {"ours": ours, "parsl": parsl}
+    _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
+                 ours["jobs_per_s"], warm["jobs_per_s"], two["jobs_per_s"])
+    print("  submitter CPU %.2f ms per job; load average %.2f; a new file in %s costs "
+          "%.3f ms of CPU" % (ours["submitter_cpu_ms_per_job"], os.getloadavg()[0],
+                              out["tmpdir"], start_cost))
+
+
+def one_backlog(backlog: int, window: float) -> dict[str, float]:
+    settle_fs()
+    s = run_scale(backlog, window)
+    print("backlog %6d: first start %.2f s, drain %.1f jobs/s (submitter CPU %.2f ms/job), "
+          "submitter peak RSS %.0f MB; idle pass over %d records %.3f s (peak RSS %.0f MB); "
+          "load average %.2f" % (
+              backlog, s["first_start_s"], s["drain_jobs_per_s"],
+              s["drain_submitter_cpu_ms_per_job"], s["peak_rss_mb"], s["idle_records"],
+              s["idle_pass_s"], s["idle_rss_mb"], s["load_average"]))
+    return s
 
 
 def _print_round(number: int, floor: float, parsl: float | None, ours: float,
