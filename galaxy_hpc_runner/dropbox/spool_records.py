@@ -151,30 +151,21 @@ def write_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
     docs/design.md). Otherwise the whole record is written as a new one-line file (temp +
     rename). Only the pass lock's holder writes, so the temp file has a fixed name (a
     killed pass's is overwritten); the file is private to the spool's owner."""
-    fd = _open_append(path)
-    if fd is not None:
-        try:
-            info = os.fstat(fd)
-            if 0 < info.st_size < REWRITE_BYTES and os.pread(fd, 1, info.st_size - 1) == b"\n":
-                changing = {k: v for k, v in vars(rec).items() if k not in FIXED_FIELDS}
-                p.write_all(fd, (json.dumps(changing) + "\n").encode("utf-8"), sync)
-                return os.fstat(fd)
-        finally:
-            os.close(fd)
-    return _replace_record(path, rec, sync)
-
-
-def _open_append(path: str) -> int | None:
-    """``path`` open for appending when it is a regular file (never through a link)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC)
-    except OSError:
-        return None  # absent, a link, a FIFO without reader...: the new file replaces it
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    except OSError:  # absent, a link, a FIFO without reader...: the new file replaces it
+        return _replace_record(path, rec, sync)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and 0 < info.st_size < REWRITE_BYTES and \
+                os.pread(fd, 1, info.st_size - 1) == b"\n":
+            changing = {k: v for k, v in vars(rec).items() if k not in FIXED_FIELDS}
+            p.write_all(fd, (json.dumps(changing) + "\n").encode("utf-8"), sync)
+            return os.fstat(fd)
+    finally:
         os.close(fd)
-        return None
-    return fd
+    return _replace_record(path, rec, sync)
 
 
 def _replace_record(path: str, rec: JobRecord, sync: bool) -> os.stat_result:
