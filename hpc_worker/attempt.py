@@ -12,7 +12,6 @@ Standard library only, Python 3.8.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import re
@@ -175,7 +174,7 @@ class Attempt:
             try:
                 os.link(src, dst, follow_symlinks=False)
             except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                if exc.errno not in p.NO_LINKS:
                     raise
                 os.symlink(src, dst)
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import posixpath
@@ -89,6 +90,8 @@ KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}$")
 PILOT_SUFFIXES = (".json", ".hb", ".log", ".out")
 PILOT_ENTRY, HEARTBEAT, PILOT_LOG, PILOT_OUT = PILOT_SUFFIXES
 
+# a file system without hard links (or not between these directories) answers link() so
+NO_LINKS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 CURRENT = "current"  # reserved: older pilots wrote the live attempt's name there
 ATTEMPT_PREFIX = "attempt-"
 ATTEMPT_RE = re.compile(r"^attempt-[1-9][0-9]{0,5}$")
