@@ -282,12 +282,16 @@ def read_json(path: str) -> Any:
         return json.load(handle)
 
 
+def jsonl_line(obj: Dict[str, Any]) -> bytes:
+    """``obj`` as one line of a JSON-lines file, ready for a single write()."""
+    return (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")
+
+
 def append_jsonl(path: str, obj: Dict[str, Any]) -> None:
     """Append one JSON line; a single write() of a short line is not interleaved."""
-    line = (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, jsonl_line(obj))
     finally:
         os.close(fd)
 

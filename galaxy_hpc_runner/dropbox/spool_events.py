@@ -8,7 +8,6 @@ A line is one ``write`` of the whole line.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ class EventLog:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o644)
-        os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+        os.write(self._fd, p.jsonl_line(entry))
 
     def close(self) -> None:
         """At the end of a pass (the lock is given up)."""
