@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
+from galaxy_hpc_runner.dropbox import receive
 from tests.sitekit import PROJECT, Site
 
 
@@ -298,3 +300,40 @@ def test_a_job_signalled_with_its_pilot_is_rerun_not_reported_ok(site: Site) -> 
     assert job["status"] == "ok" and job["attempts"] == 2
     assert datetime.datetime.fromisoformat(job["start"]).timestamp() > signalled
     assert "Terminated" not in job["stderr"]  # the cut-short first run was not reported
+
+
+def test_answered_descriptions_are_checked_once_not_every_pass(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished job's description left in the dropbox costs no stat per pass: only a new
+    entry under its name (renamed in) or the full look every 30 s checks it again."""
+    names = ["seen%d" % i for i in range(5)]
+    for name in names:
+        site.drop(name, site.upper_job(name))
+    sub = site.drain(names)
+    checked: list[str] = []
+    original = receive.is_resubmission
+    monkeypatch.setattr(receive, "is_resubmission",
+                        lambda job, result: checked.append(job.name) or original(job, result))
+    for i in range(3):  # each pass finds the dropbox changed, as in a burst
+        site.drop("other%d" % i, text="not: [valid")
+        sub.run_pass()
+    assert sorted(c for c in checked if c.startswith("seen")) == [n + ".job" for n in names]
+    site.drop("seen0", site.upper_job("seen0", "again\n"))  # renamed in: a new entry
+    sub.run_pass()
+    assert site.state("seen0") != "finished"
+
+
+def test_a_description_rewritten_in_place_is_a_new_job_at_the_full_look(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.drop("inplace", site.upper_job("inplace", "first\n"))
+    sub = site.drain(["inplace"])
+    sub.run_pass()  # sees the description answered
+    job = site.root / "dropbox" / "inplace.job"
+    with open(job, "w") as handle:  # the same inode, a new change time
+        handle.write(yaml.safe_dump(site.upper_job("inplace", "second\n")))
+    sub.run_pass()
+    assert site.state("inplace") == "finished"  # neither the dropbox nor the entry moved
+    monkeypatch.setattr(receive, "DEEP", 0.0)  # as 30 s later
+    sub._dropbox._quiet.rescan_every = 0.0
+    site.drain(["inplace"], sub=sub)
+    assert site.out("inplace.upper").read_text() == "SECOND\n"

@@ -30,6 +30,9 @@ from hpc_worker.states import Reason, ResultStatus
 log = logging.getLogger(__name__)
 MAX_DESCRIPTION_BYTES = 1 << 20
 NAME_MAX = 255  # bytes of one file name on every file system we know
+# seconds: every answered description is checked for a resubmission this often, a little
+# less than the full look QuietDirectory takes every 30 s, so that look includes it
+DEEP = 25.0
 _unanswerable: set[str] = set()  # names already logged as impossible to answer
 
 
@@ -50,6 +53,10 @@ class DropboxReader:
     def __init__(self, cfg: Config, spool: Spool, finish: Finish) -> None:
         self.cfg, self.spool, self.finish = cfg, spool, finish
         self._quiet = QuietDirectory(str(cfg.dropbox))
+        # NAME -> inode of the NAME.job its NAME.job.finished was found to answer: a pass
+        # that sees the same entry again need not stat both (checked anew every DEEP s)
+        self._answered: dict[str, int] = {}
+        self._deep_at = 0.0
 
     def receive(self, report: Report, limit: int, hold: bool = False) -> None:
         """Up to ``limit`` new descriptions; ``hold``: their records stay in memory until
@@ -61,12 +68,15 @@ class DropboxReader:
 
     def _listed(self, report: Report, limit: int, hold: bool) -> bool:
         """True when every description listed is taken or answered (none left waiting)."""
-        names = os.listdir(self.cfg.dropbox)
+        with os.scandir(self.cfg.dropbox) as entries:
+            inodes = {entry.name: entry.inode() for entry in entries}
+        names = list(inodes)
         answered = {n[: -len(d.FINISHED_SUFFIX)] for n in names if n.endswith(d.FINISHED_SUFFIX)}
+        self._forget_unless(answered)
         active = self.spool.active_names()
         taken, complete = 0, True
         with safefs.opened(safefs.open_root(self.cfg.dropbox)) as dir_fd:  # once a pass
-            for name in self._waiting(names, answered, active):
+            for name in self._waiting(inodes, answered, active):
                 if taken >= limit:  # the rest in the next pass, which the loop starts at once
                     report.more = True
                     return False
@@ -78,17 +88,30 @@ class DropboxReader:
                 complete = complete and report.received + report.rejected > done
         return complete
 
-    def _waiting(self, names: list[str], answered: set[str], active: set[str]
+    def _forget_unless(self, answered: set[str]) -> None:
+        """Keep what is known of the answered names still there; all of it every DEEP s:
+        a description rewritten or touched in place keeps its inode (README: noticed
+        within 30 s, as the dropbox's own time does not move then either)."""
+        if time.monotonic() - self._deep_at >= DEEP:
+            self._answered, self._deep_at = {}, time.monotonic()
+        elif len(self._answered) > len(answered):
+            self._answered = {n: i for n, i in self._answered.items() if n in answered}
+
+    def _waiting(self, inodes: dict[str, int], answered: set[str], active: set[str]
                  ) -> Iterator[str]:
         """Names of the descriptions not yet received, in order."""
-        for fname in sorted(names):
+        for fname in sorted(inodes):
             if not fname.endswith(d.SUFFIX) or fname.startswith("."):
                 continue
             name = fname[: -len(d.SUFFIX)]
             if name in active:
                 continue
-            if name in answered and not self._resubmitted(name):
-                continue
+            if name in answered:
+                if self._answered.get(name) == inodes[fname]:
+                    continue  # the same entry its result answers: seen in an earlier pass
+                if not self._resubmitted(name):
+                    self._answered[name] = inodes[fname]
+                    continue
             yield name
 
     def _resubmitted(self, name: str) -> bool:
