@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 from typing import Set
 
 log = logging.getLogger(__name__)
 
+DRAIN_EVERY = 500  # ms: the watcher reads the pipe this often, so it never fills
 IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
            signal.SIGCHLD)
 
@@ -71,27 +73,42 @@ class GroupGuard:
 
 
 def _watch(read_fd: int) -> None:
+    """Wait for the pilot's end of the pipe to close (the kernel's hang-up, not each line:
+    a line written wakes nobody, so a job's start costs the pilot one cheap write), read
+    what the pipe holds every DRAIN_EVERY ms meanwhile, and at the hang-up read the rest
+    (a closed pipe keeps its data) and kill every group still listed."""
     signal.set_wakeup_fd(-1)
     for sig in IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     os.setsid()
     _close_others(read_fd)
+    os.set_blocking(read_fd, False)
+    poller = select.poll()
+    poller.register(read_fd, 0)  # no events asked for: only a hang-up or an error wakes it
     groups: Set[int] = set()
-    pending = b""
+    pending, ended = b"", False
+    while not ended:
+        with contextlib.suppress(InterruptedError):
+            poller.poll(DRAIN_EVERY)
+        pending, ended = _drain(read_fd, groups, pending)
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _drain(read_fd: int, groups: Set[int], pending: bytes) -> "tuple[bytes, bool]":
+    """Apply every whole line the pipe holds; (the unfinished rest, end of file seen)."""
     while True:
         try:
-            chunk = os.read(read_fd, 4096)
-        except InterruptedError:
-            continue
+            chunk = os.read(read_fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return pending, False
         if not chunk:
-            break
+            return pending, True
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
             _apply(groups, line)
-    for pgid in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
 
 
 def _apply(groups: Set[int], line: bytes) -> None:
