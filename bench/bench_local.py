@@ -28,6 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from galaxy_hpc_runner.config import load_config
+from galaxy_hpc_runner.dropbox.description import dump_yaml
 from galaxy_hpc_runner.dropbox.submitter import Submitter
 
 NOOP = "#!/bin/bash\n: > <<output>>\n"
@@ -65,7 +66,7 @@ def make_site(root: Path, interval: float, poll: float) -> Submitter:
 def drop(root: Path, name: str) -> float:
     doc = {"script": "noop", "output_map": {"output": str(root / "results" / name)}}
     tmp = root / "dropbox" / (".%s.tmp" % name)
-    tmp.write_text(yaml.safe_dump(doc))
+    tmp.write_text(dump_yaml(doc))  # as the Galaxy batcher writes them
     when = time.time()
     tmp.rename(root / "dropbox" / (name + ".job"))
     return when

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from galaxy_hpc_runner.config import RESERVED_VARS, Config, parse_duration
-from galaxy_hpc_runner.dropbox import plainyaml, safefs
+from galaxy_hpc_runner.dropbox import plainyaml, safefs, yamlout
 from galaxy_hpc_runner.dropbox.templates import SUFFIX as SCRIPT_SUFFIX
 from galaxy_hpc_runner.dropbox.templates import load_template, render, template_path
 from galaxy_hpc_runner.errors import JobError
@@ -84,6 +84,14 @@ _ResultDumper.add_representer(str, _str_representer)
 
 
 def dump_yaml(doc: Any) -> str:
+    """Block YAML, keys in their order, multi-line strings as literal blocks: written by
+    :mod:`yamlout` where the document is plain, by PyYAML otherwise (the same text)."""
+    if isinstance(doc, dict):
+        return yamlout.emit(doc, _pyyaml)
+    return _pyyaml(doc)
+
+
+def _pyyaml(doc: Any) -> str:
     return yaml.dump(doc, Dumper=_ResultDumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=1 << 16)
 
