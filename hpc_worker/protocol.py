@@ -62,6 +62,7 @@ import os
 import posixpath
 import re
 import tempfile
+import time
 from typing import Any, Dict, List, Optional, Set
 
 READY = "queue/ready"
@@ -103,8 +104,17 @@ FILE_NAME_RE = re.compile(r"^[^/\x00]{1,255}$")
 
 
 def now_iso() -> str:
-    """The current time, ISO 8601 with milliseconds and the local time zone."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
+    """The current time, ISO 8601 with milliseconds and the local time zone (its offset
+    now: one zone object per offset seen, not one per call as ``astimezone()`` makes)."""
+    now = time.time()
+    offset = time.localtime(now).tm_gmtoff
+    zone = _ZONES.get(offset)
+    if zone is None:
+        zone = _ZONES.setdefault(offset, datetime.timezone(datetime.timedelta(seconds=offset)))
+    return datetime.datetime.fromtimestamp(now, zone).isoformat(timespec="milliseconds")
+
+
+_ZONES: Dict[int, datetime.tzinfo] = {}
 
 
 def epoch_iso(epoch: Optional[float]) -> str:

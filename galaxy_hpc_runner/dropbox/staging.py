@@ -146,7 +146,7 @@ class Stager:
                 safefs.link_or_create(self.path(p.JOBS, key, p.META), marker)
             except OSError as exc:
                 raise TransportError("cannot write %s: %s" % (marker, exc.strerror)) from exc
-        log.info("(%s) staged in %s", key, self.path(p.JOBS, key))
+        log.debug("(%s) staged in %s", key, self.path(p.JOBS, key))  # INFO: the spool's line
 
     def sync(self) -> None:
         """Make the files written since the last sync durable: one ``syncfs`` for a local
