@@ -4,7 +4,9 @@ the job environment and the attempt directory."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hpc_worker import decisions as d
 from hpc_worker import gpu
 from hpc_worker import protocol as p
 from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_spec, spec_problems
+from hpc_worker.guard import GroupGuard
 from hpc_worker.readyq import ReadyQueue
 from hpc_worker.records import JobSpec
 
@@ -266,3 +269,24 @@ def test_protocol_paths_for_the_collecting_side() -> None:
     with pytest.raises(ValueError):
         p.output_path("/w", "k", "o.txt", "../../etc")
     assert not p.valid_attempt("attempt-0") and p.valid_attempt("attempt-12")
+
+
+def test_the_watcher_kills_listed_groups_after_more_lines_than_a_pipe_holds() -> None:
+    """The watcher reads its pipe only every 0.5 s and at the pilot's end: 275,000 bytes of
+    lines (four pipes' worth) still reach it, and the one group still listed dies."""
+    guard = GroupGuard()
+    guard.start()
+    tool = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = time.monotonic()
+        for pgid in range(10**8, 10**8 + 12_500):  # above any pid_max: added and ended again
+            guard.add(pgid)
+            guard.remove(pgid)
+        guard.add(tool.pid)
+        guard.stop()  # as the pilot's death: the pipe closes
+        assert tool.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() - started < 10
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
