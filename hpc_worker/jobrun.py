@@ -44,6 +44,7 @@ class JobRun:
         self.kill_due: Optional[float] = None  # SIGKILL the group at this time if still alive
         self.settle_until: Optional[float] = None
         self.usage = Usage()
+        self.result: Optional[Result] = None  # written, to be published
 
     @property
     def claim_path(self) -> str:
@@ -120,9 +121,9 @@ class JobRun:
         if self.proc is not None:
             _killpg(self.proc.pid, signal.SIGKILL)
 
-    def finish(self, scheduler_id: str, metrics: Dict[str, object]) -> Optional[Result]:
-        """Write the result, publish the attempt while the claim is still ours, then move
-        the claim to done/ (the marker last). None when the claim was taken from us."""
+    def write_result(self, scheduler_id: str, metrics: Dict[str, object]) -> str:
+        """Write the attempt's result, not yet synced (the pilot syncs the results of the
+        jobs it reports together, then publishes them); returns its path."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
         result.start, result.end, result.host = self.start_iso, p.now_iso(), HOST
@@ -130,14 +131,21 @@ class JobRun:
         result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
         assert self.attempt is not None
         result.attempt = self.attempt.name
-        # the one fsync of a job: its result, published below as a link to the same file
-        p.replace_file(os.path.join(self.attempt.dir, p.RESULT), result.dumps() + "\n",
-                       sync=True)
+        path = os.path.join(self.attempt.dir, p.RESULT)
+        p.replace_file(path, result.dumps() + "\n")
+        self.result = result
+        return path
+
+    def publish_result(self) -> Optional[Result]:
+        """After the result is synced: publish the attempt while the claim is still ours,
+        then move the claim to done/ (the marker last). None when the claim was taken."""
+        result, attempt = self.result, self.attempt
+        assert result is not None and attempt is not None
         if not os.path.exists(self.claim_path):
             log.error("(%s) its claim was taken from this pilot: result kept in %s only",
-                      self.key, self.attempt.dir)
+                      self.key, attempt.dir)
             return None
-        self.attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs) + (p.RESULT,))
+        attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs) + (p.RESULT,))
         p.try_rename(self.claim_path, p.marker(self.root, p.DONE, self.key))
         log.info("(%s) finished: %s (rc %s)", self.key, result.status, result.rc)
         return result

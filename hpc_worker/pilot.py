@@ -11,7 +11,10 @@ cannot finish in time. It drains by itself at the release point without a warnin
 A job that ends by itself frees its slot at once and is reported once ``--settle``
 seconds (``decisions.SETTLE`` when it died of a stop signal) passed without a stop
 signal reaching the pilot: the scheduler signals the job and the pilot at once, in
-either order, and a script may carry on and exit 0 after its tool was killed.
+either order, and a script may carry on and exit 0 after its tool was killed. While
+other jobs run, jobs whose settle time is over are reported together, once the first
+of them has waited ``reporting.GATHER`` seconds more: their results are made durable
+together.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from typing import Dict, List, Optional
 
 from . import decisions as d
-from . import gpu
+from . import gpu, reporting
 from . import protocol as p
 from .attempt import JobInvalid, kept_env, load_spec, read_runs
 from .guard import GroupGuard
@@ -125,8 +128,9 @@ class Pilot:
             nap = min(nap, TICK)
         if any(job.kill_due for job in self.running.values()):
             nap = min(nap, 0.1)
-        for job in self.settling:
-            nap = min(nap, max(0.01, (job.settle_until or 0) - time.time()))
+        report_at = reporting.due_at(self.settling, bool(self.running))
+        if report_at is not None:
+            nap = min(nap, max(0.01, report_at - time.time()))
         if self.release_at is not None and self.release_at > time.time():
             nap = min(nap, self.release_at - time.time() + 0.01)
         return nap
@@ -163,13 +167,15 @@ class Pilot:
                 self._settle(slot, job, rc, now)
 
     def _report_settled(self, now: float) -> None:
+        """Report the jobs whose settle time is over, together (``reporting.due_at``)."""
         if self.stopping:
             return  # what settles was maybe cut short by the stop: _shutdown releases it
         for job in list(self.settling):
             if self.draining and d.stop_signalled(job.poll() or 0, DRAIN_SIGNALS):
                 self._close(job, release=ReleaseReason.PILOT_WALLTIME)
-            elif now >= (job.settle_until or 0):
-                self._close(job)
+        report_at = reporting.due_at(self.settling, bool(self.running))
+        if report_at is not None and now >= report_at:
+            self._report([job for job in self.settling if now >= (job.settle_until or 0)])
 
     def _settle(self, slot: int, job: JobRun, rc: int, now: float) -> None:
         """A job that ended by itself frees its slot, but is reported only once no stop
@@ -192,23 +198,25 @@ class Pilot:
 
     def _close(self, job: JobRun, release: Optional[ReleaseReason] = None) -> None:
         """Report or release a job whose processes are gone."""
+        if release is None:
+            self._report([job])
+            return
         if job in self.settling:
             self.settling.remove(job)
         try:
-            if release is not None:
-                job.release(release)
-            else:
-                job.finish(self.s.scheduler_id, gpu.job_metrics(
-                    self.alloc, job.gpu, job.elapsed(time.time()), job.usage))
-                self.done_count += 1
+            job.release(release)
         except OSError as exc:  # a full disk, its directory withdrawn under us
-            log.error("(%s) cannot report its result: %s", job.key, exc)
-            if release is None:
-                with contextlib.suppress(OSError):
-                    job.release(ReleaseReason.REPORT_FAILED)  # never claimed forever
-                self.queue.never(job.key)
-        self.last_activity = time.time()
-        self._changed = True
+            log.error("(%s) cannot be released: %s", job.key, exc)
+        self.last_activity, self._changed = time.time(), True
+
+    def _report(self, jobs: List[JobRun]) -> None:
+        """Report ``jobs`` together (``reporting``); one that cannot be is given back."""
+        self.settling = [job for job in self.settling if job not in jobs]
+        done, refused = reporting.report(jobs, self.s.scheduler_id, self.alloc, time.time())
+        self.done_count += done
+        for key in refused:
+            self.queue.never(key)
+        self.last_activity, self._changed = time.time(), True
 
     def _supervise(self, now: float) -> None:
         for job in self.running.values():

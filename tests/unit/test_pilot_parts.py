@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from hpc_worker import decisions as d
-from hpc_worker import gpu
+from hpc_worker import gpu, reporting
 from hpc_worker import protocol as p
 from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_spec, spec_problems
 from hpc_worker.guard import GroupGuard
+from hpc_worker.jobrun import JobRun
 from hpc_worker.readyq import ReadyQueue
 from hpc_worker.records import JobSpec
 
@@ -290,3 +291,16 @@ def test_the_watcher_kills_listed_groups_after_more_lines_than_a_pipe_holds() ->
         if tool.poll() is None:
             tool.kill()
             tool.wait()
+
+
+def test_settled_jobs_are_reported_together_and_never_before_their_settle_time() -> None:
+    def settled(until: float) -> JobRun:
+        job = JobRun("/w", "k%s" % until, "pilot", 0, "0", JobSpec(key="k"))
+        job.settle_until = until
+        return job
+
+    assert reporting.due_at([], others_running=True) is None
+    jobs = [settled(10.2), settled(10.0), settled(10.3)]
+    assert reporting.due_at(jobs, others_running=False) == 10.0  # alone: at once
+    assert reporting.due_at(jobs, others_running=True) == 10.0 + reporting.GATHER
+    assert reporting.GATHER <= 0.1  # drop -> .finished stays well under its 0.5 s target
