@@ -4,9 +4,9 @@ PyYAML's C emitter still builds and resolves every node in Python: about 0.18 ms
 one small result document, a tenth of what the submitter spends on a whole job. Most
 documents we write are mappings of short single-line strings, numbers and flags,
 which need none of that; :func:`emit` writes those itself, in the block style PyYAML
-gives them, and hands anything else to PyYAML (:func:`fallback`): a multi-line
-string (stdout and stderr as literal blocks), an empty or nested list, a key that
-is not a plain word, a number in exponent notation. Whatever it writes reads back
+gives them, and hands anything else to PyYAML (the ``fallback`` it is given): a
+multi-line string (stdout and stderr as literal blocks), an empty or nested list, a
+key that is not a plain word, a number in exponent notation. Whatever it writes reads back
 as the same document with any YAML loader (tests/unit/test_yamlout.py checks that
 against PyYAML for generated documents and byte for byte for the usual shapes).
 """
