@@ -45,6 +45,7 @@ class JobRun:
         self.settle_until: Optional[float] = None
         self.usage = Usage()
         self.result: Optional[Result] = None  # written, to be published
+        self.ended: Optional[float] = None  # when its shell was reaped and its group killed
 
     @property
     def claim_path(self) -> str:
@@ -54,7 +55,10 @@ class JobRun:
         return self.spec.walltime
 
     def elapsed(self, now: float) -> float:
-        return max(0.0, now - self.start_time) if self.start_time else 0.0
+        """Seconds it ran: until its processes ended, if they did (not until its report,
+        which waits for the settle time)."""
+        end = now if self.ended is None else self.ended
+        return max(0.0, end - self.start_time) if self.start_time else 0.0
 
     def start(self, pilot_env: Mapping[str, str], slot_env: Mapping[str, str],
               root_as_given: str, keep: Sequence[str] = (),
@@ -126,7 +130,7 @@ class JobRun:
         jobs it reports together, then publishes them); returns its path."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
-        result.start, result.end, result.host = self.start_iso, p.now_iso(), HOST
+        result.start, result.end, result.host = self.start_iso, p.now_iso(self.ended), HOST
         result.pilot, result.scheduler_id, result.slot = self.pilot, scheduler_id, self.slot
         result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
         assert self.attempt is not None

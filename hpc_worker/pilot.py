@@ -189,6 +189,7 @@ class Pilot:
     def _detach(self, slot: int, job: JobRun) -> None:
         del self.running[slot]
         job.end_group()
+        job.ended = time.time()
         if job.proc is not None:
             self.guard.remove(job.proc.pid)
 

@@ -103,10 +103,11 @@ FILE_NAME_RE = re.compile(r"^[^/\x00]{1,255}$")
 
 
 
-def now_iso() -> str:
-    """The current time, ISO 8601 with milliseconds and the local time zone (its offset
-    now: one zone object per offset seen, not one per call as ``astimezone()`` makes)."""
-    now = time.time()
+def now_iso(at: Optional[float] = None) -> str:
+    """The current time (or ``at``, a time.time() value), ISO 8601 with milliseconds and
+    the local time zone (its offset then: one zone object per offset seen, not one per
+    call as ``astimezone()`` makes)."""
+    now = time.time() if at is None else at
     offset = time.localtime(now).tm_gmtoff
     zone = _ZONES.get(offset)
     if zone is None:

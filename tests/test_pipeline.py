@@ -337,3 +337,14 @@ def test_a_description_rewritten_in_place_is_a_new_job_at_the_full_look(
     sub._dropbox._quiet.rescan_every = 0.0
     site.drain(["inplace"], sub=sub)
     assert site.out("inplace.upper").read_text() == "SECOND\n"
+
+
+def test_runtime_and_end_are_the_jobs_own_not_its_report_time(site: Site) -> None:
+    """The pilot reports a job only after its settle time (0.2 s): what the result says of
+    the job's runtime and end is when its processes ended, not when it was reported."""
+    site.drop("timed", site.sleepy_job("timed", 1))
+    site.drain(["timed"])
+    job = site.result("timed")["job"]
+    start, end = (datetime.datetime.fromisoformat(job[k]).timestamp() for k in ("start", "end"))
+    assert 1.0 <= job["metrics"]["runtime_seconds"] < 1.19
+    assert abs((end - start) - job["metrics"]["runtime_seconds"]) < 0.01
