@@ -256,10 +256,12 @@ def sync_files(paths: List[str]) -> Dict[str, OSError]:
         for path in paths:
             try:
                 fds.append((path, os.open(path, flags)))
-                if start is not None:
-                    start(fds[-1][1], 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError as exc:
                 errors[path] = exc
+                continue
+            if start is not None:
+                with contextlib.suppress(OSError):  # a hint only: the fsync below decides
+                    start(fds[-1][1], 0, 0, os.POSIX_FADV_DONTNEED)
         for path, fd in fds:
             if path not in errors:
                 try:

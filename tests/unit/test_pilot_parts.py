@@ -304,3 +304,14 @@ def test_settled_jobs_are_reported_together_and_never_before_their_settle_time()
     assert reporting.due_at(jobs, others_running=False) == 10.0  # alone: at once
     assert reporting.due_at(jobs, others_running=True) == 10.0 + reporting.GATHER
     assert reporting.GATHER <= 0.1  # drop -> .finished stays well under its 0.5 s target
+
+
+def test_results_synced_together_report_only_their_own_errors(tmp_path: Path) -> None:
+    done = [tmp_path / ("r%d.json" % i) for i in range(3)]
+    for path in done:
+        path.write_text("{}\n")
+    os.symlink(done[0], tmp_path / "link.json")
+    paths = [str(done[0]), str(tmp_path / "gone.json"), str(tmp_path / "link.json")] + [
+        str(path) for path in done[1:]]
+    errors = p.sync_files(paths)
+    assert sorted(errors) == [str(tmp_path / "gone.json"), str(tmp_path / "link.json")]
