@@ -63,7 +63,7 @@ import posixpath
 import re
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional
 
 READY = "queue/ready"
 CLAIMED = "queue/claimed"
@@ -100,7 +100,6 @@ ATTEMPT_SCRIPT_SUFFIX = ".sh"
 # names in a job directory that are the protocol's own: no input or output may take them
 RESERVED_NAMES = (SCRIPT, META, RUNS, RESULT, STDOUT, STDERR, CURRENT)
 FILE_NAME_RE = re.compile(r"^[^/\x00]{1,255}$")
-
 
 
 def now_iso(at: Optional[float] = None) -> str:
@@ -241,84 +240,10 @@ def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
         raise
 
 
-def sync_files(paths: List[str]) -> Dict[str, OSError]:
-    """Make the files at ``paths`` (just written by this process) durable, together: the
-    write-back of all of them started first (``posix_fadvise(DONTNEED)`` starts it where
-    there is one), then one ``fsync`` each. On a journalled file system the blocks of every
-    file are then allocated in one transaction and the first ``fsync`` commits them all,
-    where an ``fsync`` right after each write commits once per file. Returns the errors,
-    by path (opened without following links)."""
-    errors: Dict[str, OSError] = {}
-    fds: List["tuple[str, int]"] = []
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    start = getattr(os, "posix_fadvise", None)
-    try:
-        for path in paths:
-            try:
-                fds.append((path, os.open(path, flags)))
-            except OSError as exc:
-                errors[path] = exc
-                continue
-            if start is not None:
-                with contextlib.suppress(OSError):  # a hint only: the fsync below decides
-                    start(fds[-1][1], 0, 0, os.POSIX_FADV_DONTNEED)
-        for path, fd in fds:
-            if path not in errors:
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    errors[path] = exc
-    finally:
-        for _, fd in fds:
-            os.close(fd)
-    return errors
-
-
 def write_json(path: str, obj: Any, sync: bool = True) -> None:
     """Atomic JSON; key order is kept (descriptions keep the order they were written in).
-    ``sync=False``: the caller makes it durable later with :func:`sync_paths`."""
+    ``sync=False``: the caller makes it durable later with ``durable.sync_paths``."""
     atomic_write(path, json.dumps(obj, indent=1) + "\n", sync=sync)
-
-
-def sync_paths(paths: "List[str]") -> None:
-    """Make every write so far on the file systems holding ``paths`` durable: one
-    ``syncfs`` per file system (Linux; ``os.sync`` elsewhere), the batch form of the
-    per-file ``fsync`` of :func:`atomic_write` (file data and directory entries alike)."""
-    seen: Set[int] = set()
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            dev = os.fstat(fd).st_dev
-            if dev not in seen:
-                seen.add(dev)
-                if not _syncfs(fd):
-                    os.sync()
-                    return
-        finally:
-            os.close(fd)
-
-
-def _syncfs(fd: int) -> bool:
-    """syncfs(2) through the C library; False where there is none."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-            _LIBC = lib if hasattr(lib, "syncfs") else False
-        except (OSError, AttributeError, ImportError):
-            _LIBC = False
-    if _LIBC is False:
-        return False
-    return bool(_LIBC.syncfs(fd) == 0)
-
-
-_LIBC: Any = None
 
 
 def read_json(path: str) -> Any:

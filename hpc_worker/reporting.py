@@ -5,7 +5,7 @@ result, each right after its write, costs a file system commit per job on a jour
 or shared file system (measured on a journalled ext4, 3,000 jobs of ``true``: 203-218
 jobs/s end to end that way, 294-309 with no ``fsync`` at all, 275-283 this way). The
 pilot reports the jobs whose settle time is over together: every result written first,
-then made durable together (``protocol.sync_files``: the write-back of all started, then
+then made durable together (``durable.sync_files``: the write-back of all started, then
 an ``fsync`` each), then each attempt published and its claim moved to ``done/``.
 
 Standard library only, Python 3.8.
@@ -17,8 +17,7 @@ import contextlib
 import logging
 from typing import List, Optional, Tuple
 
-from . import gpu
-from . import protocol as p
+from . import durable, gpu
 from .jobrun import JobRun
 from .states import ReleaseReason
 
@@ -49,7 +48,7 @@ def report(jobs: List[JobRun], scheduler_id: str, alloc: gpu.Allocation,
                 alloc, job.gpu, job.elapsed(now), job.usage))))
         except OSError as exc:  # a full disk, its directory withdrawn under us
             failed.append((job, exc))
-    errors = p.sync_files([path for _, path in written])
+    errors = durable.sync_files([path for _, path in written])
     failed.extend((job, errors[path]) for job, path in written if path in errors)
     synced = [job for job, path in written if path not in errors]
     done = 0

@@ -56,6 +56,7 @@ from galaxy_hpc_runner.dropbox.spool_records import (
     write_record,
 )
 from galaxy_hpc_runner.errors import HpcBatchError
+from hpc_worker import durable
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState, PilotState
 
@@ -305,7 +306,7 @@ class Spool:
         Call it before acting on unsynced records where a lost write would matter."""
         paths, self._unsynced = self._unsynced | (also or set()), set()
         if paths:
-            p.sync_paths(sorted(paths))
+            durable.sync_paths(sorted(paths))
 
     def retire(self, name: str) -> None:
         """Make room for a resubmission under the same name; the old record is kept."""

@@ -29,6 +29,7 @@ from galaxy_hpc_runner.dropbox.jobfiles import (
 from galaxy_hpc_runner.dropbox.spool import JobRecord
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from hpc_worker import durable
 from hpc_worker import protocol as p
 from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, Result, parse_runs
 from hpc_worker.states import Reason, ResultStatus
@@ -154,7 +155,7 @@ class Stager:
         are its own."""
         if self._unsynced:
             paths, self._unsynced = sorted(self._unsynced), set()
-            p.sync_paths(paths)
+            durable.sync_paths(paths)
 
     def take_unsynced(self) -> set[str]:
         """The directories written without sync since the last call (the caller syncs)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpc_worker import decisions as d
-from hpc_worker import gpu, reporting
+from hpc_worker import durable, gpu, reporting
 from hpc_worker import protocol as p
 from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_spec, spec_problems
 from hpc_worker.guard import GroupGuard
@@ -313,5 +313,5 @@ def test_results_synced_together_report_only_their_own_errors(tmp_path: Path) ->
     os.symlink(done[0], tmp_path / "link.json")
     paths = [str(done[0]), str(tmp_path / "gone.json"), str(tmp_path / "link.json")] + [
         str(path) for path in done[1:]]
-    errors = p.sync_files(paths)
+    errors = durable.sync_files(paths)
     assert sorted(errors) == [str(tmp_path / "gone.json"), str(tmp_path / "link.json")]

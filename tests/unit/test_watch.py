@@ -13,6 +13,7 @@ import pytest
 from galaxy_hpc_runner.dropbox import watch
 from galaxy_hpc_runner.dropbox.spool import Spool, SpoolError
 from galaxy_hpc_runner.transport.base import LocalTransport
+from hpc_worker import durable
 from hpc_worker import protocol as p
 from hpc_worker.states import JobState
 
@@ -123,7 +124,7 @@ def test_a_barrier_syncs_what_was_written_unsynced(tmp_path: Path) -> None:
     assert spool._unsynced
     spool.barrier()
     assert not spool._unsynced
-    p.sync_paths([str(tmp_path), str(tmp_path / "missing")])  # a missing path is skipped
+    durable.sync_paths([str(tmp_path), str(tmp_path / "missing")])  # a missing path is skipped
 
 
 def test_a_quiet_spool_is_looked_at_with_one_stat_and_a_write_is_seen(
