@@ -77,11 +77,10 @@ def sync_files(paths: List[str]) -> Dict[str, OSError]:
                 with contextlib.suppress(OSError):  # a hint only: the fsync below decides
                     start(fds[-1][1], 0, 0, os.POSIX_FADV_DONTNEED)
         for path, fd in fds:
-            if path not in errors:
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    errors[path] = exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                errors[path] = exc
     finally:
         for _, fd in fds:
             os.close(fd)

@@ -44,7 +44,6 @@ class JobRun:
         self.kill_due: Optional[float] = None  # SIGKILL the group at this time if still alive
         self.settle_until: Optional[float] = None
         self.usage = Usage()
-        self.result: Optional[Result] = None  # written, to be published
         self.ended: Optional[float] = None  # when its shell was reaped and its group killed
 
     @property
@@ -125,9 +124,15 @@ class JobRun:
         if self.proc is not None:
             _killpg(self.proc.pid, signal.SIGKILL)
 
-    def write_result(self, scheduler_id: str, metrics: Dict[str, object]) -> str:
-        """Write the attempt's result, not yet synced (the pilot syncs the results of the
-        jobs it reports together, then publishes them); returns its path."""
+    @property
+    def result_path(self) -> str:
+        """attempt-N/result.json of the live attempt."""
+        assert self.attempt is not None
+        return os.path.join(self.attempt.dir, p.RESULT)
+
+    def write_result(self, scheduler_id: str, metrics: Dict[str, object]) -> Result:
+        """Write the attempt's result at :attr:`result_path`, not yet synced (the pilot
+        syncs the results of the jobs it reports together, then publishes them)."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
         result.start, result.end, result.host = self.start_iso, p.now_iso(self.ended), HOST
@@ -135,16 +140,14 @@ class JobRun:
         result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
         assert self.attempt is not None
         result.attempt = self.attempt.name
-        path = os.path.join(self.attempt.dir, p.RESULT)
-        p.replace_file(path, result.dumps() + "\n")
-        self.result = result
-        return path
+        p.replace_file(self.result_path, result.dumps() + "\n")
+        return result
 
-    def publish_result(self) -> Optional[Result]:
-        """After the result is synced: publish the attempt while the claim is still ours,
+    def publish_result(self, result: Result) -> Optional[Result]:
+        """After ``result`` is synced: publish the attempt while the claim is still ours,
         then move the claim to done/ (the marker last). None when the claim was taken."""
-        result, attempt = self.result, self.attempt
-        assert result is not None and attempt is not None
+        attempt = self.attempt
+        assert attempt is not None
         if not os.path.exists(self.claim_path):
             log.error("(%s) its claim was taken from this pilot: result kept in %s only",
                       self.key, attempt.dir)

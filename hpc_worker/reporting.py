@@ -2,8 +2,8 @@
 
 A result must be on disk before its done marker says it is there. One ``fsync`` per
 result, each right after its write, costs a file system commit per job on a journalled
-or shared file system (measured on a journalled ext4, 3,000 jobs of ``true``: 203-218
-jobs/s end to end that way, 294-309 with no ``fsync`` at all, 275-283 this way). The
+or shared file system (measured on a journalled ext4, 3,000 jobs of ``true``: 203-224
+jobs/s end to end that way, 294-309 with no ``fsync`` at all, 264-283 this way). The
 pilot reports the jobs whose settle time is over together: every result written first,
 then made durable together (``durable.sync_files``: the write-back of all started, then
 an ``fsync`` each), then each attempt published and its claim moved to ``done/``.
@@ -19,11 +19,13 @@ from typing import List, Optional, Tuple
 
 from . import durable, gpu
 from .jobrun import JobRun
+from .records import Result
 from .states import ReleaseReason
 
 log = logging.getLogger(__name__)
 GATHER = 0.05  # seconds a settled job may wait, while others run, to be reported with more
 Failed = List[Tuple[JobRun, OSError]]
+Written = List[Tuple[JobRun, Result]]
 
 
 def due_at(settling: List[JobRun], others_running: bool) -> Optional[float]:
@@ -41,20 +43,22 @@ def report(jobs: List[JobRun], scheduler_id: str, alloc: gpu.Allocation,
     """(jobs reported, keys of the jobs that could not be: each was given back, released
     as REPORT_FAILED, so it is never held by a live pilot for ever)."""
     failed: Failed = []
-    written = []
+    written: Written = []
     for job in jobs:
         try:
             written.append((job, job.write_result(scheduler_id, gpu.job_metrics(
                 alloc, job.gpu, job.elapsed(now), job.usage))))
         except OSError as exc:  # a full disk, its directory withdrawn under us
             failed.append((job, exc))
-    errors = durable.sync_files([path for _, path in written])
-    failed.extend((job, errors[path]) for job, path in written if path in errors)
-    synced = [job for job, path in written if path not in errors]
+    errors = durable.sync_files([job.result_path for job, _ in written])
     done = 0
-    for job in synced:
+    for job, result in written:
+        error = errors.get(job.result_path)
+        if error is not None:
+            failed.append((job, error))
+            continue
         try:
-            job.publish_result()
+            job.publish_result(result)
             done += 1
         except OSError as exc:
             failed.append((job, exc))
