@@ -3,10 +3,12 @@ run by every pilot with the node's Python (3.8 included); no checkout on the HPC
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,39 @@ def test_a_pilot_runs_jobs_from_the_deployed_program_without_a_checkout(
     assert not [v for v in environ if v.startswith(b"PYTHONPATH=")]
     assert list((Path(site.cfg.workspace) / deploy.BIN).iterdir()) == [
         Path(deploy.remote_program(site.cfg))]
+
+
+def _loop_until_first_pass(site: Site) -> None:
+    """The submitter loop (as ``hpc-batch submitter`` runs it) until its first pass ended."""
+    sub, stop = Submitter(site.cfg), threading.Event()
+    loop = threading.Thread(target=sub.loop, args=(stop,), kwargs={"interval": 60.0})
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (Path(site.cfg.spool) / "last_pass.json").exists():
+            assert time.monotonic() < deadline, "the loop made no pass"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        loop.join(30)
+
+
+def test_the_loop_checks_the_pilot_program_when_it_starts_not_at_the_first_job(
+        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    """The first job does not wait for the preflight (0.1-0.2 s here, more over ssh)."""
+    with caplog.at_level(logging.INFO, logger="galaxy_hpc_runner.dropbox.watch"):
+        _loop_until_first_pass(site)
+    assert Path(deploy.remote_program(site.cfg)).is_file()
+    assert "runs %s" % deploy.program_name() in caplog.text
+    assert site.spool.pilots() == []  # checked, not submitted: no job asked for a pilot
+
+
+def test_a_failed_preflight_at_the_start_is_logged_and_the_loop_goes_on(
+        make_site: Any, caplog: pytest.LogCaptureFixture) -> None:
+    site = make_site(pilot={"python": "/nonexistent/python3"})
+    with caplog.at_level(logging.INFO, logger="galaxy_hpc_runner.dropbox.watch"):
+        _loop_until_first_pass(site)  # a pass still ran
+    assert "pilot preflight failed" in caplog.text and "[pilot] python" in caplog.text
 
 
 @pytest.mark.skipif(PY38 is None, reason="no python3.8 on this machine")
