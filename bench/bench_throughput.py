@@ -5,11 +5,16 @@
                                      [--scale 1000,10000] [--window 30] [--json FILE]
 
 1. Throughput, interleaved rounds: JOBS jobs of ``true`` through ``xargs -P 2`` (the
-   floor), Parsl HTEX (2 workers, local provider, warmed up first; from the venv
-   ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
+   floor: ``true`` alone), Parsl HTEX (2 workers, local provider, warmed up first; from
+   the venv ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
    bench/.venv-parsl/bin/pip install parsl``; the column is skipped when it is missing)
-   and ours: the ``hpc-batch submitter`` loop (its own process, shipped defaults:
-   no [submitter]/[pilot] settings) with the local backend, from the first drop to the
+   and ours. Parsl runs the job ours runs: a bash script that runs ``true`` and writes an
+   output file, with its stdout and stderr in files of their own (``bash job.sh OUT``,
+   ``stdout=``, ``stderr=``). It also runs a bare ``true`` (its bash_app's ``/bin/sh -c
+   true``: dash here, no files, about half the CPU of the job), printed beside for
+   comparison with the figures measured that way before 2026-11-27. Ours: the
+   ``hpc-batch submitter`` loop (its own process, shipped defaults: no
+   [submitter]/[pilot] settings) with the local backend, from the first drop to the
    last ``.finished``, once the loop made its first pass (the submitter is a service
    that is up before the jobs come; its preflight of the pilot program is done then):
    with a cold pilot (its submission and start-up included), with a
@@ -67,8 +72,9 @@ from galaxy_hpc_runner.dropbox.submitter import Submitter  # noqa: E402
 
 PARSL_PY = HERE / ".venv-parsl" / "bin" / "python"
 TRUE = "#!/bin/bash\ntrue\n: > <<output>>\n"
+PARSL_JOB = TRUE.replace("<<output>>", '"$1"')  # the same job under Parsl: bash, logs, output
 PARSL_SCRIPT = r"""
-import json, statistics, sys, time
+import json, statistics, sys, tempfile, time
 import parsl
 from parsl.app.app import bash_app
 from parsl.config import Config
@@ -82,18 +88,37 @@ except TypeError:
     htex = HighThroughputExecutor(label="htex", max_workers=2,
                                   provider=LocalProvider(init_blocks=1, max_blocks=1))
 parsl.load(Config(executors=[htex], run_dir=run_dir, usage_tracking=0))
+script = run_dir + "/job.sh"
+with open(script, "w") as handle:
+    handle.write(sys.argv[4])
 @bash_app
 def true_app():
     return "true"
-[f.result() for f in [true_app() for _ in range(20)]]  # warm: workers up
-t0 = time.monotonic()
-[f.result() for f in [true_app() for _ in range(jobs)]]
-rate = jobs / (time.monotonic() - t0)
+@bash_app
+def job_app(script, out, stdout=None, stderr=None):  # ours' job: the script, logs, output
+    return "bash %s %s" % (script, out)
+def burst(app, count=jobs):
+    t0 = time.monotonic()
+    if app is job_app:  # new files, as each of ours' jobs makes
+        base = tempfile.mkdtemp(dir=run_dir)
+        [f.result() for f in [job_app(script, "%s/%d.out" % (base, i),
+                                      stdout="%s/%d.o" % (base, i),
+                                      stderr="%s/%d.e" % (base, i)) for i in range(count)]]
+    else:
+        [f.result() for f in [true_app() for _ in range(count)]]
+    return count / (time.monotonic() - t0)
+for app in (true_app, job_app):  # warm: workers up, each app through them
+    burst(app, 200)
+rate = burst(job_app)
+rate_true = burst(true_app)
 lat = []
-for _ in range(stream):
-    t = time.monotonic(); true_app().result(); lat.append(time.monotonic() - t)
+for i in range(stream):
+    t = time.monotonic()
+    job_app(script, "%s/s%d.out" % (run_dir, i), stdout="%s/s%d.o" % (run_dir, i),
+            stderr="%s/s%d.e" % (run_dir, i)).result()
+    lat.append(time.monotonic() - t)
 parsl.dfk().cleanup()
-print(json.dumps({"jobs_per_s": rate,
+print(json.dumps({"jobs_per_s": rate, "true_jobs_per_s": rate_true,
                   "dispatch_p50_s": statistics.median(lat) if lat else None,
                   "dispatch_p95_s": statistics.quantiles(lat, n=20)[18] if lat else None}),
       flush=True)
@@ -141,15 +166,18 @@ def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
-        proc = subprocess.Popen([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream), tmp],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=tmp, env=env, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=900)
-        finally:  # its interchange and workers leave with it (they may hold the pipes)
+        logs = [Path(tmp) / name for name in ("parsl.out", "parsl.err")]
+        with logs[0].open("w") as out_file, logs[1].open("w") as err_file:
+            proc = subprocess.Popen([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream),
+                                     tmp, PARSL_JOB], stdout=out_file, stderr=err_file,
+                                    cwd=tmp, env=env, start_new_session=True)
+        try:  # files, not pipes: its interchange and workers may outlive a failed script
+            proc.wait(timeout=900)
+        finally:  # they leave with it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        out, err = (path.read_text() for path in logs)
     lines = out.strip().splitlines()
     if proc.returncode != 0 or not lines:
         print("parsl failed:\n" + err[-2000:], file=sys.stderr)
@@ -364,6 +392,7 @@ def one_round(r: int, args: argparse.Namespace, out: dict[str, Any]) -> None:
     settle_fs()
     two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
     out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
+                          "parsl_sh_true": parsl["true_jobs_per_s"] if parsl else None,
                           "ours": ours["jobs_per_s"], "ours_warm": warm["jobs_per_s"],
                           "ours_2_slots": two["jobs_per_s"],
                           "ours_warm_steady": warm["steady_jobs_per_s"],
@@ -373,6 +402,11 @@ def one_round(r: int, args: argparse.Namespace, out: dict[str, Any]) -> None:
         out["dispatch"] = {"ours": ours, "parsl": parsl}
     _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
                  ours["jobs_per_s"], warm["jobs_per_s"], two["jobs_per_s"])
+    if parsl:
+        print("  parsl htex running `true` alone (/bin/sh -c true: no bash, no files): %.0f "
+              "jobs/s; ours cold / warm %.2f / %.2f of that" % (
+                  parsl["true_jobs_per_s"], ours["jobs_per_s"] / parsl["true_jobs_per_s"],
+                  warm["jobs_per_s"] / parsl["true_jobs_per_s"]))
     print("  warm, first start to last start (no pilot start, no settle): %.0f jobs/s" %
           warm["steady_jobs_per_s"])
     print("  submitter CPU %.2f ms per job; load average %.2f; a new file in %s costs "
@@ -394,7 +428,7 @@ def one_backlog(backlog: int, window: float) -> dict[str, float]:
 
 def _print_round(number: int, floor: float, parsl: float | None, ours: float,
                  warm: float, two: float) -> None:
-    theirs = "%.0f jobs/s" % parsl if parsl else "skipped (see above)"
+    theirs = "%.0f jobs/s" % parsl if parsl else "skipped (see above)"  # the same job
 
     def ratio(value: float) -> str:
         return " (%.2f of parsl)" % (value / parsl) if parsl else ""
