@@ -56,6 +56,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_path = args.log or p.pilot_path(root, args.pilot_id, p.PILOT_LOG)
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # two lines per job: no thread, process or caller looked up for records that never
+    # show them (the logging HOWTO's "Optimization")
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]
     settings = PilotSettings(root, args.pilot_id, slots=args.slots,
                              idle_timeout=args.idle_timeout, walltime=args.walltime,
                              poll=args.poll, heartbeat=args.heartbeat, grace=args.grace,

@@ -211,6 +211,9 @@ def write_all(fd: int, data: bytes, sync: bool) -> None:
         os.fsync(fd)
 
 
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)  # a new file
+
+
 def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
     """:func:`atomic_write` with the umask's mode in fewer system calls, for a process that
     writes many small files (the pilot): the temp file ``.tmp-PID-NAME`` is created
@@ -221,11 +224,10 @@ def replace_file(path: str, data: "bytes | str", sync: bool = False) -> None:
         data = data.encode("utf-8")
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), name))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         if len(name) > 200:
             raise FileExistsError(tmp)  # the temp name would be too long: the usual way
-        fd = os.open(tmp, flags, 0o666)
+        fd = os.open(tmp, CREATE_FLAGS, 0o666)
     except FileExistsError:
         atomic_write(path, data, sync=sync)
         return

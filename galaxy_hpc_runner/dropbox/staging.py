@@ -171,8 +171,7 @@ class Stager:
             self.t.write_text(path, text)
             return
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                         self.file_mode)
+            fd = os.open(path, p.CREATE_FLAGS, self.file_mode)
             try:
                 p.write_all(fd, text.encode("utf-8"), sync=False)  # synced per chunk
             finally:
