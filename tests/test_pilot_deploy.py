@@ -76,9 +76,9 @@ def test_a_pilot_runs_jobs_from_the_deployed_program_without_a_checkout(
         Path(deploy.remote_program(site.cfg))]
 
 
-def _loop_until_first_pass(site: Site) -> None:
+def _loop_until_first_pass(site: Site, sub: Submitter | None = None) -> None:
     """The submitter loop (as ``hpc-batch submitter`` runs it) until its first pass ended."""
-    sub, stop = Submitter(site.cfg), threading.Event()
+    sub, stop = sub or Submitter(site.cfg), threading.Event()
     loop = threading.Thread(target=sub.loop, args=(stop,), kwargs={"interval": 60.0})
     loop.start()
     try:
@@ -107,6 +107,19 @@ def test_a_failed_preflight_at_the_start_is_logged_and_the_loop_goes_on(
     with caplog.at_level(logging.INFO, logger="galaxy_hpc_runner.dropbox.watch"):
         _loop_until_first_pass(site)  # a pass still ran
     assert "pilot preflight failed" in caplog.text and "[pilot] python" in caplog.text
+
+
+def test_an_unexpected_error_in_the_preflight_does_not_end_the_loop(
+        site: Site, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = Submitter(site.cfg)
+
+    def broken() -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sub.pilots, "preflight", broken)  # a fault of the machine, injected
+    with caplog.at_level(logging.INFO, logger="galaxy_hpc_runner.dropbox.watch"):
+        _loop_until_first_pass(site, sub)  # a pass still ran
+    assert "pilot preflight failed" in caplog.text and "No space left" in caplog.text
 
 
 @pytest.mark.skipif(PY38 is None, reason="no python3.8 on this machine")

@@ -167,6 +167,8 @@ def _prepare(sub: Submitter) -> None:
         log.info("pilot preflight: %s", sub.pilots.preflight())
     except HpcBatchError as exc:
         log.error("pilot preflight failed (tried again before the first pilot): %s", exc)
+    except Exception:  # the loop outlives it, as it outlives any one bad pass
+        log.exception("pilot preflight failed (tried again before the first pilot)")
 
 
 def _one_round(sub: Submitter, before_pass: Callable[[], None] | None) -> PassReport | None:
