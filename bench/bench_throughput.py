@@ -5,8 +5,8 @@
                                      [--scale 1000,10000] [--window 30] [--json FILE]
 
 1. Throughput, interleaved rounds: JOBS jobs of ``true`` through ``xargs -P 2`` (the
-   floor: ``true`` alone), Parsl HTEX (2 workers, local provider, warmed up first; from
-   the venv ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
+   floor: ``true`` alone), Parsl HTEX (``parsl_burst.py``: 2 workers, local provider,
+   warmed up first; from the venv ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
    bench/.venv-parsl/bin/pip install parsl``; the column is skipped when it is missing)
    and ours. Parsl runs the job ours runs: a bash script that runs ``true`` and writes an
    output file, with its stdout and stderr in files of their own (``bash job.sh OUT``,
@@ -73,56 +73,7 @@ from galaxy_hpc_runner.dropbox.submitter import Submitter  # noqa: E402
 PARSL_PY = HERE / ".venv-parsl" / "bin" / "python"
 TRUE = "#!/bin/bash\ntrue\n: > <<output>>\n"
 PARSL_JOB = TRUE.replace("<<output>>", '"$1"')  # the same job under Parsl: bash, logs, output
-PARSL_SCRIPT = r"""
-import json, statistics, sys, tempfile, time
-import parsl
-from parsl.app.app import bash_app
-from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
-from parsl.providers import LocalProvider
-jobs, stream, run_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-try:
-    htex = HighThroughputExecutor(label="htex", max_workers_per_node=2,
-                                  provider=LocalProvider(init_blocks=1, max_blocks=1))
-except TypeError:
-    htex = HighThroughputExecutor(label="htex", max_workers=2,
-                                  provider=LocalProvider(init_blocks=1, max_blocks=1))
-parsl.load(Config(executors=[htex], run_dir=run_dir, usage_tracking=0))
-script = run_dir + "/job.sh"
-with open(script, "w") as handle:
-    handle.write(sys.argv[4])
-@bash_app
-def true_app():
-    return "true"
-@bash_app
-def job_app(script, out, stdout=None, stderr=None):  # ours' job: the script, logs, output
-    return "bash %s %s" % (script, out)
-def burst(app, count=jobs):
-    t0 = time.monotonic()
-    if app is job_app:  # new files, as each of ours' jobs makes
-        base = tempfile.mkdtemp(dir=run_dir)
-        [f.result() for f in [job_app(script, "%s/%d.out" % (base, i),
-                                      stdout="%s/%d.o" % (base, i),
-                                      stderr="%s/%d.e" % (base, i)) for i in range(count)]]
-    else:
-        [f.result() for f in [true_app() for _ in range(count)]]
-    return count / (time.monotonic() - t0)
-for app in (true_app, job_app):  # warm: workers up, each app through them
-    burst(app, 200)
-rate = burst(job_app)
-rate_true = burst(true_app)
-lat = []
-for i in range(stream):
-    t = time.monotonic()
-    job_app(script, "%s/s%d.out" % (run_dir, i), stdout="%s/s%d.o" % (run_dir, i),
-            stderr="%s/s%d.e" % (run_dir, i)).result()
-    lat.append(time.monotonic() - t)
-parsl.dfk().cleanup()
-print(json.dumps({"jobs_per_s": rate, "true_jobs_per_s": rate_true,
-                  "dispatch_p50_s": statistics.median(lat) if lat else None,
-                  "dispatch_p95_s": statistics.quantiles(lat, n=20)[18] if lat else None}),
-      flush=True)
-"""
+PARSL_BURST = HERE / "parsl_burst.py"  # run by the Parsl venv's Python
 
 
 def create_cost_ms(files: int = 200) -> float:
@@ -168,7 +119,7 @@ def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
         env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
         logs = [Path(tmp) / name for name in ("parsl.out", "parsl.err")]
         with logs[0].open("w") as out_file, logs[1].open("w") as err_file:
-            proc = subprocess.Popen([str(PARSL_PY), "-c", PARSL_SCRIPT, str(jobs), str(stream),
+            proc = subprocess.Popen([str(PARSL_PY), str(PARSL_BURST), str(jobs), str(stream),
                                      tmp, PARSL_JOB], stdout=out_file, stderr=err_file,
                                     cwd=tmp, env=env, start_new_session=True)
         try:  # files, not pipes: its interchange and workers may outlive a failed script
