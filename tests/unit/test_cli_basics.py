@@ -100,7 +100,10 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "galaxy_hpc_runner.cli", "submit", str(job), "--wait",
          "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+        env=dict(os.environ, PYTHONPATH=str(PROJECT)),
+        # Ctrl-C as from a terminal, also when the suite itself was started with SIGINT
+        # ignored (a background job of a shell without job control): the child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     proc.stdout.readline()  # the job's name: it is waiting now
     time.sleep(0.3)
