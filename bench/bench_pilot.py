@@ -67,6 +67,12 @@ def stage(root: Path, jobs: int) -> Path:
     return ws
 
 
+def last_result(ws: Path, done: list[str]) -> float:
+    """When the last result was written: the last write to a job's journal is its result."""
+    return max(os.stat(os.path.join(p.job_dir(str(ws), name), p.META)).st_mtime
+               for name in done)
+
+
 def drain(ws: Path, jobs: int, slots: int, profile: str | None) -> dict[str, float]:
     settings = PilotSettings(str(ws), "P%d" % time.time_ns(), slots=slots, idle_timeout=0.3)
     pilot = Pilot(settings)
@@ -82,7 +88,7 @@ def drain(ws: Path, jobs: int, slots: int, profile: str | None) -> dict[str, flo
     done = os.listdir(ws / p.DONE)
     if len(done) != jobs:
         raise SystemExit("drained %d of %d jobs" % (len(done), jobs))
-    last = max(os.stat(p.result_path(str(ws), name)).st_mtime for name in done)
+    last = last_result(ws, done)
     started = pilot.started
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"jobs_per_s": jobs / (last - started),
@@ -113,7 +119,7 @@ def drain_with(python: str, ws: Path, jobs: int, slots: int) -> dict[str, float]
     done = os.listdir(ws / p.DONE)
     if len(done) != jobs:
         raise SystemExit("drained %d of %d jobs" % (len(done), jobs))
-    last = max(os.stat(p.result_path(str(ws), name)).st_mtime for name in done)
+    last = last_result(ws, done)
     return {"jobs_per_s": jobs / (last - t0), "pilot_cpu_ms_per_job": 1000 * (user + system) / jobs,
             "user_ms_per_job": 1000 * user / jobs, "sys_ms_per_job": 1000 * system / jobs,
             "wall_s": time.time() - t0}

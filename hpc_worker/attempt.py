@@ -18,6 +18,7 @@ import re
 import stat
 from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple
 
+from . import journal
 from . import protocol as p
 from .records import (
     MAX_RECORD_BYTES,
@@ -27,7 +28,6 @@ from .records import (
     RunLine,
     parse_runs,
     read_bounded,
-    read_record,
 )
 from .states import Reason
 
@@ -62,10 +62,11 @@ class JobInvalid(Exception):
 
 
 def load_spec(root: str, key: str) -> JobSpec:
-    """``job.json`` of ``key``, checked beyond its types; JobInvalid on any problem."""
+    """The spec on ``job.json``'s first line (``journal.read_spec``), checked beyond its
+    types; JobInvalid on any problem."""
     path = os.path.join(p.job_dir(root, key), p.META)
     try:
-        spec = read_record(JobSpec, path)
+        spec = journal.read_spec(path)
     except FileNotFoundError:
         raise JobInvalid("%s is missing: the job was not staged completely" % path,
                          Reason.TRANSFER) from None
@@ -90,20 +91,17 @@ def spec_problems(spec: JobSpec) -> List[str]:
 
 
 def read_runs(root: str, key: str) -> List[RunLine]:
-    """The (last MAX_RUNS_BYTES of the) job's runs.jsonl; [] when there is none."""
-    path = os.path.join(p.job_dir(root, key), p.RUNS)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return []
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return []
-        handle.seek(max(0, info.st_size - MAX_RUNS_BYTES))
-        data = handle.read(MAX_RUNS_BYTES)
-    return parse_runs(data)
+    """The run lines at the end of the job's journal, after those of a ``runs.jsonl`` an
+    older pilot wrote for it; [] when there are none."""
+    directory = p.job_dir(root, key)
+    runs: List[RunLine] = []
+    for name in (p.RUNS, p.META):
+        try:
+            data = journal.read_tail(os.path.join(directory, name), MAX_RUNS_BYTES)
+        except (OSError, ProtocolError):
+            continue
+        runs += parse_runs(data) if name == p.RUNS else journal.parse(data).runs
+    return runs
 
 
 def job_env(pilot_env: Mapping[str, str], spec_env: Mapping[str, str],

@@ -13,6 +13,7 @@ import subprocess
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+from . import journal
 from . import protocol as p
 from .attempt import GATE_VARIABLE, Attempt, JobInvalid, job_env
 from .gpu import Usage
@@ -126,36 +127,44 @@ class JobRun:
 
     @property
     def result_path(self) -> str:
-        """attempt-N/result.json of the live attempt."""
-        assert self.attempt is not None
-        return os.path.join(self.attempt.dir, p.RESULT)
+        """The job's journal (``journal.py``): its result is a line appended there."""
+        return os.path.join(p.job_dir(self.root, self.key), p.META)
 
-    def write_result(self, scheduler_id: str, metrics: Dict[str, object]) -> Result:
-        """Write the attempt's result at :attr:`result_path`, not yet synced (the pilot
-        syncs the results of the jobs it reports together, then publishes them)."""
+    def write_result(self, scheduler_id: str, metrics: Dict[str, object]) -> Optional[Result]:
+        """While the claim is ours: publish the attempt's files, then append its result to
+        the job's journal, not yet synced (the pilot syncs the results of the jobs it
+        reports together, then moves their claims: :meth:`finish`). A result in the journal
+        thus always finds its files published. None, and nothing written, when the claim
+        is no longer ours."""
         rc = self.poll()
         result = self._result(-1 if rc is None else rc)
         result.start, result.end, result.host = self.start_iso, p.now_iso(self.ended), HOST
         result.pilot, result.scheduler_id, result.slot = self.pilot, scheduler_id, self.slot
         result.metrics = dict(metrics, runtime_seconds=round(self.elapsed(time.time()), 3))
-        assert self.attempt is not None
-        result.attempt = self.attempt.name
-        p.replace_file(self.result_path, result.dumps() + "\n")
-        return result
-
-    def publish_result(self, result: Result) -> Optional[Result]:
-        """After ``result`` is synced: publish the attempt while the claim is still ours,
-        then move the claim to done/ (the marker last). None when the claim was taken."""
         attempt = self.attempt
         assert attempt is not None
-        if not os.path.exists(self.claim_path):
-            log.error("(%s) its claim was taken from this pilot: result kept in %s only",
-                      self.key, attempt.dir)
+        result.attempt = attempt.name
+        if self._claim_taken("its result, not written: " + result.dumps()):
             return None
-        attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs) + (p.RESULT,))
-        p.try_rename(self.claim_path, p.marker(self.root, p.DONE, self.key))
-        log.info("(%s) finished: %s (rc %s)", self.key, result.status, result.rc)
+        attempt.publish((p.STDOUT, p.STDERR) + tuple(self.spec.outputs))
+        journal.append(self.result_path, journal.line(result))
         return result
+
+    def finish(self, result: Result) -> bool:
+        """After ``result`` is synced: the claim to done/ (the marker last); False when the
+        claim was taken meanwhile (its result is in the journal all the same)."""
+        if not p.try_rename(self.claim_path, p.marker(self.root, p.DONE, self.key)):
+            self._claim_taken("its result is in %s, not announced" % self.result_path)
+            return False
+        log.info("(%s) finished: %s (rc %s)", self.key, result.status, result.rc)
+        return True
+
+    def _claim_taken(self, detail: str) -> bool:
+        """True (and logged) when the job's claim marker is no longer this pilot's."""
+        if os.path.exists(self.claim_path):
+            return False
+        log.error("(%s) its claim was taken from this pilot: %s", self.key, detail)
+        return True
 
     def release(self, reason: ReleaseReason) -> None:
         """Give the job back to the queue: the release line first (so whoever sees the
@@ -172,7 +181,7 @@ class JobRun:
         log.info("(%s) released for the next pilot (%s)", self.key, reason.value)
 
     def _append(self, line: RunLine) -> None:
-        p.append_jsonl(os.path.join(p.job_dir(self.root, self.key), p.RUNS), line.to_json())
+        journal.append(os.path.join(p.job_dir(self.root, self.key), p.META), journal.line(line))
 
     def _result(self, rc: int) -> Result:
         if self.kill_reason == Reason.CANCELLED:
@@ -211,7 +220,9 @@ def report_unrunnable(root: str, key: str, pilot: str, scheduler_id: str,
     result = _error(None, exc.reason, str(exc))
     result.end, result.host = p.now_iso(), HOST
     result.pilot, result.scheduler_id = pilot, scheduler_id
-    try:
+    with contextlib.suppress(OSError):  # the journal, where there is one: its last result
+        journal.append(os.path.join(p.job_dir(root, key), p.META), journal.line(result))
+    try:  # and result.json, which a submitter reads when the journal holds no result
         p.atomic_write(p.result_path(root, key), result.dumps() + "\n")
     except OSError as write_exc:
         # its directory is gone: done without a result (the submitter reports that),

@@ -5,21 +5,26 @@ Everything the two sides exchange lives under the HPC workspace root ``W``
 
     W/jobs/KEY/                 the job's staged files (inputs, job.sh, job.json)
     W/jobs/KEY/job.sh           the rendered script
-    W/jobs/KEY/job.json         what the pilot needs (records.JobSpec)
-    W/jobs/KEY/runs.jsonl       one line per start or release of the job (records.RunLine)
+    W/jobs/KEY/job.json         the job's journal (journal.py): what the pilot needs
+                                (records.JobSpec) on its first line, then a line per
+                                start or release (records.RunLine) and its result
+                                (records.Result), appended by pilots
+    W/jobs/KEY/runs.jsonl       read only: where pilots before protocol version 3 wrote
+                                the run lines
     W/jobs/KEY/attempt-N/       attempt N's own directory: the job's cwd and <<workspace>>,
                                 inputs hard-linked in, outputs written here
     W/jobs/KEY/attempt-N.sh     attempt N's script (job.sh with <<workspace>> pointed here)
     W/jobs/KEY/current          reserved (releases before 2026-11-27 wrote the live attempt's
                                 name here; its start line in runs.jsonl names it too)
-    W/jobs/KEY/result.json      the live attempt's result (records.Result, its ``attempt``
-                                names the directory), published before the done marker
+    W/jobs/KEY/result.json      the result of a job the pilot could not run (its journal
+                                gets it too where it can be written); before protocol
+                                version 3 every result (read when the journal has none)
     W/jobs/KEY/stdout.txt, stderr.txt, OUTPUT...
                                 hard links to the live attempt's files (published at start
                                 for the logs, at the end for the outputs)
     W/queue/ready/KEY           staged: any pilot may claim it
     W/queue/claimed/KEY@PILOT   claimed by PILOT (rename of the ready marker)
-    W/queue/done/KEY            result.json is complete: the submitter collects
+    W/queue/done/KEY            the result is in the journal, durable: the submitter collects
     W/queue/cancel/KEY          a cancel request for a claimed job
     W/pilots/PILOT.json         registry entry (records.PilotEntry), written before submission
     W/pilots/PILOT.hb           heartbeat (records.Heartbeat), written by the pilot
@@ -39,7 +44,7 @@ the job's claim marker, and moves the marker to ``done/`` right after. The
 submitter collects with the helpers below, all pure path functions usable on
 either side (POSIX paths)::
 
-    result_path(W, KEY)                 -> W/jobs/KEY/result.json (read it first)
+    W/jobs/KEY/job.json                 -> the result: its last result line (journal.py)
     output_path(W, KEY, NAME, ATTEMPT)  -> W/jobs/KEY/ATTEMPT/NAME, ATTEMPT from the
                                            result's ``attempt`` ("" -> W/jobs/KEY/NAME)
     log_path(W, KEY, STDOUT, ATTEMPT)   -> the same for stdout.txt / stderr.txt
@@ -349,7 +354,8 @@ def attempt_script(root: str, key: str, attempt: str) -> str:
 
 
 def result_path(root: str, key: str) -> str:
-    """W/jobs/KEY/result.json: the live attempt's result, published before the done marker."""
+    """W/jobs/KEY/result.json: the result of a job the pilot could not run, and of every job
+    a pilot before protocol version 3 ran (the journal's result comes first)."""
     return posixpath.join(root, JOBS, key, RESULT)
 
 

@@ -5,10 +5,12 @@ Every file written by one side and read by the other is one of these records:
 =================  ===========================  ==========================
 record             file                         written by
 =================  ===========================  ==========================
-:class:`JobSpec`   ``W/jobs/KEY/job.json``      the submitter (staging)
-:class:`RunLine`   ``W/jobs/KEY/runs.jsonl``    the pilot, a line per start
-                                                or release of the job
-:class:`Result`    ``W/jobs/KEY/result.json``   the pilot, when the job ended
+:class:`JobSpec`   ``W/jobs/KEY/job.json``,     the submitter (staging)
+                   its first line
+:class:`RunLine`   a line of ``job.json``       the pilot, a line per start
+                   (``runs.jsonl`` before v3)   or release of the job
+:class:`Result`    a line of ``job.json``       the pilot, when the job ended
+                   (``result.json`` before v3)
 :class:`Heartbeat` ``W/pilots/PILOT.hb``        the pilot, on every change
 :class:`PilotEntry` ``W/pilots/PILOT.json``     the submitter, before it
                                                 submits the pilot
@@ -21,7 +23,8 @@ the file and the field. The version rule: a record without ``v`` is version 1
 this side's is refused with a message naming both versions, so a submitter and
 a pilot of different releases never misread each other.
 
-Readers of ``runs.jsonl``: :func:`parse_runs` on its bounded end, then
+``job.json`` as a journal (version 3 on): ``journal.py``. Readers of the run lines
+(:func:`journal.parse`, :func:`parse_runs` for an older ``runs.jsonl``) go on with
 :func:`count_releases` (how often pilots gave the job back, by ``ReleaseReason``)
 and :func:`learned_runtime` (the longest a released attempt ran). A result's
 ``attempt`` names the attempt directory its outputs came from (see protocol.py).
@@ -41,7 +44,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar
 
 from .states import HeartbeatState, PilotState, Reason, ResultStatus
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: job.json is the job's journal (journal.py)
 OLDEST_READABLE = 1
 MAX_STR = 1 << 16  # one string field (a message, a path)
 MAX_ITEMS = 10000  # one list or mapping

@@ -4,9 +4,10 @@ A result must be on disk before its done marker says it is there. One ``fsync`` 
 result, each right after its write, costs a file system commit per job on a journalled
 or shared file system (measured on a journalled ext4, 3,000 jobs of ``true``: 203-224
 jobs/s end to end that way, 294-309 with no ``fsync`` at all, 264-283 this way). The
-pilot reports the jobs whose settle time is over together: every result written first,
-then made durable together (``durable.sync_files``: the write-back of all started, then
-an ``fsync`` each), then each attempt published and its claim moved to ``done/``.
+pilot reports the jobs whose settle time is over together: for each, its files published
+and its result appended to the job's journal (``journal.py``); then the results made
+durable together (``durable.sync_files``: the write-back of all started, then an
+``fsync`` each); then each claim moved to ``done/``.
 
 Standard library only, Python 3.8.
 """
@@ -46,10 +47,13 @@ def report(jobs: List[JobRun], scheduler_id: str, alloc: gpu.Allocation,
     written: Written = []
     for job in jobs:
         try:
-            written.append((job, job.write_result(scheduler_id, gpu.job_metrics(
-                alloc, job.gpu, job.elapsed(now), job.usage))))
+            result = job.write_result(scheduler_id, gpu.job_metrics(
+                alloc, job.gpu, job.elapsed(now), job.usage))
         except OSError as exc:  # a full disk, its directory withdrawn under us
             failed.append((job, exc))
+            continue
+        if result is not None:  # else its claim was taken: not ours to report
+            written.append((job, result))
     errors = durable.sync_files([job.result_path for job, _ in written])
     done = 0
     for job, result in written:
@@ -58,8 +62,7 @@ def report(jobs: List[JobRun], scheduler_id: str, alloc: gpu.Allocation,
             failed.append((job, error))
             continue
         try:
-            job.publish_result(result)
-            done += 1
+            done += job.finish(result)
         except OSError as exc:
             failed.append((job, exc))
     for job, error in failed:

@@ -3,7 +3,7 @@ own promises, each repeated enough to catch a race.
 
 - kill -9 of the pilot leaves no process of its jobs alive (checked in /proc);
 - the scancel race (a job killed by SIGTERM before or after its pilot gets its own)
-  never yields a result: the job is released, counted in runs.jsonl;
+  never yields a result: the job is released, counted in its journal (job.json);
 - a walltime warning drains: a job that fits finishes, one that cannot is released
   before the end, and a later pilot does not start it without the time it needs;
 - a GPU slot never gets a device outside the allocation; GPU figures from a stand-in
@@ -346,7 +346,10 @@ def test_version_flag_and_bad_slot_settings(ws: Workspace) -> None:
 
 
 def test_a_result_that_cannot_be_written_releases_the_job_once(ws: Workspace) -> None:
-    ws.stage("blocker", "mkdir %s\n" % p.RESULT)  # what a full disk does to the result
+    # the temp name its output is published under is a directory that cannot be removed:
+    # writing the result fails as on a full disk, the journal itself can still be written
+    ws.stage("blocker", "echo x > out.txt\nmkdir -p ../.tmp-publish-attempt-1-out.txt/x\n",
+             outputs=("out.txt",))
     assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
     assert ws.is_ready("blocker") and not ws.done("blocker")
     releases = [run for run in ws.runs("blocker") if run.is_release]

@@ -16,6 +16,7 @@ from galaxy_hpc_runner.cli import gpu_figures, jobs, site_view
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control
 from galaxy_hpc_runner.dropbox import description as d
+from galaxy_hpc_runner.dropbox.jobfiles import read_journal, transport_reader
 from galaxy_hpc_runner.dropbox.metrics import LAST_PASS, timestamp
 from galaxy_hpc_runner.dropbox.pilots import pilot_file
 from galaxy_hpc_runner.dropbox.registry import Registry
@@ -212,7 +213,7 @@ def job_paths(cfg: Config, name: str) -> dict[str, str]:
             "result": str(cfg.dropbox / (name + d.FINISHED_SUFFIX)),
             "workspace": directory, "stdout": posixpath.join(directory, p.STDOUT),
             "stderr": posixpath.join(directory, p.STDERR),
-            "runs": posixpath.join(directory, p.RUNS)}
+            "journal": posixpath.join(directory, p.META)}
 
 
 def show_data(cfg: Config, query: str) -> dict[str, Any]:
@@ -283,7 +284,7 @@ def format_show(data: dict[str, Any]) -> str:
 def logs_text(cfg: Config, transport: Transport, query: str) -> str:
     """stdout/stderr, the job's run records, and where its pilots' logs are.
 
-    Nothing here searches log text: the run records (runs.jsonl, one line per start
+    Nothing here searches log text: the run records (job.json's lines, one per start
     and release) and the spool history are the structured story."""
     data = show_data(cfg, query)
     out = []
@@ -292,7 +293,8 @@ def logs_text(cfg: Config, transport: Transport, query: str) -> str:
         if text is None and data["state"] != JobState.FINISHED:
             text = _remote_text(transport, data["paths"][stream], cfg.max_log_bytes)
         out += ["== %s" % stream, text if text is not None else "(not kept)"]
-    runs = _runs(transport, data["paths"]["runs"]) if data["state"] != JobState.FINISHED else []
+    runs = _runs(transport, data["paths"]["workspace"]) \
+        if data["state"] != JobState.FINISHED else []
     out.append("== runs" if runs else "== runs: (none on the HPC side%s)" % (
         " any more; see the history in hpc-batch show" if data["state"] == JobState.FINISHED
         else " yet"))
@@ -313,14 +315,11 @@ def _remote_text(transport: Transport, path: str, limit: int) -> str:
         return "(not there yet)"
 
 
-def _runs(transport: Transport, path: str) -> list[records.RunLine]:
+def _runs(transport: Transport, directory: str) -> list[records.RunLine]:
+    """The run lines of the job in ``directory`` (its journal, runs.jsonl of older pilots)."""
     try:
-        text = transport.read_text(path, limit=records.MAX_RECORD_BYTES)
-    except TransportError:
-        return []
-    try:
-        return records.parse_runs(text.encode("utf-8"))
-    except ValueError:
+        return read_journal(transport_reader(transport, directory)).runs
+    except (TransportError, ValueError):
         return []
 
 

@@ -2,8 +2,9 @@
 
 :class:`JobFiles` reads a finished job's files in ``W/jobs/KEY`` (through one no-follow
 descriptor of the job directory on a local workspace, through the transport's no-follow,
-bounded reads otherwise); :func:`commit` renames fetched outputs over their targets, all
-or none, inside descriptors of the validated output directories.
+bounded reads otherwise), :func:`read_journal` its run lines and result; :func:`commit`
+renames fetched outputs over their targets, all or none, inside descriptors of the
+validated output directories.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import contextlib
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import safefs
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport import base as transport_base
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
+from hpc_worker import journal
 from hpc_worker import protocol as p
-from hpc_worker.records import ProtocolError
+from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, ProtocolError, Result, parse_runs
 
 # what either side raises for a link or a non-file where a job's file should be
 UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tuple(
@@ -149,3 +152,36 @@ class JobFiles:
         got = safefs.lstat_at(dir_fd, tmp)
         if got is None or not stat.S_ISREG(got.st_mode):
             raise UnsafeOutput("%s did not arrive as a regular file" % self.shown(name))
+
+
+Reader = Callable[[str, int, bool], bytes]  # (name in W/jobs/KEY, limit, tail) -> bytes
+
+
+def read_journal(read: Reader) -> journal.Journal:
+    """A job's run lines and result from its journal (``job.json``), with what a pilot of
+    an older release wrote instead: the lines of ``runs.jsonl`` first, ``result.json``
+    when the journal holds no result. ``read`` raises RemoteFileMissing for a missing file;
+    the result is None when there is none."""
+    try:
+        found = journal.parse(read(p.META, MAX_RECORD_BYTES, True))
+    except RemoteFileMissing:
+        found = journal.Journal([], None)
+    runs, result = found.runs, found.result
+    with contextlib.suppress(RemoteFileMissing):
+        runs = parse_runs(read(p.RUNS, MAX_RUNS_BYTES, True)) + runs
+    if result is None:
+        with contextlib.suppress(RemoteFileMissing):
+            result = Result.loads(read(p.RESULT, MAX_RECORD_BYTES, False), p.RESULT)
+    return journal.Journal(runs, result)
+
+
+def transport_reader(transport: Transport, directory: str) -> Reader:
+    """A :data:`Reader` of the files in ``directory`` through ``transport``."""
+    def read(name: str, limit: int, tail: bool) -> bytes:
+        path = posixpath.join(directory, name)
+        data = transport.read_bytes(path, limit=limit if tail else limit + 1)
+        if not tail and len(data) > limit:
+            raise transport_base.UnsafeRemoteFile("%s is larger than the %d bytes allowed"
+                                                  % (path, limit))
+        return data
+    return read

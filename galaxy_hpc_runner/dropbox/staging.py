@@ -25,13 +25,15 @@ from galaxy_hpc_runner.dropbox.jobfiles import (
     UnsafeOutput,
     commit,
     open_output_dir,
+    read_journal,
+    transport_reader,
 )
 from galaxy_hpc_runner.dropbox.spool import JobRecord
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import durable
 from hpc_worker import protocol as p
-from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, Result, parse_runs
+from hpc_worker.records import PROTOCOL_VERSION, Result
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,8 @@ class Stager:
             if snapshots:
                 shutil.rmtree(snapshots, ignore_errors=True)
         self._write(posixpath.join(directory, p.SCRIPT), meta["script_text"])
-        self._write(posixpath.join(directory, p.META), json.dumps(meta["pilot_meta"]))
+        self._write(posixpath.join(directory, p.META), json.dumps(  # the journal's first line
+            dict(meta["pilot_meta"], v=PROTOCOL_VERSION)) + "\n")
         return True
 
     def _refuse(self, key: str, directory: str, message: str) -> None:
@@ -280,7 +283,11 @@ class Stager:
                 and p.server_of(key) == self.server}
 
     def has_result(self, name: str) -> bool:
-        return self.t.exists(self.job_path(name, p.RESULT))
+        """The job's journal (or an older pilot's result.json) holds its result."""
+        try:
+            return read_journal(transport_reader(self.t, self.job_path(name))).result is not None
+        except (TransportError, ValueError) + UNSAFE:
+            return False
 
     def move_claim(self, name: str, pilot: str, queue: str) -> bool:
         """Move a claim marker to ``queue``; False if it is no longer there."""
@@ -346,11 +353,9 @@ class Stager:
                         message="Could not retrieve outputs: %s" % exc)
 
     def _node(self, files: JobFiles) -> dict[str, Any]:
-        result = Result.loads(files.read(p.RESULT, MAX_RECORD_BYTES), p.RESULT)
-        try:
-            runs = parse_runs(files.read(p.RUNS, MAX_RUNS_BYTES, tail=True))
-        except RemoteFileMissing:
-            runs = []
+        runs, result = read_journal(files.read)
+        if result is None:
+            raise RemoteFileMissing("no result in %s" % files.shown(p.META))
         return job_node(
             result.status, result.message, rc=result.rc,
             stdout=self._log(files, p.STDOUT), stderr=self._log(files, p.STDERR),

@@ -44,6 +44,7 @@ from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import control, policy
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox.collect import Collector
+from galaxy_hpc_runner.dropbox.jobfiles import read_journal, transport_reader
 from galaxy_hpc_runner.dropbox.liveness import Liveness
 from galaxy_hpc_runner.dropbox.metrics import PassStatus
 from galaxy_hpc_runner.dropbox.pass_pilots import PilotSteps
@@ -60,14 +61,13 @@ from galaxy_hpc_runner.dropbox.spool import (
 )
 from galaxy_hpc_runner.dropbox.staging import QueueView, Stager
 from galaxy_hpc_runner.errors import (
-    RemoteFileMissing,
     SchedulerError,
     TransportError,
 )
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import protocol as p
 from hpc_worker.decisions import time_needed
-from hpc_worker.records import MAX_RUNS_BYTES, learned_runtime, parse_runs
+from hpc_worker.records import ProtocolError, learned_runtime
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -333,13 +333,13 @@ class Submitter:
 
     def _release_verdict(self, rec: JobRecord, pilot: str, unwritten: int = 0
                          ) -> tuple[int, str | None]:
-        """Times the job was given back (the release lines of its bounded runs.jsonl, pilots
+        """Times the job was given back (the release lines at the end of its journal, pilots
         that hit their hard walltime holding it, ``unwritten`` more now) and the policy's
         verdict: None to requeue it, else its error."""
-        path = self.stager.job_path(rec.name, p.RUNS)
         try:
-            runs = parse_runs(self.transport.read_bytes(path, limit=MAX_RUNS_BYTES))
-        except RemoteFileMissing:
+            runs = read_journal(transport_reader(self.transport,
+                                                 self.stager.job_path(rec.name))).runs
+        except ProtocolError:  # an older pilot's broken result.json: no run line read
             runs = []
         count = rec.walltime_kills + unwritten + sum(1 for run in runs if run.released)
         declared = (rec.meta.get("pilot_meta") or {}).get("walltime")

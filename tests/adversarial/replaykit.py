@@ -56,11 +56,12 @@ HOSTILE_TEMPLATES = {
         "done\necho fine > <<output>>\n"),
     "env_dump": "#!/bin/bash\n# Writes the job's whole environment.\nenv > <<output>>\n",
     "grow_runs_65mb": (
-        "#!/bin/bash\n# Hostile job: grows its own runs.jsonl by about 65 MB, then ends well.\n"
-        "line='{\"pilot\": \"forged\", \"start\": \"2020-01-01T00:00:00\"}'\n"
+        "#!/bin/bash\n# Hostile job: grows its own journal (job.json) by about 85 MB with\n"
+        "# forged start lines, then ends well.\n"
+        "line='{\"pilot\": \"forged\", \"rec\": \"run\", \"start\": \"2020-01-01T00:00:00\"}'\n"
         "for dir in . ..; do\n"
-        "    if [ -e $dir/runs.jsonl ]; then\n"
-        "        yes -- $line | head -n 1300000 >> $dir/runs.jsonl\n"
+        "    if [ -e $dir/job.json ]; then\n"
+        "        yes -- $line | head -n 1300000 >> $dir/job.json\n"
         "    fi\n"
         "done\necho fine > <<output>>\n"),
 }

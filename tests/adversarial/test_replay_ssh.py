@@ -328,14 +328,14 @@ def test_a11_walltime_nan_is_an_error_and_submits_no_pilot(site: ReplaySite) -> 
     assert {pilot.pilot_id for pilot in site.spool.pilots()} <= before
 
 
-def test_a12_a_job_growing_its_runs_file_to_65_mb_is_read_with_bounds(
+def test_a12_a_job_growing_its_journal_to_85_mb_is_read_with_bounds(
         site: ReplaySite) -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     site.drop("a12", {"script": "grow_runs_65mb", "output_map": {"output": str(site.out("a12"))}})
     site.drain(["a12"], timeout=120, sub=site.sub)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     # only the last MAX_RUNS_BYTES are read: the job can forge its count in there, no more
-    assert job(site, "a12")["attempts"] <= MAX_RUNS_BYTES // 40, job(site, "a12")["attempts"]
+    assert 1000 < job(site, "a12")["attempts"] <= MAX_RUNS_BYTES // 40, job(site, "a12")
     assert site.result_path("a12").stat().st_size < 4 << 20
     assert grown < 300 * 1024, "collection grew the submitter by %d KiB" % grown
 

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hpc_worker import journal
 from hpc_worker import protocol as p
-from hpc_worker.records import JobSpec, Result, RunLine, parse_runs, read_record
+from hpc_worker.records import JobSpec, Result, RunLine, read_record
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +83,20 @@ class Workspace:
     def is_ready(self, key: str) -> bool:
         return (self.root / p.READY / key).exists()
 
+    def journal(self, key: str) -> journal.Journal:
+        """The run lines and the last result in the job's job.json."""
+        path = self.job_dir(key) / p.META
+        return journal.parse(path.read_bytes()) if path.exists() else journal.Journal([], None)
+
     def result(self, key: str) -> Result:
-        return read_record(Result, p.result_path(str(self.root), key))
+        """The journal's last result; result.json where there is none (a job the pilot
+        could not run writes both, in case its journal is what could not be read)."""
+        found = self.journal(key).result
+        return found if found is not None else read_record(
+            Result, p.result_path(str(self.root), key))
 
     def runs(self, key: str) -> list[RunLine]:
-        path = self.job_dir(key) / p.RUNS
-        return parse_runs(path.read_bytes()) if path.exists() else []
+        return self.journal(key).runs
 
     def output(self, key: str, name: str) -> Path:
         return Path(p.output_path(str(self.root), key, name, self.result(key).attempt))
