@@ -33,12 +33,13 @@ Every round also prints what creating one file costs in the bench's temporary di
 (CPU per ``open(O_CREAT)`` of 200 new files in a fresh directory there, when ours
 starts; before each contender the bench waits until that cost is back near its best, up
 to 45 s, so no contender pays for the files the previous one removed), because that,
-not Python, is what a durable spool pays most for: each job makes about 12 new files
+not Python, is what a durable spool pays most for: each job makes about 10 new files
 and directories on the two sides (its spool record, job directory, job.json, job.sh,
-result document and output copy; attempt directory and script, logs, runs.jsonl,
-result), and on some file systems a new inode costs 30x more than on others (ext4
-without a journal, which will not reuse an inode freed in the last 60-360 s and checks
-the free ones one by one: 0.3-1 ms after many files were removed nearby, see the README).
+result document and output copy; attempt directory and script, logs; before protocol
+version 3 also runs.jsonl and result.json), and on some file systems a new inode costs
+30x more than on others (ext4 without a journal, which will not reuse an inode freed in
+the last 60-360 s and checks the free ones one by one: 0.3-1 ms after many files were
+removed nearby, see the README).
 ``--tmpdir DIR`` puts every site, Parsl's run directory and that probe in DIR (e.g.
 ``/dev/shm``, a tmpfs) instead of ``$TMPDIR``.
 """

@@ -1,6 +1,6 @@
 """GPU figures for ``show``, ``status`` and the benchmarks: what the pilot measured.
 
-The pilot (:mod:`hpc_worker.gpu`) puts per job into ``result.json``'s ``metrics`` (the
+The pilot (:mod:`hpc_worker.gpu`) puts per job into its result's ``metrics`` (the
 result file's ``job: metrics:``) the GPU(s) it ran on, its GPU-seconds, and, where
 ``nvidia-smi`` answered, its peak GPU memory and mean utilisation; per pilot, its
 heartbeat carries the devices it holds and the device-seconds they held a job (busy)

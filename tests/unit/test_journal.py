@@ -1,0 +1,122 @@
+"""job.json as the job's journal (protocol version 3): what a reader takes from it, what a
+real pilot appends to it, and what a job's tampering with it can and cannot do."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from galaxy_hpc_runner.dropbox.jobfiles import read_journal, transport_reader
+from galaxy_hpc_runner.transport.base import LocalTransport
+from hpc_worker import journal
+from hpc_worker import protocol as p
+from hpc_worker.records import MAX_RUNS_BYTES, JobSpec, ProtocolError, Result, RunLine
+from hpc_worker.states import Reason, ResultStatus
+from tests.unit.pilotkit import Workspace
+
+SPEC = JobSpec(key="k").dumps().encode()
+OK = Result(status=ResultStatus.OK, message="processed OK", rc=0)
+
+
+def _run(pilot: str) -> bytes:
+    return journal.line(RunLine(pilot=pilot, start="2026-11-27T00:00:00"))
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace(tmp_path / "W")
+    yield workspace
+    workspace.stop_all()
+
+
+# -- reading --------------------------------------------------------------------------------
+def test_the_spec_line_is_no_run_and_the_last_valid_result_counts() -> None:
+    failed = Result(status=ResultStatus.ERROR, message="boom", rc=3, reason=Reason.FAILED)
+    data = SPEC + b"\n" + _run("a") + journal.line(OK) + _run("b") + journal.line(failed)
+    found = journal.parse(data + b'{"rec": "result", "status": "ok", "mess')  # torn: skipped
+    assert [run.pilot for run in found.runs] == ["a", "b"]
+    assert found.result is not None and found.result.message == "boom"
+
+
+def test_a_line_without_its_kind_or_of_another_kind_is_not_a_record() -> None:
+    untagged = (json.dumps(RunLine(pilot="x", start="t").to_json()) + "\n").encode()
+    other = b'{"rec": "note", "pilot": "y", "start": "t"}\n'
+    assert journal.parse(SPEC + b"\n" + untagged + other) == journal.Journal([], None)
+
+
+def test_run_lines_count_only_from_the_journals_last_256_kib() -> None:
+    lines = _run("old") * (2 * MAX_RUNS_BYTES // len(_run("old")))
+    found = journal.parse(SPEC + b"\n" + lines + _run("new") + journal.line(OK))
+    assert found.runs[-1].pilot == "new" and found.result == OK
+    assert len(found.runs) * len(_run("old")) <= MAX_RUNS_BYTES
+
+
+def test_the_spec_is_the_first_line_and_a_spec_too_long_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_bytes(SPEC + b"\n" + _run("a"))
+    assert journal.read_spec(str(path)) == JobSpec(key="k")
+    path.write_bytes(b"x" * (5 << 20))
+    with pytest.raises(ProtocolError, match="first line is longer"):
+        journal.read_spec(str(path))
+
+
+def test_a_jobs_files_from_a_pilot_of_protocol_2_are_read_too(tmp_path: Path) -> None:
+    """runs.jsonl and result.json, as pilots before version 3 wrote them (upgrades)."""
+    (tmp_path / p.META).write_text(json.dumps({"key": "k", "v": 2}))
+    (tmp_path / p.RUNS).write_text(json.dumps({"pilot": "old", "start": "t", "v": 2}) + "\n")
+    (tmp_path / p.RESULT).write_text(OK.dumps())
+    found = read_journal(transport_reader(LocalTransport(), str(tmp_path)))
+    assert [run.pilot for run in found.runs] == ["old"] and found.result == OK
+
+
+# -- appending, and what a job can do to it ---------------------------------------------------
+def test_an_append_starts_a_line_of_its_own_and_never_follows_a_link(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_bytes(SPEC)  # no newline at its end, as version 2 submitters wrote it
+    journal.append(str(path), _run("a"))
+    assert path.read_bytes() == SPEC + b"\n" + _run("a")
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(OSError):
+        journal.append(str(path), _run("b"))
+    assert target.read_text() == "keep\n"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(OSError):
+        journal.append(str(path), _run("c"))
+
+
+def test_a_pilot_keeps_the_journal_the_one_file_for_runs_and_result(ws: Workspace) -> None:
+    ws.stage("k", "echo hi > out.txt\n", outputs=("out.txt",))
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    assert ws.done("k")
+    names = set(os.listdir(ws.job_dir("k")))
+    assert p.RUNS not in names and p.RESULT not in names
+    found = ws.journal("k")
+    assert [run.pilot for run in found.runs] == ["P1"] and found.result is not None
+    assert found.result.status == ResultStatus.OK and found.result.attempt == "attempt-1"
+    assert (ws.job_dir("k") / "out.txt").read_text() == "hi\n"  # published before the result
+
+
+def test_a_forged_result_line_from_the_job_does_not_count(ws: Workspace) -> None:
+    forged = json.dumps({"rec": "result", "status": "ok", "message": "forged", "rc": 0})
+    ws.stage("k", "echo '%s' >> ../job.json\nprintf '{\"rec\": \"res' >> ../job.json\nexit 3\n"
+             % forged)
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    result = ws.journal("k").result
+    assert result is not None and result.rc == 3 and result.reason == Reason.FAILED
+
+
+def test_a_journal_replaced_by_a_link_is_not_written_through(ws: Workspace) -> None:
+    outside = ws.root.parent / "not-the-journal"
+    outside.write_text("keep\n")
+    ws.stage("k", "rm ../job.json\nln -s %s ../job.json\n" % outside)
+    assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
+    assert outside.read_text() == "keep\n"
+    assert not ws.done("k")  # its result could not be reported: not announced as done
