@@ -40,12 +40,12 @@ from .records import (
     ProtocolError,
     Result,
     RunLine,
+    open_regular,
 )
 
 JOURNAL_VERSION = 3  # the first protocol version whose job.json is a journal
 KIND = "rec"
 RUN, RESULT = "run", "result"
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | \
     getattr(os, "O_NONBLOCK", 0)
 
@@ -116,7 +116,7 @@ def _entry(raw: bytes) -> Tuple[str, Optional[Union[RunLine, Result]]]:
 def read_tail(path: str, limit: int = MAX_RECORD_BYTES) -> bytes:
     """The last ``limit`` bytes of the regular file ``path``, never through a link;
     FileNotFoundError when absent, ProtocolError when it is not a regular file."""
-    fd, size = _open_regular(path)
+    fd, size = open_regular(path)
     try:
         start = max(0, size - limit)
         return _read_all(fd, start, size - start)
@@ -127,7 +127,7 @@ def read_tail(path: str, limit: int = MAX_RECORD_BYTES) -> bytes:
 def read_spec(path: str) -> JobSpec:
     """The spec on the first line of ``path`` (at most MAX_RECORD_BYTES); ProtocolError
     when it cannot be read, FileNotFoundError when there is none."""
-    fd, size = _open_regular(path)
+    fd, size = open_regular(path)
     try:
         head = _read_all(fd, 0, min(size + 1, MAX_RECORD_BYTES + 1))
     finally:
@@ -137,21 +137,6 @@ def read_spec(path: str) -> JobSpec:
         raise ProtocolError("%s: its first line is longer than the %d bytes allowed"
                             % (path, MAX_RECORD_BYTES))
     return JobSpec.loads(head if end < 0 else head[:end], path)
-
-
-def _open_regular(path: str) -> Tuple[int, int]:
-    """(a descriptor, the size) of the regular file ``path``, opened without links."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ProtocolError("%s: cannot be opened safely (%s)" % (path, exc.strerror)) from exc
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ProtocolError("%s: not a regular file" % path)
-    return fd, info.st_size
 
 
 def _read_all(fd: int, start: int, most: int) -> bytes:

@@ -269,6 +269,22 @@ def read_record(cls: Type[R], path: str, limit: int = MAX_RECORD_BYTES) -> R:
 def read_bounded(path: str, limit: int) -> bytes:
     """A regular file's bytes, opened without following links or blocking; ProtocolError
     when it is something else or larger than ``limit``; FileNotFoundError when absent."""
+    fd, size = open_regular(path)
+    try:
+        if size > limit:
+            raise ProtocolError("%s: %d bytes, more than the %d allowed" % (path, size, limit))
+        data = _read_up_to(fd, limit + 1, size + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ProtocolError("%s: more than the %d bytes allowed" % (path, limit))
+    return data
+
+
+def open_regular(path: str) -> Tuple[int, int]:
+    """(a descriptor, the size) of the regular file ``path``, opened read-only without
+    following links or blocking; ProtocolError when it is something else,
+    FileNotFoundError when absent."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -276,19 +292,11 @@ def read_bounded(path: str, limit: int) -> bytes:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ProtocolError("%s: cannot be opened safely (%s)" % (path, exc.strerror)) from exc
-    try:
-        info = os.fstat(fd)
-        if not _is_regular(info.st_mode):
-            raise ProtocolError("%s: not a regular file" % path)
-        if info.st_size > limit:
-            raise ProtocolError("%s: %d bytes, more than the %d allowed" % (
-                path, info.st_size, limit))
-        data = _read_up_to(fd, limit + 1, info.st_size + 1)
-    finally:
+    info = os.fstat(fd)
+    if not _is_regular(info.st_mode):
         os.close(fd)
-    if len(data) > limit:
-        raise ProtocolError("%s: more than the %d bytes allowed" % (path, limit))
-    return data
+        raise ProtocolError("%s: not a regular file" % path)
+    return fd, info.st_size
 
 
 def _read_up_to(fd: int, most: int, guess: int) -> bytes:
