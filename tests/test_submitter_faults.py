@@ -178,6 +178,29 @@ def test_a_pass_killed_after_seeing_its_pilot_gone_still_reclaims_the_claim(
     assert site.ledger_lines().count("completed victim") == 1
 
 
+@pytest.mark.parametrize("round_", range(3))
+def test_a_pilot_killed_after_its_result_line_before_its_done_marker_is_collected_once(
+        site: Site, round_: int) -> None:
+    """The instant between a result appended to the job's journal (and synced) and the
+    claim's rename to done/: the pass that finds the pilot gone collects that result, with
+    the outputs the pilot published before it, and does not run the job again."""
+    site.drop("late", site.sleepy_job("late", 0.3))
+    sub = site.pass_until(lambda: site.state("late") == JobState.CLAIMED)
+    ws = Path(site.cfg.workspace)
+    key = site.key("late")
+    claim = next(n for n in os.listdir(ws / p.CLAIMED) if p.split_claim(n)[0] == key)
+    deadline = time.monotonic() + 20
+    while not (ws / p.DONE / key).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # no pass meanwhile: the result waits to be collected
+    site.kill_pilots(signal.SIGKILL)
+    os.rename(ws / p.DONE / key, ws / p.CLAIMED / claim)  # as if killed before the rename
+    site.drain(["late"], sub=sub)
+    job = site.result("late")["job"]
+    assert job["status"] == "ok" and job["attempts"] == 1, job
+    assert site.out("late.out").read_text() == "slept 0.3\n"
+    assert site.ledger_lines().count("completed late") == 1
+
+
 # -- a pass that cannot do its work says so ------------------------------------------------
 def test_a_pass_that_cannot_reach_the_workspace_is_failed_everywhere(site: Site) -> None:
     site.drop("waits", site.upper_job("waits"))
