@@ -176,16 +176,11 @@ class Attempt:
                     raise
                 os.symlink(src, dst)
 
-    def write_script(self, workspace: str, root_as_given: str) -> None:
-        """job.sh with every spelling of W/jobs/KEY (<<workspace>>) pointed at this attempt,
-        and the start gate (GATE)."""
-        path = os.path.join(self.job_dir, p.SCRIPT)
-        try:
-            text = read_bounded(path, MAX_SCRIPT_BYTES)
-        except FileNotFoundError:
-            raise JobInvalid("%s is missing" % path, Reason.TRANSFER) from None
-        except ProtocolError as exc:
-            raise JobInvalid(str(exc)) from None
+    def write_script(self, workspace: str, root_as_given: str, inline: str = "") -> None:
+        """The job's script (``inline``: the spec's ``script_text``; else job.sh) with every
+        spelling of W/jobs/KEY (<<workspace>>) pointed at this attempt, and the start gate
+        (GATE)."""
+        text = inline.encode("utf-8") if inline else self._staged_script()
         prefixes = _job_dir_prefixes(root_as_given, self.root)
         key, new = self.key.encode("utf-8"), self.dir.encode("utf-8")
         if workspace and workspace.encode("utf-8") not in {x + key for x in prefixes}:
@@ -195,6 +190,15 @@ class Attempt:
             body = _prefix_pattern(prefixes).sub(
                 lambda m: new if m.group(1) == key else m.group(0), text)
         p.replace_file(self.script, _gated(body))
+
+    def _staged_script(self) -> bytes:
+        path = os.path.join(self.job_dir, p.SCRIPT)
+        try:
+            return read_bounded(path, MAX_SCRIPT_BYTES)
+        except FileNotFoundError:
+            raise JobInvalid("%s is missing" % path, Reason.TRANSFER) from None
+        except ProtocolError as exc:
+            raise JobInvalid(str(exc)) from None
 
     def open_logs(self) -> "tuple[int, int]":
         """Create the attempt's stdout/stderr, published at once so logs show the live run."""

@@ -74,7 +74,7 @@ class JobRun:
         attempt = Attempt.create(self.root, self.key, starts)
         self.attempt = attempt
         attempt.link_inputs(self.spec.inputs)
-        attempt.write_script(self.spec.workspace, root_as_given)
+        attempt.write_script(self.spec.workspace, root_as_given, self.spec.script_text)
         env = job_env(pilot_env, self.spec.env, dict(
             slot_env, HPC_BATCH_JOB=self.key, HPC_BATCH_SLOT=str(self.slot),
             HPC_BATCH_ATTEMPT=attempt.name, HPC_BATCH_WORKSPACE=attempt.dir), keep)

@@ -3,8 +3,9 @@
 Everything the two sides exchange lives under the HPC workspace root ``W``
 (``[hpc_env] workspace`` in the config)::
 
-    W/jobs/KEY/                 the job's staged files (inputs, job.sh, job.json)
-    W/jobs/KEY/job.sh           the rendered script
+    W/jobs/KEY/                 the job's staged files (inputs, job.json, job.sh)
+    W/jobs/KEY/job.sh           the rendered script, where it is too long for job.json's
+                                ``script_text`` (more than MAX_STR characters)
     W/jobs/KEY/job.json         the job's journal (journal.py): what the pilot needs
                                 (records.JobSpec) on its first line, then a line per
                                 start or release (records.RunLine) and its result
@@ -13,7 +14,8 @@ Everything the two sides exchange lives under the HPC workspace root ``W``
                                 the run lines
     W/jobs/KEY/attempt-N/       attempt N's own directory: the job's cwd and <<workspace>>,
                                 inputs hard-linked in, outputs written here
-    W/jobs/KEY/attempt-N.sh     attempt N's script (job.sh with <<workspace>> pointed here)
+    W/jobs/KEY/attempt-N.sh     attempt N's script (the job's script with <<workspace>>
+                                pointed here)
     W/jobs/KEY/current          reserved (releases before 2026-11-27 wrote the live attempt's
                                 name here; its start line in runs.jsonl names it too)
     W/jobs/KEY/result.json      the result of a job the pilot could not run (its journal

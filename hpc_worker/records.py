@@ -180,6 +180,9 @@ class JobSpec(Record):
     # the path the submitter rendered for <<workspace>> (W/jobs/KEY); the pilot points it at
     # the attempt directory. Empty: the pilot's own spelling of W/jobs/KEY is used.
     workspace: str = ""
+    # the rendered script, where it fits a string field (MAX_STR characters): one staged file
+    # less per job. Empty: the script is W/jobs/KEY/job.sh (larger ones, older submitters).
+    script_text: str = ""
 
 
 @dataclasses.dataclass

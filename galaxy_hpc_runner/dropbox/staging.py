@@ -33,7 +33,7 @@ from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import durable
 from hpc_worker import protocol as p
-from hpc_worker.records import PROTOCOL_VERSION, Result
+from hpc_worker.records import MAX_STR, PROTOCOL_VERSION, Result
 from hpc_worker.states import Reason, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,13 @@ class Stager:
         finally:
             if snapshots:
                 shutil.rmtree(snapshots, ignore_errors=True)
-        self._write(posixpath.join(directory, p.SCRIPT), meta["script_text"])
-        self._write(posixpath.join(directory, p.META), json.dumps(  # the journal's first line
-            dict(meta["pilot_meta"], v=PROTOCOL_VERSION)) + "\n")
+        spec = dict(meta["pilot_meta"], v=PROTOCOL_VERSION)
+        script = meta["script_text"]
+        if script and len(script) <= MAX_STR:  # in the spec: one new file less per job
+            spec["script_text"] = script
+        else:
+            self._write(posixpath.join(directory, p.SCRIPT), script)
+        self._write(posixpath.join(directory, p.META), json.dumps(spec) + "\n")  # the journal
         return True
 
     def _refuse(self, key: str, directory: str, message: str) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,9 @@ from galaxy_hpc_runner.dropbox.jobfiles import read_journal, transport_reader
 from galaxy_hpc_runner.transport.base import LocalTransport
 from hpc_worker import journal
 from hpc_worker import protocol as p
-from hpc_worker.records import MAX_RUNS_BYTES, JobSpec, ProtocolError, Result, RunLine
-from hpc_worker.states import Reason, ResultStatus
+from hpc_worker.records import MAX_RUNS_BYTES, MAX_STR, JobSpec, ProtocolError, Result, RunLine
+from hpc_worker.states import JobState, Reason, ResultStatus
+from tests.sitekit import Site
 from tests.unit.pilotkit import Workspace
 
 SPEC = JobSpec(key="k").dumps().encode()
@@ -120,3 +122,25 @@ def test_a_journal_replaced_by_a_link_is_not_written_through(ws: Workspace) -> N
     assert ws.start("P1", idle=0.5).wait(timeout=30) == 0
     assert outside.read_text() == "keep\n"
     assert not ws.done("k")  # its result could not be reported: not announced as done
+
+
+# -- the script in the spec ------------------------------------------------------------------
+@pytest.mark.parametrize("padding, as_file", [(0, False), (70000, True)])
+def test_the_script_travels_in_the_spec_unless_too_long_for_it(
+        make_site: Any, tmp_path: Path, padding: int, as_file: bool) -> None:
+    """A rendered script of at most MAX_STR characters is job.json's ``script_text`` (no
+    job.sh: one new file less per job); a longer one is staged as job.sh. Both run."""
+    templates = tmp_path / "own-templates"
+    templates.mkdir()
+    (templates / "pad.sh").write_text("#!/bin/bash\n%secho ran > <<output>>\n"
+                                      % ("# padding\n" * (padding // 10)))
+    site: Site = make_site(templates={"path": str(templates)})
+    site.drop("j", {"script": "pad", "output_map": {"output": str(site.out("j.txt"))}})
+    sub = site.pass_until(lambda: site.state("j") != JobState.RECEIVED)
+    job_dir = Path(p.job_dir(site.cfg.workspace, site.key("j")))
+    spec = journal.read_spec(str(job_dir / p.META))
+    assert (job_dir / p.SCRIPT).exists() == as_file
+    assert (spec.script_text == "") == as_file and len(spec.script_text) <= MAX_STR
+    site.drain(["j"], sub=sub)
+    assert site.result("j")["job"]["status"] == ResultStatus.OK
+    assert site.out("j.txt").read_text() == "ran\n"
