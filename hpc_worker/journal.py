@@ -1,13 +1,14 @@
 """``job.json`` as the job's journal (protocol version 3): one file per job, no more.
 
-The submitter writes the job's :class:`~records.JobSpec` as the first line of
-``W/jobs/KEY/job.json``. Pilots then append a line per start and release of the job
-(:class:`~records.RunLine`) and one when it ended (:class:`~records.Result`), each
-tagged with its kind (``"rec": "run"`` or ``"rec": "result"``), before the done marker.
+The submitter writes the job's :class:`~records.JobSpec` (with the rendered script in
+``script_text`` where it fits) as the first line of ``W/jobs/KEY/job.json``. Pilots then
+append a line per start and release of the job (:class:`~records.RunLine`) and one when
+it ended (:class:`~records.Result`), each tagged with its kind (``"rec": "run"`` or
+``"rec": "result"``), before the done marker.
 Before version 3 these went to two more files, ``runs.jsonl`` and ``result.json``: two
 new files per job, and making a file is the dearest step on shared and some local file
 systems (README, throughput). A pilot of this release, given a job staged by an older
-submitter appends to its ``job.json`` all the same. Readers still read the two older
+submitter, appends to its ``job.json`` all the same. Readers still read the two older
 files (a pilot of the older release may have written them before an upgrade): a run
 line of ``runs.jsonl`` counts, ``result.json`` is the result when the journal holds none.
 
@@ -43,7 +44,6 @@ from .records import (
     open_regular,
 )
 
-JOURNAL_VERSION = 3  # the first protocol version whose job.json is a journal
 KIND = "rec"
 RUN, RESULT = "run", "result"
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | \
