@@ -42,6 +42,7 @@ from .records import (
     Result,
     RunLine,
     open_regular,
+    read_up_to,
 )
 
 KIND = "rec"
@@ -119,7 +120,8 @@ def read_tail(path: str, limit: int = MAX_RECORD_BYTES) -> bytes:
     fd, size = open_regular(path)
     try:
         start = max(0, size - limit)
-        return _read_all(fd, start, size - start)
+        os.lseek(fd, start, os.SEEK_SET)
+        return read_up_to(fd, size - start, size - start)
     finally:
         os.close(fd)
 
@@ -129,7 +131,7 @@ def read_spec(path: str) -> JobSpec:
     when it cannot be read, FileNotFoundError when there is none."""
     fd, size = open_regular(path)
     try:
-        head = _read_all(fd, 0, min(size + 1, MAX_RECORD_BYTES + 1))
+        head = read_up_to(fd, min(size + 1, MAX_RECORD_BYTES + 1), size + 1)
     finally:
         os.close(fd)
     end = head.find(b"\n")
@@ -137,16 +139,3 @@ def read_spec(path: str) -> JobSpec:
         raise ProtocolError("%s: its first line is longer than the %d bytes allowed"
                             % (path, MAX_RECORD_BYTES))
     return JobSpec.loads(head if end < 0 else head[:end], path)
-
-
-def _read_all(fd: int, start: int, most: int) -> bytes:
-    """At most ``most`` bytes of ``fd`` from ``start`` (fewer at its end)."""
-    parts: List[bytes] = []
-    got = 0
-    while got < most:
-        part = os.pread(fd, min(most - got, 1 << 20), start + got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)

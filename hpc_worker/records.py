@@ -276,7 +276,7 @@ def read_bounded(path: str, limit: int) -> bytes:
     try:
         if size > limit:
             raise ProtocolError("%s: %d bytes, more than the %d allowed" % (path, size, limit))
-        data = _read_up_to(fd, limit + 1, size + 1)
+        data = read_up_to(fd, limit + 1, size + 1)
     finally:
         os.close(fd)
     if len(data) > limit:
@@ -302,9 +302,9 @@ def open_regular(path: str) -> Tuple[int, int]:
     return fd, info.st_size
 
 
-def _read_up_to(fd: int, most: int, guess: int) -> bytes:
-    """At most ``most`` bytes of ``fd`` (fewer at end of file), read in pieces of the
-    expected size (no buffer of ``most`` bytes for a small file)."""
+def read_up_to(fd: int, most: int, guess: int) -> bytes:
+    """At most ``most`` bytes of ``fd`` from where it stands (fewer at end of file), read in
+    pieces of the expected size (no buffer of ``most`` bytes for a small file)."""
     parts: List[bytes] = []
     got = 0
     while got < most:
