@@ -22,11 +22,8 @@ from . import journal
 from . import protocol as p
 from .records import (
     MAX_RECORD_BYTES,
-    MAX_RUNS_BYTES,
     JobSpec,
     ProtocolError,
-    RunLine,
-    parse_runs,
     read_bounded,
 )
 from .states import Reason
@@ -61,21 +58,21 @@ class JobInvalid(Exception):
         self.reason = reason
 
 
-def load_spec(root: str, key: str) -> JobSpec:
-    """The spec on ``job.json``'s first line (``journal.read_spec``), checked beyond its
+def load_job(root: str, key: str) -> journal.Job:
+    """The job's spec and run lines (``journal.read_job``), the spec checked beyond its
     types; JobInvalid on any problem."""
     path = os.path.join(p.job_dir(root, key), p.META)
     try:
-        spec = journal.read_spec(path)
+        job = journal.read_job(path)
     except FileNotFoundError:
         raise JobInvalid("%s is missing: the job was not staged completely" % path,
                          Reason.TRANSFER) from None
     except (ProtocolError, OSError) as exc:
         raise JobInvalid(str(exc)) from None
-    problems = spec_problems(spec)
+    problems = spec_problems(job.spec)
     if problems:
         raise JobInvalid("%s: %s" % (path, "; ".join(problems)))
-    return spec
+    return job
 
 
 def spec_problems(spec: JobSpec) -> List[str]:
@@ -88,20 +85,6 @@ def spec_problems(spec: JobSpec) -> List[str]:
         if not ENV_NAME_RE.match(name) or "\x00" in value:
             out.append("env %r is not a variable name with a plain value" % name)
     return out
-
-
-def read_runs(root: str, key: str) -> List[RunLine]:
-    """The run lines at the end of the job's journal, after those of a ``runs.jsonl`` an
-    older pilot wrote for it; [] when there are none."""
-    directory = p.job_dir(root, key)
-    runs: List[RunLine] = []
-    for name in (p.RUNS, p.META):
-        try:
-            data = journal.read_tail(os.path.join(directory, name), MAX_RUNS_BYTES)
-        except (OSError, ProtocolError):
-            continue
-        runs += parse_runs(data) if name == p.RUNS else journal.parse(data).runs
-    return runs
 
 
 def job_env(pilot_env: Mapping[str, str], spec_env: Mapping[str, str],

@@ -32,20 +32,23 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .records import (
     MAX_RECORD_BYTES,
     MAX_RUNS_BYTES,
+    OLDEST_READABLE,
     JobSpec,
     ProtocolError,
     Result,
     RunLine,
     open_regular,
+    parse_runs,
     read_up_to,
 )
 
 KIND = "rec"
+VERSION = 3  # the protocol version that made job.json the journal
 RUN, RESULT = "run", "result"
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | \
     getattr(os, "O_NONBLOCK", 0)
@@ -114,28 +117,65 @@ def _entry(raw: bytes) -> Tuple[str, Optional[Union[RunLine, Result]]]:
     return "", None
 
 
-def read_tail(path: str, limit: int = MAX_RECORD_BYTES) -> bytes:
-    """The last ``limit`` bytes of the regular file ``path``, never through a link;
-    FileNotFoundError when absent, ProtocolError when it is not a regular file."""
-    fd, size = open_regular(path)
-    try:
-        start = max(0, size - limit)
-        os.lseek(fd, start, os.SEEK_SET)
-        return read_up_to(fd, size - start, size - start)
-    finally:
-        os.close(fd)
+class Job(NamedTuple):
+    """What a pilot reads of a job before it claims it."""
+
+    spec: JobSpec
+    runs: List[RunLine]
 
 
-def read_spec(path: str) -> JobSpec:
-    """The spec on the first line of ``path`` (at most MAX_RECORD_BYTES); ProtocolError
-    when it cannot be read, FileNotFoundError when there is none."""
+def read_job(path: str) -> Job:
+    """The spec on the first line of the job's journal ``path`` (at most MAX_RECORD_BYTES)
+    and the run lines at its end (:func:`parse`), read through one descriptor, never
+    through a link; for a spec of a version before 3 also the lines of the ``runs.jsonl``
+    beside it, first (an older pilot's, unreadable ones skipped). FileNotFoundError when
+    there is no journal, ProtocolError when it is no regular file or its spec cannot be
+    read."""
     fd, size = open_regular(path)
     try:
-        head = read_up_to(fd, min(size + 1, MAX_RECORD_BYTES + 1), size + 1)
+        head = read_up_to(fd, min(size, MAX_RECORD_BYTES) + 1, size + 1)
+        whole = len(head) <= MAX_RECORD_BYTES  # the file ended before the limit
+        tail = head[-MAX_RUNS_BYTES:] if whole else _tail(fd, MAX_RUNS_BYTES)
     finally:
         os.close(fd)
+    data = _first_line(head, path)
+    spec = JobSpec.from_json(data, path)
+    runs = parse(tail).runs
+    if data.get("v", OLDEST_READABLE) < VERSION:
+        runs = _older_runs(os.path.join(os.path.dirname(path), RunLine.NAME)) + runs
+    return Job(spec, runs)
+
+
+def _first_line(head: bytes, path: str) -> Dict[str, Any]:
     end = head.find(b"\n")
     if end < 0 and len(head) > MAX_RECORD_BYTES:
         raise ProtocolError("%s: its first line is longer than the %d bytes allowed"
                             % (path, MAX_RECORD_BYTES))
-    return JobSpec.loads(head if end < 0 else head[:end], path)
+    try:
+        data = json.loads(head if end < 0 else head[:end])
+    except ValueError as exc:
+        raise ProtocolError("%s: not valid JSON: %s" % (path, exc)) from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("%s: its first line is no JSON object" % path)
+    return data
+
+
+def _older_runs(path: str) -> List[RunLine]:
+    try:
+        fd, _size = open_regular(path)
+    except (OSError, ProtocolError):
+        return []
+    try:
+        return parse_runs(_tail(fd, MAX_RUNS_BYTES))
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+
+
+def _tail(fd: int, limit: int) -> bytes:
+    """The last ``limit`` bytes of the open file ``fd``."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - limit)
+    os.lseek(fd, start, os.SEEK_SET)
+    return read_up_to(fd, size - start, size - start)

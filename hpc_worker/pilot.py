@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 from . import decisions as d
 from . import gpu, reporting
 from . import protocol as p
-from .attempt import JobInvalid, kept_env, load_spec, read_runs
+from .attempt import JobInvalid, kept_env, load_job
 from .guard import GroupGuard
 from .jobrun import HOST, JobRun, report_unrunnable, seal_descriptors
 from .readyq import ReadyQueue
@@ -270,13 +270,12 @@ class Pilot:
     def _try(self, key: str, slot: int) -> bool:
         """Claim ``key`` and start it on ``slot`` if it fits; True when it started."""
         try:
-            spec = load_spec(self.s.root, key)
+            spec, runs = load_job(self.s.root, key)
         except JobInvalid as exc:
             if self._claim(key):
                 report_unrunnable(self.s.root, key, self.s.pilot_id, self.s.scheduler_id, exc)
                 self.last_activity, self._changed = time.time(), True
             return False
-        runs = read_runs(self.s.root, key)
         if not self._fits(key, spec.walltime, runs):
             self.queue.never(key)
             return False

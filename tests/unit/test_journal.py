@@ -60,10 +60,34 @@ def test_run_lines_count_only_from_the_journals_last_256_kib() -> None:
 def test_the_spec_is_the_first_line_and_a_spec_too_long_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
     path.write_bytes(SPEC + b"\n" + _run("a"))
-    assert journal.read_spec(str(path)) == JobSpec(key="k")
+    assert journal.read_job(str(path)) == journal.Job(JobSpec(key="k"), [RunLine.loads(_run("a"))])
     path.write_bytes(b"x" * (5 << 20))
     with pytest.raises(ProtocolError, match="first line is longer"):
-        journal.read_spec(str(path))
+        journal.read_job(str(path))
+    path.write_bytes(b"[1]\n")
+    with pytest.raises(ProtocolError, match="no JSON object"):
+        journal.read_job(str(path))
+
+
+def test_a_journal_over_the_record_limit_gives_its_spec_and_its_last_runs(
+        tmp_path: Path) -> None:
+    """One descriptor for both: the first line from the head, run lines from the end."""
+    path = tmp_path / "job.json"
+    filler = _run("old") * ((5 << 20) // len(_run("old")))
+    path.write_bytes(SPEC + b"\n" + filler + _run("new"))
+    job = journal.read_job(str(path))
+    assert job.spec == JobSpec(key="k") and job.runs[-1].pilot == "new"
+    assert len(job.runs) * len(_run("old")) <= MAX_RUNS_BYTES
+
+
+def test_a_pilot_reads_runs_jsonl_only_beside_a_spec_of_an_older_version(
+        tmp_path: Path) -> None:
+    (tmp_path / p.RUNS).write_text(json.dumps({"pilot": "old", "start": "t", "v": 2}) + "\n")
+    path = tmp_path / p.META
+    path.write_bytes(json.dumps({"key": "k", "v": 2}).encode() + b"\n" + _run("new"))
+    assert [run.pilot for run in journal.read_job(str(path)).runs] == ["old", "new"]
+    path.write_bytes(SPEC + b"\n" + _run("new"))  # version 3: no pilot of it writes runs.jsonl
+    assert [run.pilot for run in journal.read_job(str(path)).runs] == ["new"]
 
 
 def test_a_jobs_files_from_a_pilot_of_protocol_2_are_read_too(tmp_path: Path) -> None:
@@ -138,7 +162,7 @@ def test_the_script_travels_in_the_spec_unless_too_long_for_it(
     site.drop("j", {"script": "pad", "output_map": {"output": str(site.out("j.txt"))}})
     sub = site.pass_until(lambda: site.state("j") != JobState.RECEIVED)
     job_dir = Path(p.job_dir(site.cfg.workspace, site.key("j")))
-    spec = journal.read_spec(str(job_dir / p.META))
+    spec = journal.read_job(str(job_dir / p.META)).spec
     assert (job_dir / p.SCRIPT).exists() == as_file
     assert (spec.script_text == "") == as_file and len(spec.script_text) <= MAX_STR
     site.drain(["j"], sub=sub)

@@ -15,7 +15,7 @@ import pytest
 from hpc_worker import decisions as d
 from hpc_worker import durable, gpu, reporting
 from hpc_worker import protocol as p
-from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_spec, spec_problems
+from hpc_worker.attempt import GATE, Attempt, JobInvalid, job_env, load_job, spec_problems
 from hpc_worker.guard import GroupGuard
 from hpc_worker.jobrun import JobRun
 from hpc_worker.readyq import ReadyQueue
@@ -227,11 +227,11 @@ def test_an_unreadable_job_json_is_the_jobs_error_not_the_pilots(tmp_path: Path)
     job.mkdir(parents=True)
     (job / p.META).write_text('{"key": "k", "walltime": "soon"}')
     with pytest.raises(JobInvalid, match="'walltime'"):
-        load_spec(str(tmp_path), "k")
+        load_job(str(tmp_path), "k")
     (job / p.META).unlink()
     (job / p.META).symlink_to("/etc/hostname")
     with pytest.raises(JobInvalid, match="safely"):
-        load_spec(str(tmp_path), "k")
+        load_job(str(tmp_path), "k")
 
 
 def test_attempt_gets_its_own_directory_inputs_and_workspace(tmp_path: Path) -> None:
