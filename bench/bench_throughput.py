@@ -29,17 +29,18 @@
    start, drain rate over WINDOW seconds, the submitter's peak RSS, and an idle pass at
    that backlog (pilots stopped, the spool paused, a second pass timed).
 
-Every round also prints what creating one file costs in the bench's temporary directory
-(CPU per ``open(O_CREAT)`` of 200 new files in a fresh directory there, when ours
-starts; before each contender the bench waits until that cost is back near its best, up
-to 45 s, so no contender pays for the files the previous one removed), because that,
-not Python, is what a durable spool pays most for: each job makes about 10 new files
-and directories on the two sides (its spool record, job directory, job.json, job.sh,
-result document and output copy; attempt directory and script, logs; before protocol
-version 3 also runs.jsonl and result.json), and on some file systems a new inode costs
-30x more than on others (ext4 without a journal, which will not reuse an inode freed in
-the last 60-360 s and checks the free ones one by one: 0.3-1 ms after many files were
-removed nearby, see the README).
+Every round also prints what a new file cost in the bench's temporary directory (CPU
+per ``open(O_CREAT)`` of 200 new files in a fresh directory there) as each contender
+began; before each one the bench waits until that cost is back near its best, up to 45 s.
+That, not Python, is what a durable spool pays most for: each job makes about 10 new files
+and directories on the two sides (its spool record, job directory and job.json, result
+document and output copy; attempt directory and script, logs), and on some file systems
+a new inode costs 30x more than on others (ext4 without a journal, which will not reuse
+an inode freed in the last 60-360 s and checks the free ones one by one: 0.3-1 ms after
+many files were removed nearby, see the README). Hence the contenders take turns: each
+round starts one further along the list (Parsl, ours cold, warm, 2 slots), so none
+always follows the same one; and no tree is removed before the run ends, so no
+contender pays for the bench's own removals.
 ``--tmpdir DIR`` puts every site, Parsl's run directory and that probe in DIR (e.g.
 ``/dev/shm``, a tmpfs) instead of ``$TMPDIR``.
 """
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_local as bl  # noqa: E402
+import throughput_report as report  # noqa: E402
 
 from galaxy_hpc_runner.config import load_config  # noqa: E402
 from galaxy_hpc_runner.dropbox import control  # noqa: E402
@@ -77,13 +80,23 @@ PARSL_JOB = TRUE.replace("<<output>>", '"$1"')  # the same job under Parsl: bash
 PARSL_BURST = HERE / "parsl_burst.py"  # run by the Parsl venv's Python
 
 
+def fresh_dir() -> Path:
+    """A new directory for one contender or probe, kept until the run ends (main)."""
+    if not _KEPT:
+        _KEPT.append(Path(tempfile.mkdtemp(prefix="bench-throughput-")))
+    return Path(tempfile.mkdtemp(dir=_KEPT[0]))
+
+
+_KEPT: list[Path] = []
+
+
 def create_cost_ms(files: int = 200) -> float:
     """CPU milliseconds per new file in a fresh directory of the temporary directory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.process_time()
-        for i in range(files):
-            os.close(os.open(os.path.join(tmp, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o600))
-        return (time.process_time() - started) * 1000 / files
+    tmp = fresh_dir()
+    started = time.process_time()
+    for i in range(files):
+        os.close(os.open(os.path.join(tmp, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o600))
+    return (time.process_time() - started) * 1000 / files
 
 
 def settle_fs(limit: float = 45.0) -> float:
@@ -116,20 +129,20 @@ def run_xargs(jobs: int) -> float:
 def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
     if not PARSL_PY.exists():
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
-        logs = [Path(tmp) / name for name in ("parsl.out", "parsl.err")]
-        with logs[0].open("w") as out_file, logs[1].open("w") as err_file:
-            proc = subprocess.Popen([str(PARSL_PY), str(PARSL_BURST), str(jobs), str(stream),
-                                     tmp, PARSL_JOB], stdout=out_file, stderr=err_file,
-                                    cwd=tmp, env=env, start_new_session=True)
-        try:  # files, not pipes: its interchange and workers may outlive a failed script
-            proc.wait(timeout=900)
-        finally:  # they leave with it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        out, err = (path.read_text() for path in logs)
+    tmp = fresh_dir()
+    env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
+    logs = [tmp / name for name in ("parsl.out", "parsl.err")]
+    with logs[0].open("w") as out_file, logs[1].open("w") as err_file:
+        proc = subprocess.Popen([str(PARSL_PY), str(PARSL_BURST), str(jobs), str(stream),
+                                 str(tmp), PARSL_JOB], stdout=out_file, stderr=err_file,
+                                cwd=tmp, env=env, start_new_session=True)
+    try:  # files, not pipes: its interchange and workers may outlive a failed script
+        proc.wait(timeout=900)
+    finally:  # they leave with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out, err = (path.read_text() for path in logs)
     lines = out.strip().splitlines()
     if proc.returncode != 0 or not lines:
         print("parsl failed:\n" + err[-2000:], file=sys.stderr)
@@ -199,26 +212,25 @@ def run_ours(jobs: int, stream: int, extra: str = "", warm: bool = False) -> dic
     """JOBS dropped at once, from the first drop to the last result; ``warm``: the pilot
     is already running (one job went through first and the loop is idle), as Parsl's
     workers are."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = Ours(Path(tmp), extra)
-        ours.start()
-        try:
-            ours.wait_ready()
-            if warm:
-                bl.drop(ours.root, "warmup")
-                ours.wait_finished(1)
-                time.sleep(1.0)  # its files cleaned up, the loop waiting for a change
-            started, cpu = time.monotonic(), ours.cpu_s()
-            for i in range(jobs):
-                bl.drop(ours.root, "burst%05d" % i)
-            ours.wait_finished(jobs + (1 if warm else 0))
-            rate = jobs / (time.monotonic() - started)
-            cpu_ms = (ours.cpu_s() - cpu) * 1000 / jobs
-            begun = [bl.start_time(ours.root, "burst%05d" % i) for i in range(jobs)]
-            steady = (jobs - 1) / max(max(begun) - min(begun), 1e-6)
-            starts, ends = _stream(ours, stream) if stream else ([0.0], [0.0])
-        finally:
-            ours.stop()
+    ours = Ours(fresh_dir(), extra)
+    ours.start()
+    try:
+        ours.wait_ready()
+        if warm:
+            bl.drop(ours.root, "warmup")
+            ours.wait_finished(1)
+            time.sleep(1.0)  # its files cleaned up, the loop waiting for a change
+        started, cpu = time.monotonic(), ours.cpu_s()
+        for i in range(jobs):
+            bl.drop(ours.root, "burst%05d" % i)
+        ours.wait_finished(jobs + (1 if warm else 0))
+        rate = jobs / (time.monotonic() - started)
+        cpu_ms = (ours.cpu_s() - cpu) * 1000 / jobs
+        begun = [bl.start_time(ours.root, "burst%05d" % i) for i in range(jobs)]
+        steady = (jobs - 1) / max(max(begun) - min(begun), 1e-6)
+        starts, ends = _stream(ours, stream) if stream else ([0.0], [0.0])
+    finally:
+        ours.stop()
     return {"jobs_per_s": rate, "submitter_cpu_ms_per_job": cpu_ms, "steady_jobs_per_s": steady,
             "dispatch_p50_s": statistics.median(starts),
             "dispatch_p95_s": _p95(starts), "finished_p50_s": statistics.median(ends),
@@ -246,31 +258,30 @@ def _p95(values: list[float]) -> float:
 
 # -- scaling ---------------------------------------------------------------------------
 def run_scale(backlog: int, window: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = Ours(Path(tmp))
-        for i in range(backlog):
-            bl.drop(ours.root, "b%06d" % i)
-        started = time.time()
-        ours.start()
-        try:
-            while ours.finished() == 0:
-                time.sleep(0.05)
-            first = min(bl.start_time(ours.root, n[: -len(".job.finished")])
-                        for n in os.listdir(ours.root / "dropbox") if n.endswith(".finished"))
-            time.sleep(2.0)  # past the start-up
-            n0, t0, c0 = ours.finished(), time.monotonic(), ours.cpu_s()
-            n1 = n0
-            while time.monotonic() - t0 < window and n1 < backlog:  # ends with the backlog
-                time.sleep(0.2)
-                n1 = ours.finished()
-            rate = (n1 - n0) / (time.monotonic() - t0)
-            cpu_ms = (ours.cpu_s() - c0) * 1000 / max(n1 - n0, 1)
-            rss = ours.peak_rss_mb()
-        finally:
-            ours.stop()
-        idle = json.loads(subprocess.run(
-            [sys.executable, __file__, "--idle-pass", str(ours.config)], check=True,
-            capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    ours = Ours(fresh_dir())
+    for i in range(backlog):
+        bl.drop(ours.root, "b%06d" % i)
+    started = time.time()
+    ours.start()
+    try:
+        while ours.finished() == 0:
+            time.sleep(0.05)
+        first = min(bl.start_time(ours.root, n[: -len(".job.finished")])
+                    for n in os.listdir(ours.root / "dropbox") if n.endswith(".finished"))
+        time.sleep(2.0)  # past the start-up
+        n0, t0, c0 = ours.finished(), time.monotonic(), ours.cpu_s()
+        n1 = n0
+        while time.monotonic() - t0 < window and n1 < backlog:  # ends with the backlog
+            time.sleep(0.2)
+            n1 = ours.finished()
+        rate = (n1 - n0) / (time.monotonic() - t0)
+        cpu_ms = (ours.cpu_s() - c0) * 1000 / max(n1 - n0, 1)
+        rss = ours.peak_rss_mb()
+    finally:
+        ours.stop()
+    idle = json.loads(subprocess.run(
+        [sys.executable, __file__, "--idle-pass", str(ours.config)], check=True,
+        capture_output=True, text=True).stdout.strip().splitlines()[-1])
     return {"backlog": backlog, "first_start_s": first - started, "drain_jobs_per_s": rate,
             "drain_submitter_cpu_ms_per_job": cpu_ms, "load_average": os.getloadavg()[0],
             "peak_rss_mb": rss, "idle_pass_s": idle["idle_pass_s"],
@@ -322,48 +333,48 @@ def main() -> int:
         out["date"], out["cpus"], args.jobs, out["tmpdir"]))
     if shutil.which("xargs") is None:
         raise SystemExit("xargs is needed")
-    for r in range(args.rounds):  # interleaved, so load changes hit all alike
-        one_round(r, args, out)
-    if "dispatch" in out and args.stream:
-        _print_dispatch(out["dispatch"])
-    out["scale"] = [one_backlog(int(n), args.window) for n in args.scale.split(",") if n]
+    try:
+        for r in range(args.rounds):  # interleaved, so load changes hit all alike
+            one_round(r, args, out)
+        if "dispatch" in out and args.stream:
+            report.print_dispatch(out["dispatch"])
+        out["scale"] = [one_backlog(int(n), args.window) for n in args.scale.split(",") if n]
+    finally:
+        for tree in _KEPT:
+            shutil.rmtree(tree, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
 def one_round(r: int, args: argparse.Namespace, out: dict[str, Any]) -> None:
-    """xargs, Parsl and ours three ways, each on a settled file system."""
+    """xargs, then Parsl and ours three ways, each on a settled file system, in an order
+    that turns by one each round."""
     floor = run_xargs(args.jobs)
-    settle_fs()  # each contender starts on a file system in the same state
-    parsl = run_parsl(args.jobs, args.stream if r == 0 else 0)
-    start_cost = settle_fs()
-    ours = run_ours(args.jobs, args.stream if r == 0 else 0)
-    settle_fs()
-    warm = run_ours(args.jobs, 0, warm=True)  # as warm as Parsl's workers
-    settle_fs()
-    two = run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")  # the others' parallelism
+    stream = args.stream if r == 0 else 0
+    runs: dict[str, Callable[[], Any]] = {
+        "parsl": lambda: run_parsl(args.jobs, stream),
+        "ours": lambda: run_ours(args.jobs, stream),
+        "warm": lambda: run_ours(args.jobs, 0, warm=True),  # as warm as Parsl's workers
+        "two": lambda: run_ours(args.jobs, 0, "[pilot]\nslots = 2\n")}  # their parallelism
+    order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
+    got: dict[str, Any] = {}
+    cost: dict[str, float] = {}
+    for name in order:
+        cost[name] = settle_fs()  # each contender starts on a file system in the same state
+        got[name] = runs[name]()
+    parsl, ours, warm, two = (got[name] for name in runs)
     out["rounds"].append({"xargs": floor, "parsl": parsl["jobs_per_s"] if parsl else None,
                           "parsl_sh_true": parsl["true_jobs_per_s"] if parsl else None,
                           "ours": ours["jobs_per_s"], "ours_warm": warm["jobs_per_s"],
                           "ours_2_slots": two["jobs_per_s"],
                           "ours_warm_steady": warm["steady_jobs_per_s"],
                           "submitter_cpu_ms_per_job": ours["submitter_cpu_ms_per_job"],
-                          "load_average": os.getloadavg()[0], "create_ms": start_cost})
+                          "load_average": os.getloadavg()[0], "order": order,
+                          "create_ms": cost})
     if r == 0:
         out["dispatch"] = {"ours": ours, "parsl": parsl}
-    _print_round(r + 1, floor, parsl["jobs_per_s"] if parsl else None,
-                 ours["jobs_per_s"], warm["jobs_per_s"], two["jobs_per_s"])
-    if parsl:
-        print("  parsl htex running `true` alone (/bin/sh -c true: no bash, no files): %.0f "
-              "jobs/s; ours cold / warm %.2f / %.2f of that" % (
-                  parsl["true_jobs_per_s"], ours["jobs_per_s"] / parsl["true_jobs_per_s"],
-                  warm["jobs_per_s"] / parsl["true_jobs_per_s"]))
-    print("  warm, first start to last start (no pilot start, no settle): %.0f jobs/s" %
-          warm["steady_jobs_per_s"])
-    print("  submitter CPU %.2f ms per job; load average %.2f; a new file in %s costs "
-          "%.3f ms of CPU" % (ours["submitter_cpu_ms_per_job"], os.getloadavg()[0],
-                              out["tmpdir"], start_cost))
+    report.print_round(r + 1, floor, got, order, cost, out["tmpdir"])
 
 
 def one_backlog(backlog: int, window: float) -> dict[str, float]:
@@ -376,29 +387,6 @@ def one_backlog(backlog: int, window: float) -> dict[str, float]:
               s["drain_submitter_cpu_ms_per_job"], s["peak_rss_mb"], s["idle_records"],
               s["idle_pass_s"], s["idle_rss_mb"], s["load_average"]))
     return s
-
-
-def _print_round(number: int, floor: float, parsl: float | None, ours: float,
-                 warm: float, two: float) -> None:
-    theirs = "%.0f jobs/s" % parsl if parsl else "skipped (see above)"  # the same job
-
-    def ratio(value: float) -> str:
-        return " (%.2f of parsl)" % (value / parsl) if parsl else ""
-
-    print("round %d: xargs -P 2 %.0f jobs/s | parsl htex (warm) %s | ours, cold pilot %.1f "
-          "jobs/s%s | ours, warm pilot %.1f jobs/s%s | ours, 2 slots, cold %.1f jobs/s%s" % (
-              number, floor, theirs, ours, ratio(ours), warm, ratio(warm), two, ratio(two)))
-
-
-def _print_dispatch(dispatch: dict[str, Any]) -> None:
-    ours, parsl = dispatch["ours"], dispatch["parsl"]
-    print("warm dispatch (shipped defaults): drop -> start p50 %.3f s p95 %.3f s; "
-          "drop -> .finished p50 %.3f s p95 %.3f s" % (
-              ours["dispatch_p50_s"], ours["dispatch_p95_s"], ours["finished_p50_s"],
-              ours["finished_p95_s"]))
-    if parsl and parsl.get("dispatch_p50_s") is not None:
-        print("parsl htex: submit -> result p50 %.3f s p95 %.3f s" % (
-            parsl["dispatch_p50_s"], parsl["dispatch_p95_s"]))
 
 
 if __name__ == "__main__":
