@@ -130,7 +130,8 @@ def run_parsl(jobs: int, stream: int) -> dict[str, float] | None:
     if not PARSL_PY.exists():
         return None
     tmp = fresh_dir()
-    env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")))
+    env = dict(os.environ, PATH="%s:%s" % (PARSL_PY.parent, os.environ.get("PATH", "")),
+               TMPDIR=str(tmp))  # its multiprocessing leftovers go with its tree
     logs = [tmp / name for name in ("parsl.out", "parsl.err")]
     with logs[0].open("w") as out_file, logs[1].open("w") as err_file:
         proc = subprocess.Popen([str(PARSL_PY), str(PARSL_BURST), str(jobs), str(stream),
