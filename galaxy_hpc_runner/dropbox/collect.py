@@ -11,14 +11,13 @@ per process: ``userfiles.StaleTemps``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
 
 from galaxy_hpc_runner.dropbox import description as d
 from galaxy_hpc_runner.dropbox import policy
-from galaxy_hpc_runner.dropbox.jobfiles import UnsafeOutput
+from galaxy_hpc_runner.dropbox.jobfiles import UNSAFE, JobFiles, UnsafeOutput, unsafe_node
 from galaxy_hpc_runner.dropbox.spool import JobRecord, Spool
 from galaxy_hpc_runner.dropbox.staging import Stager
 from galaxy_hpc_runner.dropbox.userfiles import StaleTemps, remove_stale_output_temps
@@ -37,15 +36,34 @@ class Collector:
 
     def collect(self, rec: JobRecord, errors: list[str]) -> dict[str, Any] | None:
         """The job's result node with its outputs in place; None to try again next pass
-        (the reason is appended to ``errors``, so the pass is reported failed)."""
+        (the reason is appended to ``errors``, so the pass is reported failed). The job's
+        directory is opened once for both (``Stager.job_files``)."""
         outputs: dict[str, str] = rec.meta.get("outputs") or {}
         for path in remove_stale_output_temps(list(outputs.values()), self.stale):
             log.info("(%s) removed %s, left by an interrupted fetch", rec.name, path)
-        node = self.result_node(rec)
-        if node["status"] != ResultStatus.OK or not outputs:
-            return node
         try:
-            self.stager.fetch_outputs(self.stager.job_path(rec.name), outputs)
+            files = self.stager.job_files(rec.name)
+        except UNSAFE as exc:
+            return unsafe_node(rec.name, exc)
+        except RemoteFileMissing as exc:
+            return _lost(rec, exc)
+        with files:
+            node = self.result_node(rec, files)
+            if node["status"] != ResultStatus.OK or not outputs:
+                return node
+            return self._fetch(rec, node, outputs, files, errors)
+
+    def result_node(self, rec: JobRecord, files: JobFiles) -> dict[str, Any]:
+        """The result node, outputs not fetched; a result that vanished or broke is an error."""
+        try:
+            return self.stager.collect(rec, files)
+        except (RemoteFileMissing, ValueError, KeyError) as exc:
+            return _lost(rec, exc)
+
+    def _fetch(self, rec: JobRecord, node: dict[str, Any], outputs: dict[str, str],
+               files: JobFiles, errors: list[str]) -> dict[str, Any] | None:
+        try:
+            self.stager.fetch_outputs(outputs, files)
         except UnsafeOutput as exc:  # never retried: what the job wrote is not trusted
             node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
                         message="Outputs not collected, nothing was replaced: %s" % exc)
@@ -56,15 +74,6 @@ class Collector:
                         message="Could not retrieve outputs after %d tries: %s (outputs: %s)"
                         % (rec.fetch_failures + 1, exc, ", ".join(outputs.values())))
         return node
-
-    def result_node(self, rec: JobRecord) -> dict[str, Any]:
-        """The result node, outputs not fetched; a result that vanished or broke is an error."""
-        try:
-            return self.stager.collect(dataclasses.replace(rec, meta={**rec.meta, "outputs": {}}))
-        except (RemoteFileMissing, ValueError, KeyError) as exc:
-            log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
-            return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the "
-                              "HPC side: %s" % exc, reason=Reason.LOST)
 
     def _again(self, rec: JobRecord, outputs: dict[str, str], exc: Exception,
                errors: list[str]) -> bool:
@@ -80,3 +89,9 @@ class Collector:
         self.spool.note(rec, fetch_failures=failures, fetch_since=since, message=message)
         errors.append(message)
         return True
+
+
+def _lost(rec: JobRecord, exc: Exception) -> dict[str, Any]:
+    log.error("(%s) unreadable result on the HPC side: %s", rec.name, exc)
+    return d.job_node(ResultStatus.ERROR, "The job's result could not be read on the HPC "
+                      "side: %s" % exc, reason=Reason.LOST)

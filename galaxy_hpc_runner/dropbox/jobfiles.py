@@ -10,19 +10,25 @@ validated output directories.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import stat
 from collections.abc import Callable
+from typing import Any
 
 from galaxy_hpc_runner.config import Config
 from galaxy_hpc_runner.dropbox import safefs
+from galaxy_hpc_runner.dropbox.description import job_node
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
 from galaxy_hpc_runner.transport import base as transport_base
 from galaxy_hpc_runner.transport.base import LocalTransport, Transport
 from hpc_worker import journal
 from hpc_worker import protocol as p
 from hpc_worker.records import MAX_RECORD_BYTES, MAX_RUNS_BYTES, ProtocolError, Result, parse_runs
+from hpc_worker.states import Reason, ResultStatus
+
+log = logging.getLogger(__name__)
 
 # what either side raises for a link or a non-file where a job's file should be
 UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tuple(
@@ -31,6 +37,13 @@ UNSAFE: tuple[type[Exception], ...] = (safefs.UnsafeFile, ProtocolError) + tuple
 
 class UnsafeOutput(TransportError):
     """An output (on either side) is a link, not a regular file, or outside its root."""
+
+
+def unsafe_node(name: str, exc: Exception) -> dict[str, Any]:
+    """The result of a job whose files on the HPC side cannot be trusted (``exc`` says why)."""
+    log.error("(%s) refused what the job wrote: %s", name, exc)
+    return job_node(ResultStatus.ERROR, "The job wrote something that cannot be trusted, so "
+                    "nothing was collected: %s" % exc, reason=Reason.UNSAFE)
 
 
 def open_output_dir(parent: str, cfg: Config) -> int:

@@ -22,11 +22,11 @@ from galaxy_hpc_runner.dropbox.description import job_node
 from galaxy_hpc_runner.dropbox.jobfiles import (
     UNSAFE,
     JobFiles,
-    UnsafeOutput,
     commit,
     open_output_dir,
     read_journal,
     transport_reader,
+    unsafe_node,
 )
 from galaxy_hpc_runner.dropbox.spool import JobRecord
 from galaxy_hpc_runner.errors import RemoteFileMissing, TransportError
@@ -325,8 +325,14 @@ class Stager:
                 self.t.remove(marker)  # not a file after all: the transport's own way
 
     # -- results ---------------------------------------------------------------------
-    def collect(self, rec: JobRecord) -> dict[str, Any]:
-        """The job node for the result; on ok, every output is in place first.
+    def job_files(self, name: str) -> JobFiles:
+        """The job's files on the HPC side (RemoteFileMissing when its directory is gone,
+        one of UNSAFE when it is no directory)."""
+        return JobFiles(self.t, self.root, self.key(name))
+
+    def collect(self, rec: JobRecord, files: JobFiles) -> dict[str, Any]:
+        """The job node for the result, outputs not fetched (:meth:`fetch_outputs`); on ok
+        every declared output is checked to be a regular file.
 
         Everything the job wrote is read with bounds and never through a link: a
         link or an oversized record where a result, a log or an output should be is
@@ -334,27 +340,12 @@ class Stager:
         at all) is left to the caller.
         """
         try:
-            with JobFiles(self.t, self.root, self.key(rec.name)) as files:
-                node = self._node(files)
-                if node["status"] == ResultStatus.OK:
-                    files.check_outputs(rec.meta.get("pilot_meta", {}).get("outputs", []))
-                if node["status"] == ResultStatus.OK and rec.meta.get("outputs"):
-                    self._fetch_into(node, rec.meta["outputs"], files)
+            node = self._node(files)
+            if node["status"] == ResultStatus.OK:
+                files.check_outputs(rec.meta.get("pilot_meta", {}).get("outputs", []))
         except UNSAFE as exc:
-            log.error("(%s) refused what the job wrote: %s", rec.name, exc)
-            return job_node(ResultStatus.ERROR, "The job wrote something that cannot be "
-                            "trusted, so nothing was collected: %s" % exc, reason=Reason.UNSAFE)
+            return unsafe_node(rec.name, exc)
         return node
-
-    def _fetch_into(self, node: dict[str, Any], outputs: dict[str, str], files: JobFiles) -> None:
-        try:
-            self.fetch_outputs(files.directory, outputs, files)
-        except UnsafeOutput as exc:
-            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.UNSAFE),
-                        message="Outputs not collected, nothing was replaced: %s" % exc)
-        except (TransportError, OSError) as exc:
-            node.update(status=str(ResultStatus.ERROR), reason=str(Reason.TRANSFER),
-                        message="Could not retrieve outputs: %s" % exc)
 
     def _node(self, files: JobFiles) -> dict[str, Any]:
         runs, result = read_journal(files.read)
@@ -379,8 +370,7 @@ class Stager:
                 files.shown(name), data[-limit:].decode("utf-8", "replace"))
         return data.decode("utf-8", "replace")
 
-    def fetch_outputs(self, directory: str, outputs: dict[str, str],
-                      files: JobFiles | None = None) -> None:
+    def fetch_outputs(self, outputs: dict[str, str], files: JobFiles) -> None:
         """All outputs to temps beside their targets, then all renamed into place.
 
         Each target directory is opened once, walked from its allowed root without
@@ -388,9 +378,6 @@ class Stager:
         path is resolved again). On any failure no output is touched and every temp
         is removed. An unsafe file or directory raises :class:`UnsafeOutput`.
         """
-        if files is None:
-            with JobFiles(self.t, self.root, os.path.basename(directory)) as own:
-                return self.fetch_outputs(directory, outputs, own)
         dirs: dict[str, int] = {}
         temps: list[tuple[int, str, str]] = []  # (directory fd, temp name, target name)
         try:
@@ -407,4 +394,4 @@ class Stager:
                 safefs.unlink_at(dir_fd, tmp)
             for fd in dirs.values():
                 os.close(fd)
-        return None
+
