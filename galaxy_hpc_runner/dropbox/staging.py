@@ -394,4 +394,3 @@ class Stager:
                 safefs.unlink_at(dir_fd, tmp)
             for fd in dirs.values():
                 os.close(fd)
-
