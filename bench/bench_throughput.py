@@ -1,7 +1,7 @@
 """Throughput and dispatch of the submitter + local pilot at the SHIPPED defaults, beside
 ``xargs -P 2`` and Parsl's HighThroughputExecutor, plus a backlog scaling curve.
 
-    python bench/bench_throughput.py [--jobs 1000] [--rounds 2] [--stream 50]
+    python bench/bench_throughput.py [--jobs 1000] [--rounds 4] [--stream 50]
                                      [--scale 1000,10000] [--window 30] [--json FILE]
 
 1. Throughput, interleaved rounds: JOBS jobs of ``true`` through ``xargs -P 2`` (the
@@ -313,7 +313,8 @@ def idle_pass(config: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="4 (or a multiple) puts each contender once in each place")
     ap.add_argument("--stream", type=int, default=50)
     ap.add_argument("--scale", default="1000,10000", help="backlogs, comma-separated")
     ap.add_argument("--window", type=float, default=30.0, help="seconds of drain measured")
