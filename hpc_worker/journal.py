@@ -42,6 +42,7 @@ from .records import (
     ProtocolError,
     Result,
     RunLine,
+    load_json,
     open_regular,
     parse_runs,
     read_up_to,
@@ -151,10 +152,7 @@ def _first_line(head: bytes, path: str) -> Dict[str, Any]:
     if end < 0 and len(head) > MAX_RECORD_BYTES:
         raise ProtocolError("%s: its first line is longer than the %d bytes allowed"
                             % (path, MAX_RECORD_BYTES))
-    try:
-        data = json.loads(head if end < 0 else head[:end])
-    except ValueError as exc:
-        raise ProtocolError("%s: not valid JSON: %s" % (path, exc)) from exc
+    data = load_json(head if end < 0 else head[:end], path)
     if not isinstance(data, dict):
         raise ProtocolError("%s: its first line is no JSON object" % path)
     return data

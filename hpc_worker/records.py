@@ -94,14 +94,18 @@ class Record:
 
     @classmethod
     def loads(cls: Type[R], text: "str | bytes", where: str = "") -> R:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ProtocolError("%s: not valid JSON: %s" % (where or cls.NAME, exc)) from exc
-        return cls.from_json(data, where)
+        return cls.from_json(load_json(text, where or cls.NAME), where)
 
 
 _HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def load_json(text: "str | bytes", where: str) -> Any:
+    """``text`` as JSON; ProtocolError naming ``where`` when it is not valid JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("%s: not valid JSON: %s" % (where, exc)) from exc
 
 
 def check_version(version: Any, where: str) -> None:
