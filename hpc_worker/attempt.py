@@ -184,12 +184,12 @@ class Attempt:
             raise JobInvalid(str(exc)) from None
 
     def open_logs(self) -> "tuple[int, int]":
-        """Create the attempt's stdout/stderr, published at once so logs show the live run."""
+        """Create the attempt's stdout/stderr (the job's start publishes them at once, so
+        logs show the live run: ``JobRun.start``)."""
         fds = []
         for name in (p.STDOUT, p.STDERR):
             path = os.path.join(self.dir, name)
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        self.publish((p.STDOUT, p.STDERR))  # the live attempt: runs.jsonl's start line
         return fds[0], fds[1]
 
     def publish(self, names: Iterable[str]) -> None:

@@ -37,6 +37,18 @@ def time_needed(declared: Optional[float], learned: Optional[float]) -> Optional
     return declared if declared is not None else learned
 
 
+def why_not_taken(declared: Optional[float], learned: Optional[float],
+                  remaining: float) -> str:
+    """Why a job is left for a fresh pilot with ``remaining`` usable seconds ('' when it
+    fits): it needs more than that (``time_needed``)."""
+    if job_fits(time_needed(declared, learned), remaining):
+        return ""
+    if declared is not None:
+        return "walltime %ss exceeds the %.0fs this pilot has left" % (declared, remaining)
+    return "ran %ss before it was released, more than the %.0fs this pilot has left" % (
+        learned, remaining)
+
+
 def cannot_finish(elapsed: float, learned: Optional[float], time_left: float) -> bool:
     """A running job cannot finish before the pilot's release point: an earlier attempt
     already ran longer than this one can (the learned runtime is a lower bound)."""

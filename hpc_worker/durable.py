@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, List, Set
+from typing import Any, Callable, Dict, List, Set
 
 
 def sync_paths(paths: "List[str]") -> None:
@@ -55,13 +55,15 @@ def _syncfs(fd: int) -> bool:
 _LIBC: Any = None
 
 
-def sync_files(paths: List[str]) -> Dict[str, OSError]:
+def sync_files(paths: List[str],
+               between: Callable[[], None] = lambda: None) -> Dict[str, OSError]:
     """Make the files at ``paths`` (just written by this process) durable, together: the
     write-back of all of them started first (``posix_fadvise(DONTNEED)`` starts it where
     there is one), then one ``fsync`` each. On a journalled file system the blocks of every
     file are then allocated in one transaction and the first ``fsync`` commits them all,
-    where an ``fsync`` right after each write commits once per file. Returns the errors,
-    by path (opened without following links)."""
+    where an ``fsync`` right after each write commits once per file. ``between`` is called
+    after each ``fsync`` (the pilot starts a job whose slot freed meanwhile). Returns the
+    errors, by path (opened without following links)."""
     errors: Dict[str, OSError] = {}
     fds: List["tuple[str, int]"] = []
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -81,6 +83,7 @@ def sync_files(paths: List[str]) -> Dict[str, OSError]:
                 os.fsync(fd)
             except OSError as exc:
                 errors[path] = exc
+            between()
     finally:
         for _, fd in fds:
             os.close(fd)

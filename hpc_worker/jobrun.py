@@ -80,21 +80,36 @@ class JobRun:
             HPC_BATCH_ATTEMPT=attempt.name, HPC_BATCH_WORKSPACE=attempt.dir), keep)
         env[GATE_VARIABLE] = "1"
         out, err = attempt.open_logs()
-        self.start_time, self.start_iso = time.time(), p.now_iso()
-        self._append(RunLine(pilot=self.pilot, start=self.start_iso, host=HOST,
-                             slot=self.slot, gpu=self.gpu, attempt=attempt.name))
         gate, opener = os.pipe()  # both close on exec: only the pilot holds the opener
         try:
             self.proc = spawn(["bash", attempt.script], attempt.dir, env, (gate, out, err))
-            announce(self.proc.pid)
-            with contextlib.suppress(BrokenPipeError):  # bash is gone already: poll() tells
-                os.write(opener, b"\n")
+            # bash starts while its start line is written: it waits at its gate until then
+            self._begin(attempt, opener, announce)
         finally:
             for fd in (out, err, gate, opener):
                 os.close(fd)
         log.info("(%s) started on slot %s (gpu %s), pid %s in %s", self.key, self.slot,
                  self.gpu, self.proc.pid, attempt.name)
         return self.proc.pid
+
+    def _begin(self, attempt: Attempt, opener: int, announce: Callable[[int], None]) -> None:
+        """The spawned job, waiting at its gate: its start line in the journal, its live
+        logs published, its group known to the guard; then the gate opens. Where any of
+        that fails the gate never opens: the job is killed having run nothing, and reaped
+        before the error goes on."""
+        assert self.proc is not None
+        try:
+            self.start_time, self.start_iso = time.time(), p.now_iso()
+            self._append(RunLine(pilot=self.pilot, start=self.start_iso, host=HOST,
+                                 slot=self.slot, gpu=self.gpu, attempt=attempt.name))
+            attempt.publish((p.STDOUT, p.STDERR))  # the live attempt, as its start line says
+            announce(self.proc.pid)
+        except BaseException:
+            self.end_group()
+            self.proc.wait()
+            raise
+        with contextlib.suppress(BrokenPipeError):  # bash is gone already: poll() tells
+            os.write(opener, b"\n")
 
     def poll(self) -> Optional[int]:
         return None if self.proc is None else self.proc.poll()

@@ -34,7 +34,7 @@ from .attempt import JobInvalid, kept_env, load_job
 from .guard import GroupGuard
 from .jobrun import HOST, JobRun, report_unrunnable, seal_descriptors
 from .readyq import ReadyQueue
-from .records import Heartbeat, RunLine, learned_runtime
+from .records import RunLine, learned_runtime
 from .settings import PilotSettings
 from .states import HeartbeatState, Reason, ReleaseReason
 from .wake import Handler, Waker
@@ -67,6 +67,7 @@ class Pilot:
         self.last_heartbeat = 0.0
         self._changed = False  # a job started or ended since the last heartbeat
         self._urgent = False  # the heartbeat's state changed: write it at once
+        self._in_report = False  # inside _between: it does not call itself again
         self.done_count = 0
         self.waker = Waker()
         self._env = kept_env(os.environ, settings.keep_env)  # once, not per job
@@ -213,11 +214,32 @@ class Pilot:
     def _report(self, jobs: List[JobRun]) -> None:
         """Report ``jobs`` together (``reporting``); one that cannot be is given back."""
         self.settling = [job for job in self.settling if job not in jobs]
-        done, refused = reporting.report(jobs, self.s.scheduler_id, self.alloc, time.time())
+        done, refused = reporting.report(jobs, self.s.scheduler_id, self.alloc, time.time(),
+                                         self._between)
         self.done_count += done
         for key in refused:
             self.queue.never(key)
         self.last_activity, self._changed = time.time(), True
+
+    def _between(self) -> None:
+        """Between the steps of a report (``reporting.report``): a job that ended by itself
+        meanwhile settles and its slot takes the next job at once, not after the batch.
+        Whatever else ended (a job we stopped, one cut short by a stop) waits for the loop."""
+        if self.stopping or self.draining or self._in_report:
+            return
+        ended = [slot for slot, job in self.running.items()
+                 if not job.kill_reason and job.poll() is not None]
+        if not ended:
+            return
+        self._in_report = True  # what follows never reports, but must not nest if it did
+        try:
+            now = time.time()
+            for slot in ended:
+                job = self.running[slot]
+                self._settle(slot, job, job.poll() or 0, now)
+            self._fill_slots(now)
+        finally:
+            self._in_report = False
 
     def _supervise(self, now: float) -> None:
         for job in self.running.values():
@@ -288,18 +310,10 @@ class Pilot:
         """A job that needs more than our usable time left is left for a fresh pilot."""
         if self.release_at is None:
             return True
-        learned = learned_runtime(runs)
-        needed = d.time_needed(walltime, learned)
-        remaining = self.release_at - time.time()
-        if d.job_fits(needed, remaining):
-            return True
-        if walltime is not None:
-            log.info("(%s) walltime %ss exceeds the %.0fs this pilot has left: not taken",
-                     key, walltime, remaining)
-        else:
-            log.info("(%s) ran %ss before it was released, more than the %.0fs this pilot "
-                     "has left: not taken", key, learned, remaining)
-        return False
+        why = d.why_not_taken(walltime, learned_runtime(runs), self.release_at - time.time())
+        if why:
+            log.info("(%s) %s: not taken", key, why)
+        return not why
 
     def _claim(self, key: str) -> bool:
         src = p.marker(self.s.root, p.READY, key)
@@ -349,23 +363,7 @@ class Pilot:
             return
         self.last_heartbeat, self._changed, self._urgent = now, False, False
         state = HeartbeatState.DRAINING if self.draining else HeartbeatState.RUNNING
-        self._write_heartbeat(state, now)
-
-    def _write_heartbeat(self, state: HeartbeatState, now: float) -> None:
-        beat = Heartbeat(
-            pilot=self.s.pilot_id, state=state, epoch=now, scheduler_id=self.s.scheduler_id,
-            host=HOST, pid=os.getpid(), time=p.now_iso(), started=self.started,
-            deadline=self.deadline, running=sorted(
-                job.key for job in list(self.running.values()) + self.settling),
-            done=self.done_count, slots=self.alloc.slots, gpus=list(self.alloc.devices),
-            slots_per_gpu=self.alloc.slots_per_gpu, release_at=self.release_at,
-            gpu_idle_seconds=round(self.ledger.idle, 3),
-            gpu_busy_seconds=round(self.ledger.busy, 3))
-        try:
-            p.replace_file(p.pilot_path(self.s.root, self.s.pilot_id, p.HEARTBEAT),
-                           beat.dumps() + "\n")
-        except OSError as exc:  # a file system hiccup must not end the pilot
-            log.warning("cannot write heartbeat: %s", exc)
+        reporting.heartbeat(self, state, now)
 
     def _shutdown(self) -> None:
         now = time.time()
@@ -387,7 +385,7 @@ class Pilot:
         for job in list(self.settling):
             self._close(job, release=ReleaseReason.STOP)
         self._account(time.time())
-        self._write_heartbeat(HeartbeatState.STOPPED, time.time())
+        reporting.heartbeat(self, HeartbeatState.STOPPED, time.time())
         self.guard.stop()
         self.sampler.close()
         log.info("pilot %s stopped after %d job(s)", self.s.pilot_id, self.done_count)

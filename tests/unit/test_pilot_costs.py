@@ -1,18 +1,23 @@
 """The cheaper per-job paths of the pilot keep their promises: the lean atomic write, the
-start gate, the script pattern per pilot, the bounded read."""
+start gate, the script pattern per pilot, the bounded read, a start whose shell is
+spawned before its start line, a slot refilled in the middle of a report."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from hpc_worker import jobrun
 from hpc_worker import protocol as p
-from hpc_worker.attempt import GATE, GATE_VARIABLE, Attempt, job_env, kept_env
+from hpc_worker.attempt import GATE, GATE_VARIABLE, Attempt, job_env, kept_env, load_job
+from hpc_worker.jobrun import JobRun
+from hpc_worker.pilot import Pilot, PilotSettings
 from hpc_worker.records import MAX_RECORD_BYTES, ProtocolError, read_bounded
+from tests.unit.pilotkit import Workspace, wait_for
 
 
 def test_replace_file_writes_whole_files_with_the_umask_mode_and_leaves_no_temp(
@@ -160,3 +165,60 @@ def test_spawn_finds_bash_on_the_jobs_path_and_says_when_it_is_not_there(
     finally:
         for fd in fds:
             os.close(fd)
+
+
+# -- a start's order and a report's pauses ---------------------------------------------------
+def _pilot(ws: Workspace) -> Pilot:
+    pilot = Pilot(PilotSettings(str(ws.root), "P1", slots=1, settle=0.0))
+    pilot.guard.start()
+    return pilot
+
+
+def _ended(job: JobRun) -> bool:
+    return job.poll() is not None
+
+
+def test_a_start_that_fails_before_its_gate_opens_runs_nothing(tmp_path: Path) -> None:
+    """The job's shell is spawned before its start line is written (it waits at its gate
+    meanwhile): where what follows the spawn fails, the shell is killed there and reaped,
+    the job's own commands never ran, and the error reaches the pilot."""
+    ws = Workspace(tmp_path / "W")
+    ran = tmp_path / "ran"
+    ws.stage("k", "touch %s\n" % ran)
+    job = JobRun(str(ws.root), "k", "P1", 0, "0", load_job(str(ws.root), "k").spec)
+
+    def guard_fails(_pgid: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        job.start({"PATH": os.environ["PATH"]}, {}, str(ws.root), announce=guard_fails)
+    assert job.proc is not None and job.poll() == -9  # killed at its gate, and reaped
+    time.sleep(0.2)
+    assert not ran.exists()
+
+
+def test_a_slot_freed_during_a_report_takes_its_next_job_before_the_report_ends(
+        tmp_path: Path) -> None:
+    """A report of many jobs takes longer than a short job runs: between its steps the
+    slot whose job ended is given the next job, the ended one waits to be reported."""
+    ws = Workspace(tmp_path / "W")
+    for key, script in (("a", "true\n"), ("b", "true\n"), ("c", "sleep 30\n")):
+        ws.stage(key, script)
+        time.sleep(0.01)  # the queue takes the oldest marker first
+    pilot = _pilot(ws)
+    try:
+        pilot._fill_slots(time.time())
+        first = pilot.running[0]
+        wait_for(lambda: _ended(first), what="a to end")
+        pilot._reap(time.time())
+        pilot._fill_slots(time.time())
+        second = pilot.running[0]
+        wait_for(lambda: _ended(second), what="b to end")
+        pilot._report([first])
+        assert ws.done("a") and ws.result("a").status == "ok"
+        assert pilot.running[0].key == "c" and second in pilot.settling
+        assert [run.pilot for run in ws.runs("c")] == ["P1"]
+    finally:
+        for job in pilot.running.values():
+            job.end_group()
+        pilot.guard.stop()
