@@ -7,7 +7,9 @@
 1. Throughput, interleaved rounds: JOBS jobs of ``true`` through ``xargs -P 2`` (the
    floor: ``true`` alone), Parsl HTEX (``parsl_burst.py``: 2 workers, local provider,
    warmed up first; from the venv ``bench/.venv-parsl``: ``python3 -m venv bench/.venv-parsl &&
-   bench/.venv-parsl/bin/pip install parsl``; the column is skipped when it is missing)
+   bench/.venv-parsl/bin/pip install -r bench/requirements-parsl.txt``, the version pinned
+   so that runs on different days compare the same Parsl; the column is skipped when it is
+   missing)
    and ours. Parsl runs the job ours runs: a bash script that runs ``true`` and writes an
    output file, with its stdout and stderr in files of their own (``bash job.sh OUT``,
    ``stdout=``, ``stderr=``). It also runs a bare ``true`` (its bash_app's ``/bin/sh -c
@@ -37,7 +39,7 @@ and directories on the two sides (its spool record, job directory and job.json, 
 document and output copy; attempt directory and script, logs), and on some file systems
 a new inode costs 30x more than on others (ext4 without a journal, which will not reuse
 an inode freed in the last 60-360 s and checks the free ones one by one: 0.3-1 ms after
-many files were removed nearby, see the README). Hence the contenders take turns: each
+many files were removed nearby, see docs/throughput.md). Hence the contenders take turns: each
 round starts one further along the list (Parsl, ours cold, warm, 2 slots), so none
 always follows the same one; and no tree is removed before the run ends, so no
 contender pays for the bench's own removals.
@@ -102,8 +104,8 @@ def create_cost_ms(files: int = 200) -> float:
 def settle_fs(limit: float = 45.0) -> float:
     """Wait (up to ``limit`` s) until a new file costs about what it cost at best so far:
     on ext4 without a journal a new file costs far more for a while after many files were
-    removed nearby (README), so a contender that follows one that removed thousands of files
-    would pay for them.
+    removed nearby (docs/throughput.md), so a contender that follows one that removed
+    thousands of files would pay for them.
     Returns the cost (ms) at the start."""
     deadline = time.monotonic() + limit
     cost = create_cost_ms()

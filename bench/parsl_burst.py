@@ -76,6 +76,7 @@ def main() -> None:
         lat.append(time.monotonic() - started)
     parsl.dfk().cleanup()
     print(json.dumps({"jobs_per_s": rate, "true_jobs_per_s": rate_true,
+                      "version": parsl.__version__,
                       "dispatch_p50_s": statistics.median(lat) if lat else None,
                       "dispatch_p95_s": statistics.quantiles(lat, n=20)[18] if len(lat) > 1
                       else (lat[0] if lat else None)}), flush=True)

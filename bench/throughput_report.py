@@ -23,9 +23,10 @@ def print_round(number: int, floor: float, got: dict[str, Any], order: list[str]
               warm["jobs_per_s"], ratio(warm["jobs_per_s"]), two["jobs_per_s"],
               ratio(two["jobs_per_s"])))
     if parsl:
-        print("  parsl htex running `true` alone (/bin/sh -c true: no bash, no files): %.0f "
+        print("  parsl %s htex running `true` alone (/bin/sh -c true: no bash, no files): %.0f "
               "jobs/s; ours cold / warm %.2f / %.2f of that" % (
-                  parsl["true_jobs_per_s"], ours["jobs_per_s"] / parsl["true_jobs_per_s"],
+                  parsl.get("version", "?"), parsl["true_jobs_per_s"],
+                  ours["jobs_per_s"] / parsl["true_jobs_per_s"],
                   warm["jobs_per_s"] / parsl["true_jobs_per_s"]))
     print("  warm, first start to last start (no pilot start, no settle): %.0f jobs/s" %
           warm["steady_jobs_per_s"])

@@ -7,7 +7,7 @@ it ended (:class:`~records.Result`), each tagged with its kind (``"rec": "run"``
 ``"rec": "result"``), before the done marker.
 Before version 3 these went to two more files, ``runs.jsonl`` and ``result.json``: two
 new files per job, and making a file is the dearest step on shared and some local file
-systems (README, throughput). A pilot of this release, given a job staged by an older
+systems (`docs/throughput.md`). A pilot of this release, given a job staged by an older
 submitter, appends to its ``job.json`` all the same. Readers still read the two older
 files (a pilot of the older release may have written them before an upgrade): a run
 line of ``runs.jsonl`` counts, ``result.json`` is the result when the journal holds none.
