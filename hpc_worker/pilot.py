@@ -67,7 +67,6 @@ class Pilot:
         self.last_heartbeat = 0.0
         self._changed = False  # a job started or ended since the last heartbeat
         self._urgent = False  # the heartbeat's state changed: write it at once
-        self._in_report = False  # inside _between: it does not call itself again
         self.done_count = 0
         self.waker = Waker()
         self._env = kept_env(os.environ, settings.keep_env)  # once, not per job
@@ -224,22 +223,19 @@ class Pilot:
     def _between(self) -> None:
         """Between the steps of a report (``reporting.report``): a job that ended by itself
         meanwhile settles and its slot takes the next job at once, not after the batch.
-        Whatever else ended (a job we stopped, one cut short by a stop) waits for the loop."""
-        if self.stopping or self.draining or self._in_report:
+        Whatever else ended (a job we stopped, one cut short by a stop) waits for the loop.
+        Nothing here reports, so a report never nests."""
+        if self.stopping or self.draining:
             return
         ended = [slot for slot, job in self.running.items()
                  if not job.kill_reason and job.poll() is not None]
         if not ended:
             return
-        self._in_report = True  # what follows never reports, but must not nest if it did
-        try:
-            now = time.time()
-            for slot in ended:
-                job = self.running[slot]
-                self._settle(slot, job, job.poll() or 0, now)
-            self._fill_slots(now)
-        finally:
-            self._in_report = False
+        now = time.time()
+        for slot in ended:
+            job = self.running[slot]
+            self._settle(slot, job, job.poll() or 0, now)
+        self._fill_slots(now)
 
     def _supervise(self, now: float) -> None:
         for job in self.running.values():
