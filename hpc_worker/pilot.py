@@ -227,15 +227,14 @@ class Pilot:
         Nothing here reports, so a report never nests."""
         if self.stopping or self.draining:
             return
-        ended = [slot for slot, job in self.running.items()
-                 if not job.kill_reason and job.poll() is not None]
-        if not ended:
-            return
-        now = time.time()
-        for slot in ended:
-            job = self.running[slot]
-            self._settle(slot, job, job.poll() or 0, now)
-        self._fill_slots(now)
+        now, freed = time.time(), False
+        for slot, job in list(self.running.items()):
+            rc = None if job.kill_reason else job.poll()
+            if rc is not None:
+                self._settle(slot, job, rc, now)
+                freed = True
+        if freed:
+            self._fill_slots(now)
 
     def _supervise(self, now: float) -> None:
         for job in self.running.values():
